@@ -1,0 +1,208 @@
+"""Sparse delta checkpoints and mask files (safetensors), written atomically.
+
+Delta file: for every parameter tensor P with selected entries, ``P:idx`` (int64, ascending flat indices into
+P) and ``P:delta`` (float32, fine-tuned minus pre-trained value at those indices). Header metadata (str->str):
+``format=saft-sparse-delta``, ``format_version``, ``base_model``, ``pretrained``, ``base_sha256``, ``ratio``,
+``k``, ``classes`` (JSON list), ``templates`` (JSON list), ``created_at`` (ISO 8601, UTC).
+Applying it: ``P.view(-1)[idx] += alpha * delta``; alpha=1 is the fine-tuned model, 0 the base.
+
+Extension for the full fine-tuning baseline: a ``P:delta`` without ``P:idx`` is a dense delta of P's shape
+(``method=full``), so WiSE-FT interpolation is the same ``alpha`` for both methods.
+
+Mask file: the same ``P:idx`` keys without deltas, ``format=saft-mask``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+
+DELTA_FORMAT = "saft-sparse-delta"
+MASK_FORMAT = "saft-mask"
+FORMAT_VERSION = "1"
+IDX, DELTA = ":idx", ":delta"
+
+Deltas = dict[str, tuple[torch.Tensor | None, torch.Tensor]]
+
+
+def checkpoint_metadata(
+    *,
+    base_model: str,
+    pretrained: str | None,
+    base_sha256: str,
+    ratio: float | None,
+    k: int,
+    classes: list[str],
+    templates: list[str],
+    method: str = "saft",
+) -> dict[str, str]:
+    """The header metadata of a delta (or mask) file; every value is a string, as safetensors requires."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "base_model": base_model,
+        "pretrained": pretrained or "none",
+        "base_sha256": base_sha256,
+        "ratio": "1.0" if ratio is None else repr(float(ratio)),
+        "k": str(int(k)),
+        "classes": json.dumps(list(classes)),
+        "templates": json.dumps(list(templates)),
+        "method": method,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_delta(path: str | Path, deltas: Deltas, metadata: Mapping[str, str]) -> Path:
+    """Write a delta file. ``deltas``: {name: (ascending int64 idx or None for dense, fp32 delta)}."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (idx, delta) in deltas.items():
+        if idx is not None:
+            if idx.numel() != delta.numel():
+                raise CheckpointError(f"{name}: {idx.numel()} indices but {delta.numel()} deltas")
+            tensors[name + IDX] = idx.to(torch.int64).cpu()
+            tensors[name + DELTA] = delta.reshape(-1).to(torch.float32).cpu()
+        else:
+            tensors[name + DELTA] = delta.to(torch.float32).cpu()
+    _atomic_save(tensors, Path(path), {**metadata, "format": DELTA_FORMAT})
+    return Path(path)
+
+
+def save_mask(path: str | Path, indices: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    tensors = {name + IDX: idx.to(torch.int64).cpu() for name, idx in indices.items()}
+    _atomic_save(tensors, Path(path), {**metadata, "format": MASK_FORMAT})
+    return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The header metadata of a delta or mask file, without reading the tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+@dataclass
+class SparseDelta:
+    """A loaded delta file: {name: (idx or None, delta)} plus its metadata."""
+
+    tensors: Deltas
+    metadata: dict[str, str]
+
+    @property
+    def classes(self) -> list[str]:
+        return json.loads(self.metadata.get("classes", "[]"))
+
+    @property
+    def templates(self) -> list[str]:
+        return json.loads(self.metadata.get("templates", "[]"))
+
+    @property
+    def num_entries(self) -> int:
+        return sum(d.numel() for _, d in self.tensors.values())
+
+
+def load_delta(path: str | Path) -> SparseDelta:
+    """Read and validate a delta file (format, pairs of keys, dtypes, ascending unique indices)."""
+    meta = read_metadata(path)
+    if meta.get("format") != DELTA_FORMAT:
+        raise CheckpointError(f"{path} is not a SAFT delta checkpoint (format={meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {meta.get('format_version')!r}; this version reads {FORMAT_VERSION}"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+    tensors: Deltas = {}
+    for key, value in raw.items():
+        if key.endswith(IDX):
+            continue
+        if not key.endswith(DELTA):
+            raise CheckpointError(f"{path}: unexpected tensor {key!r}")
+        name = key[: -len(DELTA)]
+        idx = raw.get(name + IDX)
+        if value.dtype != torch.float32:
+            raise CheckpointError(f"{path}: {key} must be float32, is {value.dtype}")
+        if idx is not None:
+            if idx.dtype != torch.int64 or idx.dim() != 1 or idx.numel() != value.numel():
+                raise CheckpointError(f"{path}: {name}{IDX} must be int64 [n] matching {key}")
+            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+                raise CheckpointError(f"{path}: {name}{IDX} is not strictly ascending")
+        tensors[name] = (idx, value)
+    orphans = [k for k in raw if k.endswith(IDX) and k[: -len(IDX)] not in tensors]
+    if orphans:
+        raise CheckpointError(f"{path}: index tensors without deltas: {orphans[:3]}")
+    return SparseDelta(tensors, meta)
+
+
+def load_mask(path: str | Path) -> dict[str, torch.Tensor]:
+    meta = read_metadata(path)
+    if meta.get("format") != MASK_FORMAT:
+        raise CheckpointError(f"{path} is not a SAFT mask file (format={meta.get('format')!r})")
+    with safe_open(str(path), framework="pt") as f:
+        return {k[: -len(IDX)]: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+@torch.no_grad()
+def apply_delta(
+    model: torch.nn.Module,
+    delta: SparseDelta,
+    *,
+    alpha: float = 1.0,
+    base_sha256: str | None = None,
+) -> None:
+    """Add ``alpha * delta`` to ``model``'s parameters in place.
+
+    ``base_sha256`` is the fingerprint of ``model``'s current weights (``models.weights_sha256``); when given,
+    a checkpoint made for other weights is refused before anything is changed.
+    """
+    expected = delta.metadata.get("base_sha256")
+    if base_sha256 is not None and expected and expected != base_sha256:
+        raise CheckpointError(
+            "checkpoint was made for other base weights: "
+            f"it expects {delta.metadata.get('base_model')!r} / {delta.metadata.get('pretrained')!r} "
+            f"(sha256 {expected[:12]}...), the given model has sha256 {base_sha256[:12]}..."
+        )
+    params = dict(model.named_parameters())
+    # Validate everything first so a bad file changes nothing.
+    for name, (idx, d) in delta.tensors.items():
+        if name not in params:
+            raise CheckpointError(f"checkpoint has a delta for {name!r}, which the model does not have")
+        p = params[name]
+        if idx is None and d.shape != p.shape:
+            raise CheckpointError(f"{name}: dense delta of shape {tuple(d.shape)} for a {tuple(p.shape)} tensor")
+        if idx is not None and idx.numel() and int(idx[-1]) >= p.numel():
+            raise CheckpointError(f"{name}: index {int(idx[-1])} out of range for {p.numel()} entries")
+    for name, (idx, d) in delta.tensors.items():
+        p = params[name]
+        update = (alpha * d.to(p.device)).to(p.dtype)
+        if idx is None:
+            p.add_(update)
+        else:
+            p.view(-1).index_add_(0, idx.to(p.device), update)

@@ -1,0 +1,146 @@
+"""Typed configuration of the core. Mapped once from CLI flags or a job row, at the edge.
+
+Each field carries its help text in ``metadata["help"]`` (the CLI shows it); ``__post_init__`` validates, so an
+invalid config never reaches a stage. Units: learning rates per step, ratios as fractions (0.001 = 0.1 %).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "saft-tiny"
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+
+ScoreReduction = Literal["abs", "abs_sum", "squared"]
+Tower = Literal["image", "text", "all"]
+Method = Literal["saft", "full"]
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which CLIP to start from."""
+
+    name: str = _help(
+        "open_clip architecture (e.g. 'ViT-B-16', 'saft-tiny') or an 'hf-hub:org/repo' name.",
+        default=DEFAULT_MODEL,
+    )
+    pretrained: str | None = _help(
+        "Pretrained tag (e.g. 'openai'), a local weights file, or None/'none' for a seeded random init.",
+        default=None,
+    )
+    init_seed: int = _help("Seed of the random init when pretrained is none.", default=0)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.strip():
+            raise ConfigError("model name must not be empty")
+        if self.pretrained is not None and self.pretrained.strip().lower() in {"", "none", "random"}:
+            object.__setattr__(self, "pretrained", None)
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How SAFT scores parameters. Defaults are the paper's: sum over batches of |grad| per entry."""
+
+    batch_size: int = _help("Images per scoring batch.", default=32)
+    reduction: ScoreReduction = _help(
+        "'abs': sum_b |g_b| (default); 'abs_sum': |sum_b g_b|; 'squared': sum_b g_b^2.", default="abs"
+    )
+    towers: Tower = _help("Which towers are eligible: 'all' (default), 'image' or 'text'.", default="all")
+    exclude_embeddings: bool = _help("Make token/positional/patch embeddings ineligible.", default=False)
+    exclude_norms: bool = _help("Make LayerNorm weights and biases ineligible.", default=False)
+    exclude_biases: bool = _help("Make bias vectors ineligible.", default=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"scoring batch_size must be >= 1, got {self.batch_size}")
+        if self.reduction not in ("abs", "abs_sum", "squared"):
+            raise ConfigError(f"unknown score reduction {self.reduction!r}; use abs, abs_sum or squared")
+        if self.towers not in ("image", "text", "all"):
+            raise ConfigError(f"unknown towers {self.towers!r}; use all, image or text")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fine-tuning loop, shared by SAFT and the full fine-tuning baseline."""
+
+    method: Method = _help("'saft' (sparse, default) or 'full' (every parameter; the baseline).", default="saft")
+    ratio: float = _help("Fraction of eligible parameters SAFT fine-tunes, in (0, 1).", default=0.001)
+    epochs: int = _help("Passes over the training set.", default=10)
+    batch_size: int = _help("Images per training step.", default=32)
+    learning_rate: float = _help("Peak learning rate (AdamW).", default=1e-3)
+    weight_decay: float = _help(
+        "AdamW weight decay. For SAFT it acts on the sparse delta, i.e. pulls toward the pre-trained "
+        "weights; for full fine-tuning on the weights.",
+        default=0.0,
+    )
+    warmup_steps: int = _help("Linear warm-up steps before the cosine decay.", default=0)
+    grad_clip: float | None = _help("Clip the global gradient norm (after masking); None disables.", default=1.0)
+    seed: int = _help("Seed of the shuffle (and of k-shot sampling and splits).", default=0)
+    augment: bool = _help("Use open_clip's training augmentation instead of the eval preprocessing.", default=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("saft", "full"):
+            raise ConfigError(f"unknown method {self.method!r}; use 'saft' or 'full'")
+        if not (0.0 < self.ratio < 1.0):
+            raise ConfigError(f"ratio must be in (0, 1), got {self.ratio}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.learning_rate > 0.0):
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0.0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.grad_clip is not None and not (self.grad_clip > 0.0):
+            raise ConfigError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training and evaluation images are and how they are sampled."""
+
+    train: str = _help("ImageFolder directory or CSV manifest (path,label) of training images.")
+    eval: dict[str, str] = _help(
+        "Further evaluation sets, name -> ImageFolder directory or CSV manifest (e.g. shifted domains).",
+        default_factory=dict,
+    )
+    shots: int | None = _help("Keep k images per class (seeded); None keeps all.", default=None)
+    validation_fraction: float = _help(
+        "Fraction of each class held out as the in-distribution validation split (0 disables).", default=0.0
+    )
+    templates: tuple[str, ...] = _help("Prompt templates with one '{}' for the class name.", default=DEFAULT_TEMPLATES)
+
+    def __post_init__(self) -> None:
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"shots must be >= 1 or None, got {self.shots}")
+        if not (0.0 <= self.validation_fraction < 1.0):
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not self.templates:
+            raise ConfigError("at least one prompt template is needed")
+        for t in self.templates:
+            if t.count("{}") != 1:
+                raise ConfigError(f"template {t!r} must contain exactly one '{{}}' for the class name")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """A whole fine-tuning run: model, data, scoring, training, output."""
+
+    model: ModelSpec
+    data: DataConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    device: str | None = _help("'cpu', 'cuda', 'cuda:1'; None picks CUDA when available.", default=None)
+    evaluate_zero_shot: bool = _help("Also evaluate the base model (the zero-shot baseline).", default=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,167 @@
+"""Loading CLIP models through open_clip's own factory, and fingerprinting their weights.
+
+A model is named by an open_clip architecture plus a pretrained tag (``ViT-B-16`` + ``openai``), by an
+``hf-hub:org/repo`` name, or by an architecture plus a local weights file. The project's own architectures
+(``saft-tiny``) live as open_clip JSON configs in ``model_configs/`` and are registered on import.
+``pretrained=None`` gives a seeded random init, which needs no download (tests use it).
+
+Weights that are neither on disk nor reachable fail fast with a ModelError instead of open_clip's minute of
+download retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from .config import DEFAULT_MODEL, ModelSpec
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+HF_HOST = "huggingface.co"
+_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "available_models", "load_model", "resolve_device", "weights_sha256"]
+
+
+@dataclass
+class LoadedModel:
+    """A CLIP model with its preprocessing and tokenizer. ``sha256`` fingerprints the base weights."""
+
+    model: torch.nn.Module
+    preprocess_train: Callable[[Any], torch.Tensor]
+    preprocess_eval: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[..., torch.Tensor]
+    spec: ModelSpec
+    sha256: str
+    device: torch.device
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or None (CUDA when available). Touches CUDA only when asked for or auto."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} was requested but no CUDA device is available")
+    return dev
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state dict: for each key in sorted order, its name, dtype, shape and raw bytes.
+
+    Independent of device; two models hash equal iff their weights are bitwise equal.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _is_hf_hub(name: str) -> bool:
+    return name.startswith("hf-hub:")
+
+
+def _host_reachable(host: str = HF_HOST, timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(repo_id: str, filenames: tuple[str, ...]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames)
+
+
+def _check_weights_available(spec: ModelSpec, cache_dir: str | None) -> None:
+    """Raise ModelError quickly when the weights are neither on disk nor downloadable."""
+    name, tag = spec.name, spec.pretrained
+    if _is_hf_hub(name):
+        repo = name.removeprefix("hf-hub:")
+        if _in_hf_cache(repo, ("open_clip_config.json",)) or _host_reachable():
+            return
+        raise ModelError(
+            f"model {name!r} is not in the local Hugging Face cache and {HF_HOST} cannot be reached; "
+            "download it where there is network (or copy the cache, HF_HOME) and try again"
+        )
+    if name not in open_clip.list_models():
+        raise ModelError(
+            f"unknown model {name!r}; use an open_clip architecture (e.g. ViT-B-16, {DEFAULT_MODEL}) "
+            "or an 'hf-hub:org/repo' name"
+        )
+    if tag is None or os.path.isfile(tag):
+        return
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        hint = f"known tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
+        raise ModelError(
+            f"unknown pretrained tag {tag!r} for model {name!r} ({hint}); or pass a local weights file path"
+        )
+    repo = cfg.get("hf_hub", "").strip("/")
+    if repo and _in_hf_cache(repo, _WEIGHT_FILES):
+        return
+    url = cfg.get("url", "")
+    if url and cache_dir and (Path(cache_dir) / os.path.basename(url)).is_file():
+        return
+    if _host_reachable():
+        return
+    raise ModelError(
+        f"weights for {name!r} / {tag!r} are not on disk and cannot be downloaded (no network); "
+        "download them where there is network and pass the file path as pretrained, or copy the "
+        "Hugging Face cache (HF_HOME)"
+    )
+
+
+def load_model(spec: ModelSpec, device: str | torch.device | None = None, *, cache_dir: str | None = None) -> LoadedModel:
+    """Create the model, its transforms and tokenizer; move it to ``device``; fingerprint the weights."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    _check_weights_available(spec, cache_dir)
+    if spec.pretrained is None and not _is_hf_hub(spec.name):
+        torch.manual_seed(spec.init_seed)  # seeded random init: reproducible without weights
+    try:
+        model, pre_train, pre_eval = open_clip.create_model_and_transforms(
+            spec.name, pretrained=spec.pretrained, device=dev, cache_dir=cache_dir
+        )
+        tokenizer = open_clip.get_tokenizer(spec.name, cache_dir=cache_dir)
+    except ModelError:
+        raise
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        raise ModelError(f"cannot load model {spec.name!r} with pretrained {spec.pretrained!r}: {e}") from e
+    model.eval()
+    return LoadedModel(model, pre_train, pre_eval, tokenizer, spec, weights_sha256(model), dev)
+
+
+def available_models() -> list[dict[str, Any]]:
+    """Architectures open_clip knows, with their pretrained tags; ``local`` says whether the model can be
+    created offline (random init always can; listed tags only when cached)."""
+    out = []
+    for name in open_clip.list_models():
+        tags = list(open_clip.list_pretrained_tags_by_model(name))
+        cached = []
+        for tag in tags:
+            repo = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "").strip("/")
+            if repo and _in_hf_cache(repo, _WEIGHT_FILES):
+                cached.append(tag)
+        out.append({"name": name, "pretrained": tags, "cached_pretrained": cached, "local": name == DEFAULT_MODEL})
+    return out

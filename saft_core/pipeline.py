@@ -1,0 +1,141 @@
+"""One fine-tuning run end to end: loading -> scoring -> masking -> training -> evaluating -> saving.
+
+Each stage is a function of its own module; this file only wires them and reports through ``Callbacks``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import checkpoint_metadata, save_delta, save_mask
+from .config import FinetuneConfig
+from .data import ImageDataset, load_dataset, make_loader, sample_shots, split_validation
+from .evaluation import evaluate_dataset
+from .masking import select_topk
+from .models import load_model
+from .results import Callbacks, EvalScore, FinetuneResult
+from .scoring import score_parameters
+from .training import DenseUpdate, SparseUpdate, train
+from .zeroshot import Prompts
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+MASK_FILE = "mask.safetensors"
+VALIDATION = "validation"
+
+
+def _load_data(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset | None, dict[str, ImageDataset]]:
+    data = cfg.data
+    full = load_dataset(data.train)
+    train_set, val_set = split_validation(full, data.validation_fraction, cfg.train.seed)
+    if data.shots is not None:
+        train_set = sample_shots(train_set, data.shots, cfg.train.seed)
+    evals = {name: load_dataset(path) for name, path in data.eval.items()}
+    return train_set, (val_set if len(val_set) else None), evals
+
+
+def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | None = None) -> FinetuneResult:
+    """Fine-tune ``cfg.model`` on ``cfg.data.train`` with ``cfg.train.method``; write the checkpoint
+    (and, for SAFT, the mask) into ``out_dir``. Raises SaftError subclasses on bad input, Cancelled on
+    request; nothing is written to ``out_dir`` unless the run completes."""
+    cb = callbacks or Callbacks()
+    out = Path(out_dir)
+    timings: dict[str, float] = {}
+    current: str | None = None
+    started = time.perf_counter()
+
+    def stage(name: str | None) -> None:
+        """Close the running stage's timer; open ``name`` (None: finished)."""
+        nonlocal current, started
+        now = time.perf_counter()
+        if current:
+            timings[f"seconds_{current}"] = now - started
+        current, started = name, now
+        if name:
+            cb.check_cancel()
+            cb.on_stage(name)
+
+    templates = list(cfg.data.templates)
+
+    # 1) loading
+    stage("loading")
+    torch.manual_seed(cfg.train.seed)
+    loaded = load_model(cfg.model, cfg.device)
+    model, device = loaded.model, loaded.device
+    train_set, val_set, eval_sets = _load_data(cfg)
+    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device}")
+    prompts = Prompts.build(loaded.tokenizer, train_set.class_names, templates, device)
+    num_params = sum(p.numel() for p in model.parameters())
+
+    # 2) scoring and 3) masking (SAFT only)
+    mask = None
+    if cfg.train.method == "saft":
+        stage("scoring")
+        score_loader = make_loader(train_set, loaded.preprocess_eval, cfg.scoring.batch_size)
+        scores = score_parameters(
+            model, score_loader, prompts, cfg.scoring, device=device,
+            num_batches=len(score_loader), callbacks=cb,
+        )
+        stage("masking")
+        mask = select_topk(scores, cfg.train.ratio)
+        del scores
+        update: SparseUpdate | DenseUpdate = SparseUpdate(model, mask)
+    else:
+        update = DenseUpdate(model)
+
+    # 4) training
+    stage("training")
+    transform = loaded.preprocess_train if cfg.train.augment else loaded.preprocess_eval
+    loader = make_loader(train_set, transform, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+    stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb)
+    deltas = update.deltas()
+
+    # 5) evaluating: fine-tuned, then the base (zero-shot baseline) by switching the weights back
+    stage("evaluating")
+    sets = ([(VALIDATION, val_set)] if val_set is not None else []) + list(eval_sets.items())
+    evaluations: list[EvalScore] = []
+    variants = [("fine-tuned", True)] + ([("zero-shot", False)] if cfg.evaluate_zero_shot else [])
+    for variant, fine_tuned in variants:
+        update.set_weights(fine_tuned)
+        for name, ds in sets:
+            evaluations.append(evaluate_dataset(
+                loaded, ds, name=name, variant=variant, templates=templates,
+                batch_size=cfg.scoring.batch_size, callbacks=cb,
+            ))
+    update.set_weights(True)
+
+    # 6) saving (atomic writes: a cancelled or failed run leaves no partial file)
+    stage("saving")
+    k = mask.k if mask else num_params
+    meta = checkpoint_metadata(
+        base_model=cfg.model.name, pretrained=cfg.model.pretrained, base_sha256=loaded.sha256,
+        ratio=cfg.train.ratio if mask else None, k=k, classes=train_set.class_names,
+        templates=templates, method=cfg.train.method,
+    )
+    mask_path = save_mask(out / MASK_FILE, mask.indices, meta) if mask else None
+    ckpt = save_delta(out / CHECKPOINT_FILE, deltas, meta)  # written last: its presence means "complete"
+    stage(None)
+
+    ckpt_bytes = ckpt.stat().st_size
+    metrics = {
+        **timings,
+        "train_steps": float(stats.steps),
+        "train_loss_first": stats.first_loss,
+        "train_loss_last": stats.last_loss,
+        "train_loss_last_epoch": stats.mean_last_epoch_loss,
+        "num_params": float(num_params),
+        "k": float(k),
+        "checkpoint_bytes": float(ckpt_bytes),
+        "model_bytes_fp32": float(num_params * 4),
+        "compression": num_params * 4 / ckpt_bytes,
+    }
+    return FinetuneResult(
+        checkpoint_path=ckpt, mask_path=mask_path,
+        mask=mask.summary(num_params) if mask else None, evaluations=evaluations,
+        classes=train_set.class_names, base_sha256=loaded.sha256, metrics=metrics,
+    )

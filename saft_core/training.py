@@ -1,0 +1,187 @@
+"""The fine-tuning loop, shared by SAFT (sparse) and full fine-tuning (the baseline).
+
+SAFT's parametrisation (``SparseUpdate``): for every tensor P with selected flat indices ``idx`` the trainable
+state is a dense fp32 vector ``delta`` of len(idx); the optimizer (AdamW) sees only these vectors, so its state
+is 2 * k floats, never a dense copy of the model. After each backward pass the gradient of P is gathered at
+``idx`` (masking happens before clipping) and P's other gradients are dropped; after the optimizer step
+``P.view(-1)[idx] = base + delta`` is written. No other entry of P is ever written, so entries outside the
+mask stay bitwise identical to the pre-trained values.
+
+``DenseUpdate`` trains every parameter in place (conventional fine-tuning) through the same loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Sized
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .masking import Mask
+from .results import Callbacks, Progress
+from .zeroshot import Prompts, clip_logits
+
+
+class SparseUpdate:
+    """Trainable deltas at the masked entries only (see module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, mask: Mask) -> None:
+        self.params = dict(model.named_parameters())
+        self.idx: dict[str, torch.Tensor] = {}
+        self.base: dict[str, torch.Tensor] = {}
+        self.delta: dict[str, torch.Tensor] = {}
+        for name, p in self.params.items():
+            p.requires_grad_(name in mask.indices)
+        for name, idx in mask.indices.items():
+            p = self.params[name]
+            idx = idx.to(p.device)
+            self.idx[name] = idx
+            self.base[name] = p.detach().reshape(-1)[idx].float().clone()
+            self.delta[name] = torch.zeros(idx.numel(), device=p.device, dtype=torch.float32, requires_grad=True)
+
+    def trainable(self) -> list[torch.Tensor]:
+        return list(self.delta.values())
+
+    def after_backward(self) -> None:
+        """Gather P.grad at the mask into delta.grad; drop P's dense gradient."""
+        for name, idx in self.idx.items():
+            p = self.params[name]
+            g = p.grad
+            self.delta[name].grad = (
+                g.reshape(-1)[idx].float() if g is not None else torch.zeros_like(self.delta[name])
+            )
+            p.grad = None
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for name, idx in self.idx.items():
+            p = self.params[name]
+            p.view(-1)[idx] = (self.base[name] + self.delta[name]).to(p.dtype)
+
+    @torch.no_grad()
+    def set_weights(self, fine_tuned: bool) -> None:
+        """Switch the model between the pre-trained (False) and fine-tuned (True) values at the mask."""
+        for name, idx in self.idx.items():
+            p = self.params[name]
+            value = self.base[name] + self.delta[name] if fine_tuned else self.base[name]
+            p.view(-1)[idx] = value.to(p.dtype)
+
+    @torch.no_grad()
+    def deltas(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+        """{name: (idx, fine-tuned minus pre-trained at idx)} in fp32, on the CPU."""
+        out = {}
+        for name, idx in self.idx.items():
+            ft = self.params[name].detach().reshape(-1)[idx].float()
+            out[name] = (idx.cpu(), (ft - self.base[name]).cpu())
+        return out
+
+
+class DenseUpdate:
+    """Conventional fine-tuning: every parameter trains; keeps a copy of the base weights for the delta."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = dict(model.named_parameters())
+        for p in self.params.values():
+            p.requires_grad_(True)
+        self.base = {n: p.detach().clone() for n, p in self.params.items()}
+        self.tuned: dict[str, torch.Tensor] | None = None
+
+    def trainable(self) -> list[torch.Tensor]:
+        return list(self.params.values())
+
+    def after_backward(self) -> None:
+        return None
+
+    def after_step(self) -> None:
+        return None
+
+    @torch.no_grad()
+    def set_weights(self, fine_tuned: bool) -> None:
+        if not fine_tuned:
+            self.tuned = {n: p.detach().clone() for n, p in self.params.items()}
+            for n, p in self.params.items():
+                p.copy_(self.base[n])
+        elif self.tuned is not None:
+            for n, p in self.params.items():
+                p.copy_(self.tuned[n])
+            self.tuned = None
+
+    @torch.no_grad()
+    def deltas(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+        """{name: (None, dense fine-tuned minus pre-trained)}; None means every entry."""
+        return {n: (None, (p.detach().float() - self.base[n].float()).cpu()) for n, p in self.params.items()}
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+
+    return factor
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    first_loss: float
+    last_loss: float
+    mean_last_epoch_loss: float
+
+
+def train(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    prompts: Prompts,
+    update: SparseUpdate | DenseUpdate,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    callbacks: Callbacks | None = None,
+) -> TrainStats:
+    """Run ``cfg.epochs`` epochs of cross-entropy on zero-shot logits; the text tower stays in the graph."""
+    cb = callbacks or Callbacks()
+    steps_per_epoch = len(loader) if isinstance(loader, Sized) else 0
+    total = cfg.epochs * steps_per_epoch
+    torch.manual_seed(cfg.seed)  # augmentation randomness, if any
+    opt = torch.optim.AdamW(update.trainable(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
+    model.train()
+    step, first, last, epoch_losses = 0, float("nan"), float("nan"), []
+    for _ in range(cfg.epochs):
+        epoch_losses = []
+        for images, labels in loader:
+            cb.check_cancel()
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast:
+                logits = clip_logits(model, images, prompts.head(model))
+            loss = F.cross_entropy(logits.float(), labels)
+            loss.backward()
+            # 1) mask the gradients (sparse) 2) clip 3) step on the trainable state 4) write weights
+            update.after_backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(update.trainable(), cfg.grad_clip)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
+            update.after_step()
+            step += 1
+            last = float(loss.detach())
+            first = last if step == 1 else first
+            epoch_losses.append(last)
+            cb.on_progress(Progress("training", step, total, loss=last, lr=lr))
+    model.eval()
+    mean_last = sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
+    return TrainStats(steps=step, first_loss=first, last_loss=last, mean_last_epoch_loss=mean_last)

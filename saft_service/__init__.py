@@ -1,0 +1,1 @@
+"""Code that both the API and the worker need: settings, tables, the job state machine, the CLI."""

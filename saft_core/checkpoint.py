@@ -72,6 +72,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -96,6 +97,12 @@ def save_delta(path: str | Path, deltas: Deltas, metadata: Mapping[str, str]) ->
 def save_mask(path: str | Path, indices: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
     tensors = {name + IDX: idx.to(torch.int64).cpu() for name, idx in indices.items()}
     _atomic_save(tensors, Path(path), {**metadata, "format": MASK_FORMAT})
+    return Path(path)
+
+
+def save_weights(path: str | Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    """Write a plain (merged) state dict atomically; open_clip loads it as ``pretrained=path``."""
+    _atomic_save(dict(state), Path(path), dict(metadata))
     return Path(path)
 
 

@@ -1,0 +1,340 @@
+"""The ``saft`` command line: finetune, classify, evaluate, apply, synth.
+
+Human output goes to stdout, progress bars to stderr; ``--json`` prints one JSON object as the last line.
+Errors a user can fix exit with status 2 and a one-line message; a cancelled run exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_MODEL, DEFAULT_TEMPLATES, DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, TrainConfig
+from .errors import Cancelled, SaftError
+
+log = logging.getLogger("saft")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+class _Bars:
+    """tqdm progress bars, one per stage, on stderr (disabled when stderr is not a terminal and --quiet)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def stage(self, name: str) -> None:
+        self.close()
+        if self.enabled:
+            print(f"[{name}]", file=sys.stderr, flush=True)
+
+    def progress(self, p: Any) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.desc != p.stage:
+            self.close()
+            self.bar = tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+        self.bar.total = p.total
+        self.bar.n = p.step
+        if p.loss is not None:
+            self.bar.set_postfix(loss=f"{p.loss:.4f}", **({"lr": f"{p.lr:.2e}"} if p.lr is not None else {}))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
+    p.add_argument("--model", default=default_model, help=f"open_clip architecture or hf-hub:NAME (default {default_model})")
+    p.add_argument("--pretrained", default=None, help="pretrained tag, local weights file, or 'none' (random init)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+
+
+def _templates(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(values) if values else DEFAULT_TEMPLATES
+
+
+def _emit_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str))
+
+
+# ---------------------------------------------------------------------------------------------- finetune
+def _eval_sets(values: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep:
+            name, path = Path(v.rstrip("/")).name, v
+        if name in out:
+            raise SaftError(f"two eval sets are named {name!r}; name them with NAME=DIR", code="invalid_config")
+        out[name] = path
+    return out
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .pipeline import finetune
+    from .results import Callbacks
+
+    cfg = FinetuneConfig(
+        model=ModelSpec(args.model, args.pretrained, init_seed=args.seed),
+        data=DataConfig(
+            train=args.train, eval=_eval_sets(args.eval), shots=args.shots,
+            validation_fraction=args.validation_fraction, templates=_templates(args.template),
+        ),
+        train=TrainConfig(
+            method=args.method, ratio=args.ratio, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+            grad_clip=args.grad_clip if args.grad_clip > 0 else None, seed=args.seed, augment=args.augment,
+        ),
+        scoring=ScoringConfig(
+            batch_size=args.score_batch_size or args.batch_size, reduction=args.score_reduction,
+            towers=args.towers, exclude_embeddings=args.exclude_embeddings, exclude_norms=args.exclude_norms,
+            exclude_biases=args.exclude_biases,
+        ),
+        device=args.device,
+        evaluate_zero_shot=not args.no_zero_shot,
+    )
+    out = Path(args.out)
+    mask_out = Path(args.mask_out) if args.mask_out else out.with_name(out.name.removesuffix(".safetensors") + ".mask.safetensors")
+    bars = _Bars(not args.quiet)
+    cb = Callbacks(on_stage=bars.stage, on_progress=bars.progress,
+                   on_message=lambda level, text: log.log(logging.WARNING if level == "warning" else logging.INFO, text))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".saft-") as tmp:
+        try:
+            result = finetune(cfg, tmp, cb)
+        finally:
+            bars.close()
+        if result.mask_path is not None:
+            os.replace(result.mask_path, mask_out)
+        os.replace(result.checkpoint_path, out)
+    summary = {
+        "checkpoint": str(out),
+        "mask": str(mask_out) if result.mask_path is not None else None,
+        "method": args.method,
+        "classes": result.classes,
+        "base_sha256": result.base_sha256,
+        "k": result.mask.k if result.mask else None,
+        "evaluations": [asdict(e) for e in result.evaluations],
+        "metrics": result.metrics,
+    }
+    if args.json:
+        _emit_json(summary)
+    else:
+        m = result.metrics
+        print(f"wrote {out} ({int(m['checkpoint_bytes']):,} bytes; the fp32 model is "
+              f"{int(m['model_bytes_fp32']):,} bytes, {m['compression']:.0f}x larger)")
+        if result.mask:
+            print(f"selected k={result.mask.k:,} of {result.mask.num_eligible:,} entries "
+                  f"in {sum(t.selected > 0 for t in result.mask.tensors)} tensors; mask: {mask_out}")
+        print(f"training loss {m['train_loss_first']:.4f} -> {m['train_loss_last']:.4f} over {int(m['train_steps'])} steps")
+        for e in result.evaluations:
+            print(f"{e.dataset:>16} {e.model:>10}: top1 {e.top1:6.1%}  top5 {e.top5:6.1%}  (n={e.n})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- classify
+def cmd_classify(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from .inference import Classifier
+
+    spec = ModelSpec(args.model, args.pretrained) if (args.model or not args.checkpoint) else None
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    images = []
+    for path in args.images:
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            raise SaftError(f"cannot read image {path}: {e}", code="invalid_image") from e
+    clf = Classifier.load(spec or None, args.checkpoint, alpha=args.alpha, device=args.device)
+    results = clf.classify(images, labels, top_k=args.top_k, templates=args.template)
+    rows = [{"image": str(p), "predictions": [{"label": lab, "score": s} for lab, s in r]}
+            for p, r in zip(args.images, results, strict=True)]
+    if args.json:
+        _emit_json({"results": rows})
+    else:
+        for row in rows:
+            preds = ", ".join(f"{p['label']} {p['score']:.3f}" for p in row["predictions"])
+            print(f"{row['image']}: {preds}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import apply_delta, load_delta
+    from .data import load_dataset
+    from .evaluation import evaluate_dataset
+    from .models import load_model
+
+    delta = load_delta(args.checkpoint) if args.checkpoint else None
+    name, pretrained = args.model, args.pretrained
+    if delta is not None and name is None:
+        name = delta.metadata["base_model"]
+        pretrained = pretrained or (None if delta.metadata.get("pretrained") == "none" else delta.metadata.get("pretrained"))
+    loaded = load_model(ModelSpec(name or DEFAULT_MODEL, pretrained), args.device)
+    if delta is not None:
+        apply_delta(loaded.model, delta, alpha=args.alpha, base_sha256=loaded.sha256)
+    templates = args.template or (delta.templates if delta and delta.templates else list(DEFAULT_TEMPLATES))
+    dataset = load_dataset(args.data)
+    bars = _Bars(not args.quiet)
+    from .results import Callbacks
+
+    try:
+        score = evaluate_dataset(
+            loaded, dataset, name=Path(args.data).name, variant="fine-tuned" if delta else "zero-shot",
+            templates=templates, batch_size=args.batch_size, callbacks=Callbacks(on_progress=bars.progress),
+        )
+    finally:
+        bars.close()
+    if args.json:
+        _emit_json(asdict(score))
+    else:
+        print(f"{score.dataset}: top1 {score.top1:.1%}  top5 {score.top5:.1%}  (n={score.n}, {score.num_classes} classes)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- apply
+def cmd_apply(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import apply_delta, load_delta, save_weights
+    from .models import load_model
+
+    delta = load_delta(args.checkpoint)
+    pre = delta.metadata.get("pretrained", "none")
+    spec = ModelSpec(args.model or delta.metadata["base_model"], args.pretrained or (None if pre == "none" else pre))
+    loaded = load_model(spec, "cpu")
+    apply_delta(loaded.model, delta, alpha=args.alpha, base_sha256=loaded.sha256)
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in loaded.model.state_dict().items()}
+    meta = {"format": "open_clip-state-dict", "base_model": spec.name, "source_checkpoint": Path(args.checkpoint).name,
+            "alpha": repr(args.alpha), "classes": delta.metadata.get("classes", "[]")}
+    save_weights(args.out, state, meta)
+    print(f"wrote {args.out}: {spec.name} with the delta applied at alpha={args.alpha} "
+          f"(load it with --model {spec.name} --pretrained {args.out})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import render_shapes
+
+    root = render_shapes(args.out, per_class=args.per_class, seed=args.seed)
+    print(f"wrote {args.per_class} images per class for 3 classes to {root}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saft", description="Robust fine-tuning of CLIP models with SAFT.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("finetune", help="fine-tune a CLIP model with SAFT (or fully) and write a delta checkpoint")
+    _model_args(p)
+    p.add_argument("--train", required=True, help="ImageFolder directory or CSV manifest (path,label)")
+    p.add_argument("--eval", action="append", default=[], metavar="[NAME=]DIR", help="evaluation set (repeatable)")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
+    p.add_argument("--mask-out", help="mask file (default: OUT with .mask.safetensors)")
+    p.add_argument("--method", choices=["saft", "full"], default="saft")
+    p.add_argument("--ratio", type=float, default=0.001, help="fraction of parameters SAFT trains (default 0.001)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=int, default=None, help="k images per class (seeded)")
+    p.add_argument("--validation-fraction", type=float, default=0.0)
+    p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
+    p.add_argument("--augment", action="store_true", help="open_clip's training augmentation")
+    p.add_argument("--score-batch-size", type=int, default=None, help="scoring batch size (default: --batch-size)")
+    p.add_argument("--score-reduction", choices=["abs", "abs_sum", "squared"], default="abs")
+    p.add_argument("--towers", choices=["all", "image", "text"], default="all")
+    p.add_argument("--exclude-embeddings", action="store_true")
+    p.add_argument("--exclude-norms", action="store_true")
+    p.add_argument("--exclude-biases", action="store_true")
+    p.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot baseline evaluation")
+    p.add_argument("--json", action="store_true", help="print one JSON summary line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("classify", help="classify images zero-shot or with a checkpoint")
+    _model_args(p, default_model=None)
+    p.add_argument("--checkpoint", help="delta checkpoint; its base model and classes are the defaults")
+    p.add_argument("--alpha", type=float, default=1.0, help="0 = base, 1 = fine-tuned, between = interpolation")
+    p.add_argument("--labels", help="comma-separated labels (default: the checkpoint's classes)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--template", action="append")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder")
+    _model_args(p, default_model=None)
+    p.add_argument("--checkpoint")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--data", required=True, help="ImageFolder directory or CSV manifest")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--template", action="append")
+    p.add_argument("--json", action="store_true", help="print one JSON object (with top1) as the last line")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("apply", help="merge a delta checkpoint into its base weights (one safetensors file)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--model", default=None, help="override the base model of the checkpoint")
+    p.add_argument("--pretrained", default=None, help="override the base weights of the checkpoint")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("synth", help="write a small generated ImageFolder (coloured shapes) for demos")
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-class", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+    return parser
+
+
+def subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The sub-command action of ``parser``, for callers that add commands (the service adds serve, ...)."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the chosen command; map errors to exit codes."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except SaftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Fixtures for the unit tier: CPU only, saft-tiny with a seeded random init, images drawn by the tests."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from saft_core.config import DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, TrainConfig
+from saft_core.synthetic import draw_shape, render_shapes
+
+
+@pytest.fixture(autouse=True)
+def _cpu_and_threads():
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """3 classes x 8 images, 64 px."""
+    return render_shapes(tmp_path_factory.mktemp("shapes") / "train", per_class=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shapes_eval_dir(tmp_path_factory) -> Path:
+    return render_shapes(tmp_path_factory.mktemp("shapes_eval") / "eval", per_class=4, seed=1)
+
+
+def draw_image(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_shape("red", "circle", random.Random(seed)).save(path)
+    return path
+
+
+def tiny_config(train_dir: Path, **overrides) -> FinetuneConfig:
+    """A run that takes a couple of seconds on CPU."""
+    train_cfg = dict(method="saft", ratio=0.001, epochs=2, batch_size=8, learning_rate=1e-3, seed=0)
+    train_cfg.update(overrides.pop("train", {}))
+    data_cfg = dict(train=str(train_dir))
+    data_cfg.update(overrides.pop("data", {}))
+    return FinetuneConfig(
+        model=ModelSpec("saft-tiny", None, init_seed=0),
+        data=DataConfig(**data_cfg),
+        train=TrainConfig(**train_cfg),
+        scoring=ScoringConfig(batch_size=8),
+        device="cpu",
+        **overrides,
+    )

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from saft_core.errors import ConfigError
+from saft_core.masking import k_for_ratio, select_topk
+
+
+def brute_force_topk(scores: dict[str, torch.Tensor], k: int) -> dict[str, list[int]]:
+    """Sort every entry by (-score, tensor order, flat index) and keep the first k."""
+    entries = []
+    for t, (name, s) in enumerate(scores.items()):
+        entries.extend((-float(v), t, i, name) for i, v in enumerate(s.reshape(-1).tolist()))
+    entries.sort()
+    out: dict[str, list[int]] = {}
+    for _, _, i, name in entries[:k]:
+        out.setdefault(name, []).append(i)
+    return {n: sorted(v) for n, v in out.items()}
+
+
+def as_lists(mask) -> dict[str, list[int]]:
+    return {n: idx.tolist() for n, idx in mask.indices.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ratio", [0.01, 0.1, 0.37])
+def test_topk_matches_brute_force_without_ties(seed, ratio):
+    g = torch.Generator().manual_seed(seed)
+    scores = {"a": torch.rand(7, 5, generator=g), "b": torch.rand(40, generator=g), "c": torch.rand(3, 3, 3, generator=g)}
+    mask = select_topk(scores, ratio)
+    n = sum(s.numel() for s in scores.values())
+    assert mask.k == round(ratio * n)
+    assert sum(idx.numel() for idx in mask.indices.values()) == mask.k
+    assert as_lists(mask) == brute_force_topk(scores, mask.k)
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 0.5, 0.9])
+def test_ties_are_broken_by_tensor_order_then_index(ratio):
+    # Many exact ties (zeros and repeated values), as unused token embeddings produce.
+    scores = {
+        "first": torch.tensor([0.0, 2.0, 1.0, 1.0, 0.0, 1.0]),
+        "second": torch.tensor([[1.0, 0.0], [2.0, 1.0]]),
+        "third": torch.zeros(10),
+    }
+    mask = select_topk(scores, ratio)
+    assert sum(idx.numel() for idx in mask.indices.values()) == mask.k
+    assert as_lists(mask) == brute_force_topk(scores, mask.k)
+    # indices are ascending int64
+    for idx in mask.indices.values():
+        assert idx.dtype == torch.int64
+        assert bool((idx[1:] > idx[:-1]).all())
+
+
+def test_selection_is_deterministic():
+    scores = {"w": torch.randint(0, 3, (1000,)).float(), "v": torch.randint(0, 3, (500,)).float()}
+    a, b = select_topk(scores, 0.123), select_topk(scores, 0.123)
+    assert as_lists(a) == as_lists(b)
+
+
+def test_summary_counts_every_eligible_tensor():
+    scores = {"a": torch.tensor([5.0, 4.0, 0.0]), "b": torch.tensor([0.0, 0.0]), "c": torch.tensor([3.0])}
+    summary = select_topk(scores, 0.5).summary(num_params=10)
+    assert summary.k == 3 and summary.num_eligible == 6 and summary.num_params == 10
+    assert [(t.name, t.numel, t.selected) for t in summary.tensors] == [("a", 3, 2), ("b", 2, 0), ("c", 1, 1)]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5])
+def test_ratio_outside_open_interval_is_refused(ratio):
+    with pytest.raises(ConfigError, match="ratio must be in"):
+        k_for_ratio(ratio, 100)
+
+
+def test_ratio_that_selects_nothing_is_refused():
+    with pytest.raises(ConfigError, match="selects no entry"):
+        select_topk({"a": torch.rand(100)}, 0.001)

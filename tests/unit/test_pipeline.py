@@ -1,0 +1,190 @@
+"""End-to-end properties of a SAFT run on saft-tiny (random init) and generated images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from saft_core.checkpoint import apply_delta, load_delta, load_mask, read_metadata
+from saft_core.config import ModelSpec
+from saft_core.data import load_dataset, make_loader
+from saft_core.errors import Cancelled, CheckpointError
+from saft_core.models import load_model, weights_sha256
+from saft_core.pipeline import finetune
+from saft_core.results import Callbacks
+from saft_core.zeroshot import build_head, clip_logits
+
+from .conftest import tiny_config
+from .test_masking import brute_force_topk
+
+
+@pytest.fixture(scope="module")
+def run(shapes_dir, tmp_path_factory):
+    """One SAFT run shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("run")
+    stages = []
+    result = finetune(tiny_config(shapes_dir), out, Callbacks(on_stage=stages.append))
+    return result, stages
+
+
+def recompute_scores(model, tokenizer, preprocess, dataset, batch_size=8):
+    """SAFT's default scores written out plainly: sum over batches of |dL/dw| at the pre-trained weights."""
+    texts = [f"a photo of a {c}." for c in dataset.class_names]
+    tokens = tokenizer(texts)
+    params = dict(model.named_parameters())
+    scores = {n: torch.zeros_like(p) for n, p in params.items()}
+    for images, labels in make_loader(dataset, preprocess, batch_size):
+        text = model.encode_text(tokens, normalize=True)
+        text = text / text.norm(dim=1, keepdim=True)  # mean over one template, renormalised
+        image = model.encode_image(images, normalize=True)
+        loss = F.cross_entropy(model.logit_scale.exp() * image @ text.T, labels)
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for (n, _), g in zip(params.items(), grads, strict=True):
+            if g is not None:
+                scores[n] += g.abs()
+    return scores
+
+
+def test_stages_run_in_order(run):
+    _, stages = run
+    assert stages == ["loading", "scoring", "masking", "training", "evaluating", "saving"]
+
+
+def test_mask_is_exact_brute_force_topk_of_recomputed_scores(run, shapes_dir):
+    result, _ = run
+    loaded = load_model(ModelSpec("saft-tiny", None, init_seed=0), "cpu")
+    scores = recompute_scores(loaded.model, loaded.tokenizer, loaded.preprocess_eval, load_dataset(shapes_dir))
+    n = sum(s.numel() for s in scores.values())
+    k = round(0.001 * n)
+    mask = load_mask(result.mask_path)
+    assert result.mask.k == k == sum(idx.numel() for idx in mask.values())
+    expected = brute_force_topk(scores, k)
+    assert {name: idx.tolist() for name, idx in mask.items()} == expected
+
+
+def test_entries_outside_mask_are_bitwise_unchanged_and_checkpoint_reproduces_logits(shapes_dir, tmp_path):
+    # Train in-process, keep the fine-tuned model, and compare it with base + checkpoint.
+    from saft_core.masking import select_topk
+    from saft_core.scoring import score_parameters
+    from saft_core.training import SparseUpdate, train
+    from saft_core.zeroshot import Prompts
+
+    cfg = tiny_config(shapes_dir, train={"epochs": 3, "learning_rate": 5e-3})
+    loaded = load_model(cfg.model, "cpu")
+    base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    ds = load_dataset(shapes_dir)
+    prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
+    scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.scoring,
+                              device=loaded.device)
+    mask = select_topk(scores, cfg.train.ratio)
+    update = SparseUpdate(loaded.model, mask)
+    train(loaded.model, make_loader(ds, loaded.preprocess_eval, 8, shuffle=True), prompts, update, cfg.train,
+          device=loaded.device)
+
+    changed = 0
+    for name, p in loaded.model.named_parameters():
+        keep = torch.ones(p.numel(), dtype=torch.bool)
+        if name in mask.indices:
+            keep[mask.indices[name]] = False
+            changed += int((p.detach().reshape(-1)[~keep] != base[name].reshape(-1)[~keep]).sum())
+        # bitwise: compare the raw bytes, not the values
+        assert torch.equal(p.detach().reshape(-1)[keep].view(torch.int32), base[name].reshape(-1)[keep].view(torch.int32)), name
+    assert changed > 0.9 * mask.k  # training did move the selected entries
+
+    # The checkpoint applied to a fresh base reproduces the fine-tuned logits.
+    from saft_core.checkpoint import SparseDelta
+
+    fresh = load_model(cfg.model, "cpu")
+    apply_delta(fresh.model, SparseDelta(update.deltas(), {}), alpha=1.0)
+    images = torch.stack([loaded.preprocess_eval(__import__("PIL.Image").Image.open(p).convert("RGB"))
+                          for p, _ in ds.samples[:6]])
+    with torch.no_grad():
+        head_ft = build_head(loaded.model, loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
+        head_ap = build_head(fresh.model, fresh.tokenizer, ds.class_names, cfg.data.templates, "cpu")
+        torch.testing.assert_close(clip_logits(fresh.model, images, head_ap),
+                                   clip_logits(loaded.model, images, head_ft), rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_file_format(run):
+    result, _ = run
+    meta = read_metadata(result.checkpoint_path)
+    assert meta["format"] == "saft-sparse-delta" and meta["format_version"] == "1"
+    for key in ("base_model", "pretrained", "base_sha256", "ratio", "k", "classes", "templates", "created_at"):
+        assert key in meta
+    assert meta["base_model"] == "saft-tiny" and meta["pretrained"] == "none"
+    assert int(meta["k"]) == result.mask.k and float(meta["ratio"]) == 0.001
+    with safe_open(str(result.checkpoint_path), framework="pt") as f:
+        keys = list(f.keys())
+        names = {k.rsplit(":", 1)[0] for k in keys}
+        for name in names:
+            idx, delta = f.get_tensor(name + ":idx"), f.get_tensor(name + ":delta")
+            assert idx.dtype == torch.int64 and delta.dtype == torch.float32 and idx.shape == delta.shape
+            assert bool((idx[1:] > idx[:-1]).all())
+    assert sum(1 for k in keys if k.endswith(":delta")) == sum(1 for t in result.mask.tensors if t.selected)
+    # no temporary file is left beside the outputs
+    assert sorted(p.name for p in result.checkpoint_path.parent.iterdir()) == ["checkpoint.safetensors", "mask.safetensors"]
+
+
+def test_alpha_zero_gives_the_base_and_wrong_base_is_refused(run):
+    result, _ = run
+    delta = load_delta(result.checkpoint_path)
+    loaded = load_model(ModelSpec("saft-tiny", None, init_seed=0), "cpu")
+    before = weights_sha256(loaded.model)
+    apply_delta(loaded.model, delta, alpha=0.0, base_sha256=loaded.sha256)
+    assert weights_sha256(loaded.model) == before
+    apply_delta(loaded.model, delta, alpha=1.0, base_sha256=before)
+    assert weights_sha256(loaded.model) != before
+
+    other = load_model(ModelSpec("saft-tiny", None, init_seed=1), "cpu")
+    untouched = weights_sha256(other.model)
+    with pytest.raises(CheckpointError, match="other base weights"):
+        apply_delta(other.model, delta, base_sha256=other.sha256)
+    assert weights_sha256(other.model) == untouched
+
+
+def test_same_seed_gives_identical_checkpoint(shapes_dir, tmp_path):
+    a = finetune(tiny_config(shapes_dir), tmp_path / "a")
+    b = finetune(tiny_config(shapes_dir), tmp_path / "b")
+    da, db = load_delta(a.checkpoint_path), load_delta(b.checkpoint_path)
+    assert da.tensors.keys() == db.tensors.keys()
+    for name in da.tensors:
+        assert torch.equal(da.tensors[name][0], db.tensors[name][0])
+        assert torch.equal(da.tensors[name][1], db.tensors[name][1])
+    assert any(float(d.abs().max()) > 0 for _, d in da.tensors.values())
+
+
+def test_validation_split_and_eval_sets_are_scored(shapes_dir, shapes_eval_dir, tmp_path):
+    cfg = tiny_config(shapes_dir, data={"validation_fraction": 0.25, "eval": {"shifted": str(shapes_eval_dir)}})
+    result = finetune(cfg, tmp_path)
+    got = {(e.dataset, e.model): e for e in result.evaluations}
+    assert set(got) == {("validation", "fine-tuned"), ("validation", "zero-shot"),
+                        ("shifted", "fine-tuned"), ("shifted", "zero-shot")}
+    assert got[("validation", "zero-shot")].n == 6  # 2 of 8 per class held out
+    assert got[("shifted", "fine-tuned")].n == 12
+    for e in result.evaluations:
+        assert 0.0 <= e.top1 <= e.top5 <= 1.0
+
+
+def test_full_finetuning_writes_dense_delta(shapes_dir, tmp_path):
+    result = finetune(tiny_config(shapes_dir, train={"method": "full", "epochs": 1}), tmp_path)
+    assert result.mask is None and result.mask_path is None
+    delta = load_delta(result.checkpoint_path)
+    assert delta.metadata["method"] == "full"
+    assert all(idx is None for idx, _ in delta.tensors.values())
+    moved = sum(int((d != 0).sum()) for _, d in delta.tensors.values())
+    # every entry with a gradient moves (rows of unused token embeddings have none): far more than 0.1 %
+    assert moved > 0.1 * delta.num_entries
+
+
+def test_cancellation_stops_the_run_and_writes_nothing(shapes_dir, tmp_path):
+    seen = []
+
+    def should_cancel():
+        return "training" in seen
+
+    with pytest.raises(Cancelled):
+        finetune(tiny_config(shapes_dir), tmp_path / "out", Callbacks(on_stage=seen.append, should_cancel=should_cancel))
+    assert seen[-1] == "training"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

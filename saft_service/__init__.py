@@ -1,1 +1,3 @@
 """Code that both the API and the worker need: settings, tables, the job state machine, the CLI."""
+
+__version__ = "0.1.0"

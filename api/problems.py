@@ -1,0 +1,155 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``) with a stable ``code``.
+
+    {"type": "urn:saft:problem:dataset_not_found", "title": "Not Found", "status": 404,
+     "detail": "no dataset ds_... in this tenant", "instance": "/v1/datasets/ds_...", "code": "dataset_not_found"}
+
+Clients branch on ``code`` (also the last part of ``type``); ``detail`` is for people. Validation errors add
+``errors``: a list of ``{loc, msg, type}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from saft_core.errors import SaftError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# Codes of problems raised by the framework itself (no route chose them).
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    code: str
+
+
+class ProblemError(StarletteHTTPException):
+    """Raise from a route to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(status_code=status, detail=detail, headers=headers)
+        self.code = code
+        self.extra = extra
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "type": f"urn:saft:problem:{code}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, ProblemError):
+        return problem_response(
+            request, exc.status_code, exc.code, str(exc.detail), headers=exc.headers, **exc.extra
+        )
+    detail = str(exc.detail)
+    if exc.status_code == 413:
+        limit = request.scope.get("starlette.max_body_size")
+        detail = "the request body is too large" + (f" (limit: {limit} bytes)" if limit else "")
+    elif exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.url.path}"
+    code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return problem_response(request, exc.status_code, code, detail, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
+    detail = f"{where}: {first['msg']}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    return problem_response(request, 422, "validation_error", detail, errors=errors)
+
+
+async def _saft_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SaftError)
+    status = 503 if exc.code == "model_unavailable" else 422
+    return problem_response(request, status, exc.code, exc.message)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        request, 500, "internal_error", "an unexpected error occurred; it has been logged"
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the problem handlers on ``app``."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(SaftError, _saft_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {"description": description, "model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+# Shared OpenAPI documentation of error answers.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: _doc("Missing or invalid API key.")}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _doc("No such resource in this tenant.")}
+INVALID: dict[int | str, dict[str, Any]] = {422: _doc("The request is invalid; `errors` says where.")}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: _doc("The resource is not in a state that allows this.")}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {413: _doc("The upload is over a size or count limit.")}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: _doc("A dependency (database, queue, model) is unavailable.")
+}

@@ -1,0 +1,97 @@
+"""Classify images with a base model (zero-shot) or a finished job's fine-tuned model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+
+from saft_core.config import DEFAULT_MODEL, ModelSpec
+from saft_service.jobs import JobStatus
+from saft_service.jobspec import JobSpec
+from saft_service.tables import Job
+
+from ..classify import ClassifierCache, decode_image, parse_labels
+from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from ..problems import CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, UNAVAILABLE, ProblemError
+from ..schemas import ClassifyPublic, ImagePredictions, Prediction
+from .models import known_model
+
+router = APIRouter(prefix="/v1/classify", tags=["classify"])
+
+
+@router.post(
+    "",
+    response_model=ClassifyPublic,
+    responses={**INVALID, **NOT_FOUND, **CONFLICT, **TOO_LARGE, **UNAVAILABLE},
+    summary="Classify images",
+)
+def classify(
+    request: Request,
+    images: Annotated[list[UploadFile], File(description="One or more images.")],
+    tenant: CurrentTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    job_id: Annotated[str | None, Form(max_length=40, description="A succeeded job: use its model.")] = None,
+    model: Annotated[str | None, Form(max_length=200, description="Zero-shot with this base model.")] = None,
+    pretrained: Annotated[str | None, Form(max_length=200, description="Pretrained tag of `model`.")] = None,
+    labels: Annotated[
+        str | None,
+        Form(description='JSON list, e.g. ["cat", "dog"]. Default with job_id: the job\'s classes.'),
+    ] = None,
+    alpha: Annotated[
+        float,
+        Form(ge=0.0, le=1.0, description="With job_id: 1 = fine-tuned, 0 = base, between = interpolated."),
+    ] = 1.0,
+    top_k: Annotated[int, Form(ge=1, le=100, description="Labels returned per image.")] = 5,
+) -> ClassifyPublic:
+    """Give `job_id` for a fine-tuned model (its classes are the default labels) or `model` (default
+    saft-tiny) for zero-shot with your `labels`. Scores are probabilities over the labels."""
+    if job_id and model:
+        raise ProblemError(422, "validation_error", "give job_id or model, not both")
+    if not 1 <= len(images) <= settings.max_classify_images:
+        raise ProblemError(422, "validation_error", f"send 1 to {settings.max_classify_images} images")
+    label_list = parse_labels(labels)
+    checkpoint = sha = None
+    if job_id:
+        job = session.get(Job, job_id)
+        if job is None or job.tenant_id != tenant.id:
+            raise ProblemError(404, "job_not_found", f"no job {job_id} in this tenant")
+        if job.status != JobStatus.SUCCEEDED or job.checkpoint is None:
+            raise ProblemError(
+                409, "job_not_succeeded", f"job {job_id} is {job.status}; classify needs a succeeded job"
+            )
+        spec = JobSpec.model_validate(job.spec)
+        model_spec = ModelSpec(name=spec.model, pretrained=spec.pretrained)
+        checkpoint, sha = storage.absolute(job.checkpoint.path), job.checkpoint.sha256
+        if label_list is None:
+            label_list = list(job.checkpoint.classes)
+    else:
+        model_spec = ModelSpec(name=model or DEFAULT_MODEL, pretrained=pretrained)
+        if not known_model(model_spec.name):
+            raise ProblemError(
+                422, "unknown_model", f"model: {model_spec.name!r} is not known; see GET /v1/models"
+            )
+        if label_list is None:
+            raise ProblemError(422, "invalid_labels", "zero-shot classification needs labels (a JSON list)")
+        alpha = 1.0
+    pictures = [decode_image(f.file.read(), f.filename, i) for i, f in enumerate(images)]
+    cache: ClassifierCache = request.app.state.classifiers
+    k = min(top_k, len(label_list))
+    clf, results = cache.run(
+        model_spec, checkpoint, sha, alpha, lambda c: c.classify(pictures, labels=label_list, top_k=k)
+    )
+    return ClassifyPublic(
+        model=model_spec.name,
+        pretrained=model_spec.pretrained,
+        job_id=job_id,
+        alpha=alpha if job_id else None,
+        labels=label_list,
+        results=[
+            ImagePredictions(
+                filename=f.filename, predictions=[Prediction(label=lbl, score=p) for lbl, p in preds]
+            )
+            for f, preds in zip(images, results, strict=True)
+        ],
+    )

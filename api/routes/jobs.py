@@ -1,0 +1,274 @@
+"""Jobs: create, list, read, cancel; their events (list and Server-Sent Events), mask, checkpoint, evaluations."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+from sse_starlette.sse import EventSourceResponse
+
+from saft_service import jobs
+from saft_service.db import session_factory
+from saft_service.queue import QueueUnavailable, enqueue_job
+from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
+
+from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob
+from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ProblemError
+from ..schemas import (
+    EvaluationPublic,
+    EvaluationsPublic,
+    JobCreate,
+    JobEventPublic,
+    JobEventsPublic,
+    JobPublic,
+    JobsPublic,
+    MaskPublic,
+    decode_cursor,
+    encode_cursor,
+)
+from .models import known_model
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
+
+SAFETENSORS = "application/octet-stream"
+
+
+@router.post(
+    "",
+    response_model=JobPublic,
+    status_code=201,
+    responses={**INVALID, **UNAVAILABLE},
+    summary="Start a fine-tuning job",
+)
+def create_job(
+    body: JobCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    """Queue a job. Poll `GET /v1/jobs/{id}` or stream `GET /v1/jobs/{id}/events/stream` to follow it."""
+    # 1. Every referenced dataset must be this tenant's.
+    for field, ids in (("dataset_id", [body.dataset_id]), ("eval_dataset_ids", body.eval_dataset_ids)):
+        for ds_id in ids:
+            ds = session.get(Dataset, ds_id)
+            if ds is None or ds.tenant_id != tenant.id:
+                raise ProblemError(422, "dataset_not_found", f"{field}: no dataset {ds_id} in this tenant")
+    if not known_model(body.model):
+        raise ProblemError(
+            422, "unknown_model", f"model: {body.model!r} is not a known model; see GET /v1/models"
+        )
+    # 2. The row first (the truth), then the message; a message that cannot be sent fails the job.
+    job = jobs.create(
+        session, tenant_id=tenant.id, dataset_id=body.dataset_id, spec=body.model_dump(mode="json")
+    )
+    session.commit()
+    try:
+        enqueue_job(job.id, settings)
+    except QueueUnavailable as e:
+        jobs.fail(session, job.id, "queue_unavailable", "the job queue is unavailable; try again later")
+        session.commit()
+        raise ProblemError(
+            503, "queue_unavailable", f"the job queue is unavailable; try again later ({e})"
+        ) from e
+    session.refresh(job)
+    log.info("tenant %s queued job %s", tenant.name, job.id)
+    return JobPublic.of(job)
+
+
+@router.get("", response_model=JobsPublic, summary="List jobs, newest first")
+def list_jobs(
+    tenant: CurrentTenant,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
+    status: Annotated[jobs.JobStatus | None, Query(description="Only jobs with this status.")] = None,
+) -> JobsPublic:
+    stmt = select(Job).where(Job.tenant_id == tenant.id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status.value)
+    if cursor:
+        at, last_id = decode_cursor(cursor)
+        stmt = stmt.where((Job.created_at < at) | ((Job.created_at == at) & (Job.id < last_id)))
+    rows = list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobsPublic(
+        data=[JobPublic.of(j) for j in rows],
+        next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Get a job")
+def get_job(job: TenantJob) -> JobPublic:
+    return JobPublic.of(job)
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, summary="Cancel a job"
+)
+def cancel_job(job: TenantJob, session: SessionDep) -> JobPublic:
+    """A queued job is cancelled at once; a running one stops at its next step (status stays `running` with
+    `cancel_requested: true` until then). A finished job answers 409 job_finished."""
+    try:
+        jobs.request_cancel(session, job)
+    except jobs.IllegalTransition as e:
+        session.rollback()
+        raise ProblemError(409, "job_finished", f"job {job.id} already {e.status}; nothing to cancel") from e
+    session.commit()
+    session.refresh(job)
+    return JobPublic.of(job)
+
+
+def _events_after(session: SessionDep, job_id: str, after: int, limit: int = 1000) -> list[JobEvent]:
+    stmt = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.id > after)
+        .order_by(JobEvent.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+@router.get(
+    "/{job_id}/events", response_model=JobEventsPublic, responses=NOT_FOUND, summary="List a job's events"
+)
+def list_events(
+    job: TenantJob,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> JobEventsPublic:
+    return JobEventsPublic(data=[JobEventPublic.of(e) for e in _events_after(session, job.id, after, limit)])
+
+
+@router.get(
+    "/{job_id}/events/stream",
+    responses={
+        **NOT_FOUND,
+        200: {
+            "description": "`text/event-stream` of JobEventPublic (event: the kind); "
+            "ends with `event: end` when the job has finished.",
+            "content": {"text/event-stream": {}},
+        },
+    },
+    summary="Stream a job's events (Server-Sent Events)",
+)
+async def stream_events(
+    job: TenantJob,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=0, description="Start after this event id.")] = 0,
+    last_event_id: Annotated[
+        int | None, Header(ge=0, description="Resume after this id (set by EventSource).")
+    ] = None,
+) -> EventSourceResponse:
+    job_id = job.id
+    start = max(after, last_event_id or 0)
+    factory = session_factory(settings)
+
+    def poll(cursor: int) -> tuple[list[JobEvent], bool]:
+        with factory() as s:
+            events = _events_after(s, job_id, cursor)
+            status = s.scalar(select(Job.status).where(Job.id == job_id))
+        return events, status is None or jobs.is_terminal(status)
+
+    async def generate() -> AsyncIterator[dict[str, str]]:
+        cursor = start
+        while True:
+            events, finished = await asyncio.to_thread(poll, cursor)
+            for e in events:
+                cursor = e.id
+                yield {"id": str(e.id), "event": e.kind, "data": JobEventPublic.of(e).model_dump_json()}
+            if finished and not events:
+                yield {"event": "end", "data": "{}"}
+                return
+            if not events:
+                await asyncio.sleep(0.5)
+
+    return EventSourceResponse(generate(), ping=15)
+
+
+@router.get(
+    "/{job_id}/mask", response_model=MaskPublic, responses={**NOT_FOUND}, summary="The SAFT mask summary"
+)
+def get_mask(job: TenantJob, session: SessionDep) -> MaskPublic:
+    """Ratio, k and per-tensor counts of the selected entries (404 mask_not_available until the job succeeded,
+    and for full fine-tuning, which has no mask)."""
+    mask = session.get(Mask, job.id)
+    if mask is None:
+        raise ProblemError(404, "mask_not_available", _not_available(job, "mask"))
+    return MaskPublic.of(mask)
+
+
+@router.get(
+    "/{job_id}/mask/file",
+    response_class=FileResponse,
+    responses={**NOT_FOUND, 200: {"content": {SAFETENSORS: {}}, "description": "The mask (safetensors)."}},
+    summary="Download the mask file",
+)
+def download_mask(job: TenantJob, session: SessionDep, storage: StorageDep) -> FileResponse:
+    mask = session.get(Mask, job.id)
+    if mask is None or mask.path is None:
+        raise ProblemError(404, "mask_not_available", _not_available(job, "mask"))
+    return _file(storage.absolute(mask.path), f"{job.id}-mask.safetensors", mask.sha256 or "")
+
+
+@router.get(
+    "/{job_id}/checkpoint",
+    response_class=FileResponse,
+    responses={
+        **NOT_FOUND,
+        200: {
+            "content": {SAFETENSORS: {}},
+            "description": "The sparse delta (safetensors). Its SHA-256 is in the `X-Checksum-SHA256` header, "
+            "in `Repr-Digest` and in the job's `checkpoint.sha256`.",
+        },
+    },
+    summary="Download the sparse checkpoint",
+)
+def download_checkpoint(job: TenantJob, storage: StorageDep) -> FileResponse:
+    ckpt = job.checkpoint
+    if ckpt is None:
+        raise ProblemError(404, "checkpoint_not_available", _not_available(job, "checkpoint"))
+    return _file(storage.absolute(ckpt.path), f"{job.id}.safetensors", ckpt.sha256)
+
+
+@router.get(
+    "/{job_id}/evaluations",
+    response_model=EvaluationsPublic,
+    responses=NOT_FOUND,
+    summary="Zero-shot and fine-tuned accuracy",
+)
+def list_evaluations(job: TenantJob, session: SessionDep) -> EvaluationsPublic:
+    """Top-1/top-5 of the zero-shot baseline and the fine-tuned model on the validation split ('validation')
+    and on each eval dataset (by id). Empty until the job succeeded."""
+    rows = list(
+        session.scalars(select(Evaluation).where(Evaluation.job_id == job.id).order_by(Evaluation.id))
+    )
+    names = {
+        d.id: d.name
+        for d in session.scalars(select(Dataset).where(Dataset.id.in_({r.dataset for r in rows})))
+    }
+    return EvaluationsPublic(data=[EvaluationPublic.of(r, names.get(r.dataset, r.dataset)) for r in rows])
+
+
+def _not_available(job: Job, what: str) -> str:
+    if job.status == jobs.JobStatus.SUCCEEDED:
+        return f"job {job.id} has no {what} (full fine-tuning writes no mask)"
+    return f"job {job.id} is {job.status}; its {what} exists once it has succeeded"
+
+
+def _file(path: Path, filename: str, sha256: str) -> FileResponse:
+    if not path.is_file():
+        raise ProblemError(410, "artifact_missing", f"{filename} is gone from the artifact store")
+    digest = base64.b64encode(bytes.fromhex(sha256)).decode() if sha256 else ""
+    headers = {"X-Checksum-SHA256": sha256, "ETag": f'"{sha256}"'}
+    if digest:
+        headers["Repr-Digest"] = f"sha-256=:{digest}:"
+    return FileResponse(path, media_type=SAFETENSORS, filename=filename, headers=headers)

@@ -1,0 +1,282 @@
+"""Request and response bodies of the API: ``XCreate`` in, ``XPublic`` out, ``XsPublic`` for lists."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod
+from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask
+
+from .problems import ProblemError
+
+# --- pagination -------------------------------------------------------------------------------------------
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, row_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), row_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
+        raise ProblemError(422, "invalid_cursor", "cursor is not one this API returned") from e
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    status: Literal["ready"] = Field(
+        description="Uploads are checked before they are stored: always 'ready'."
+    )
+    num_images: int
+    classes: list[str] = Field(description="Class folder names, sorted; a job's labels come from these.")
+    class_names: list[str] = Field(description="Names used in prompts (from classes.json, else the folders).")
+    counts: dict[str, int] = Field(description="Images per class.")
+    size_bytes: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, ds: Dataset) -> DatasetPublic:
+        return cls(
+            id=ds.id,
+            name=ds.name,
+            status="ready",
+            num_images=ds.num_images,
+            classes=ds.classes,
+            class_names=ds.class_names,
+            counts=ds.counts,
+            size_bytes=ds.size_bytes,
+            created_at=ds.created_at,
+        )
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+
+
+class JobCreate(JobSpec):
+    """A fine-tuning request. Unknown fields are refused (422)."""
+
+    model_config = {
+        **JobSpec.model_config,
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "dataset_id": "ds_0123456789abcdef01234567",
+                    "model": "saft-tiny",
+                    "method": {"type": "saft", "ratio": 0.001},
+                    "hyperparameters": {"epochs": 5, "learning_rate": 0.001, "batch_size": 32, "seed": 0},
+                    "validation_fraction": 0.2,
+                }
+            ]
+        },
+    }
+
+
+class JobProgress(BaseModel):
+    stage: str | None = Field(description="loading, scoring, masking, training, evaluating or saving.")
+    step: int
+    total_steps: int
+
+
+class JobError(BaseModel):
+    code: str = Field(description="Stable snake_case code, e.g. invalid_dataset, out_of_memory, cancelled.")
+    message: str
+
+
+class CheckpointInfo(BaseModel):
+    sha256: str
+    size_bytes: int
+    url: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str | None
+    progress: JobProgress
+    metrics: dict[str, float]
+    error: JobError | None
+    dataset_id: str
+    eval_dataset_ids: list[str]
+    model: str
+    pretrained: str | None
+    method: SaftMethod | FullMethod
+    hyperparameters: Hyperparameters
+    validation_fraction: float
+    templates: list[str]
+    metadata: dict[str, Any]
+    cancel_requested: bool
+    attempts: int
+    checkpoint: CheckpointInfo | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        spec = JobSpec.model_validate(job.spec)
+        ckpt: Checkpoint | None = job.checkpoint
+        return cls(
+            id=job.id,
+            status=job.status,  # type: ignore[arg-type]
+            stage=job.stage,
+            progress=JobProgress(stage=job.stage, step=job.step, total_steps=job.total_steps),
+            metrics=job.metrics or {},
+            error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+            dataset_id=spec.dataset_id,
+            eval_dataset_ids=spec.eval_dataset_ids,
+            model=spec.model,
+            pretrained=spec.pretrained,
+            method=spec.method,
+            hyperparameters=spec.hyperparameters,
+            validation_fraction=spec.validation_fraction,
+            templates=spec.templates,
+            metadata=spec.metadata,
+            cancel_requested=job.cancel_requested,
+            attempts=job.attempts,
+            checkpoint=CheckpointInfo(
+                sha256=ckpt.sha256, size_bytes=ckpt.size_bytes, url=f"/v1/jobs/{job.id}/checkpoint"
+            )
+            if ckpt is not None
+            else None,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class JobEventPublic(BaseModel):
+    id: int = Field(description="Increasing; resume a stream with `after` or the Last-Event-ID header.")
+    created_at: datetime
+    kind: Literal["status", "stage", "progress", "message", "metrics", "error"]
+    level: Literal["info", "warning", "error"]
+    message: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, e: JobEvent) -> JobEventPublic:
+        return cls(
+            id=e.id, created_at=e.created_at, kind=e.kind, level=e.level, message=e.message, data=e.data or {}
+        )  # type: ignore[arg-type]
+
+
+class JobEventsPublic(BaseModel):
+    data: list[JobEventPublic]
+
+
+class MaskTensorPublic(BaseModel):
+    name: str
+    numel: int
+    selected: int
+
+
+class MaskPublic(BaseModel):
+    job_id: str
+    ratio: float
+    k: int = Field(description="Entries selected in total.")
+    num_eligible: int
+    num_params: int
+    sha256: str | None
+    size_bytes: int | None
+    url: str | None = Field(description="The mask file (safetensors: `<param>:idx` per tensor).")
+    tensors: list[MaskTensorPublic]
+
+    @classmethod
+    def of(cls, m: Mask) -> MaskPublic:
+        return cls(
+            job_id=m.job_id,
+            ratio=m.ratio,
+            k=m.k,
+            num_eligible=m.num_eligible,
+            num_params=m.num_params,
+            sha256=m.sha256,
+            size_bytes=m.size_bytes,
+            url=f"/v1/jobs/{m.job_id}/mask/file" if m.path else None,
+            tensors=[MaskTensorPublic(name=t.name, numel=t.numel, selected=t.selected) for t in m.tensors],
+        )
+
+
+class EvaluationPublic(BaseModel):
+    dataset: str = Field(description="'validation' (the held-out split) or an eval dataset id.")
+    dataset_name: str
+    model: Literal["zero-shot", "fine-tuned"]
+    top1: float
+    top5: float
+    n: int
+    num_classes: int
+
+    @classmethod
+    def of(cls, e: Evaluation, name: str) -> EvaluationPublic:
+        return cls(
+            dataset=e.dataset,
+            dataset_name=name,
+            model=e.model,  # type: ignore[arg-type]
+            top1=e.top1,
+            top5=e.top5,
+            n=e.n,
+            num_classes=e.num_classes,
+        )
+
+
+class EvaluationsPublic(BaseModel):
+    data: list[EvaluationPublic]
+
+
+# --- classify and models ----------------------------------------------------------------------------------
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(description="Probability (softmax over the labels).")
+
+
+class ImagePredictions(BaseModel):
+    filename: str | None
+    predictions: list[Prediction]
+
+
+class ClassifyPublic(BaseModel):
+    model: str
+    pretrained: str | None
+    job_id: str | None
+    alpha: float | None
+    labels: list[str]
+    results: list[ImagePredictions]
+
+
+class ModelPublic(BaseModel):
+    name: str
+    pretrained: list[str] = Field(description="Pretrained tags open_clip knows for this architecture.")
+    cached_pretrained: list[str] = Field(description="Tags whose weights are available offline.")
+    local: bool = Field(description="Whether the model can be created offline (weights included).")
+
+
+class ModelsPublic(BaseModel):
+    default: str
+    data: list[ModelPublic]
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "ready"]
+    checks: dict[str, str] = Field(default_factory=dict)

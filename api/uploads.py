@@ -1,0 +1,229 @@
+"""Checking and extracting uploaded dataset archives (.zip, .tar, .tar.gz) in ImageFolder layout.
+
+An archive is refused, with a message that says which entry is wrong, when an entry
+- escapes the folder (absolute path, ``..``) or is a link, device or other special file,
+- is not ``<class>/<image>`` or a top-level ``classes.json`` (one wrapping folder is allowed and stripped),
+- has a suffix outside ``saft_core.data.IMAGE_EXTENSIONS``, or repeats a name,
+or when the archive holds more than ``max_members`` entries or more than ``max_bytes`` once extracted (counted
+while writing, so a lying header does not help). Junk from archivers (``__MACOSX/``, ``.DS_Store``, dot files)
+is skipped. Extraction writes only into a fresh staging directory, which callers delete on failure; decoding
+every image is left to ``saft_core.data.load_dataset(verify=True)``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from saft_core.data import CLASS_NAMES_FILE, IMAGE_EXTENSIONS
+
+_JUNK_DIRS = {"__MACOSX"}
+_JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+class UploadError(Exception):
+    """An upload is refused. ``status`` is the HTTP status, ``code`` a stable identifier."""
+
+    def __init__(self, code: str, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_members: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One archive entry to extract: its parts after normalisation and where to read it."""
+
+    parts: tuple[str, ...]
+    size: int
+    ref: zipfile.ZipInfo | tarfile.TarInfo
+
+
+def _archive_kind(f: BinaryIO) -> str:
+    f.seek(0)
+    head = f.read(512)
+    f.seek(0)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:2] == b"\x1f\x8b":
+        return "tar"  # gzip; tarfile checks it holds a tar
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    if len(head) == 512 and tarfile.is_tarfile(f):  # old-style tar without the ustar magic
+        f.seek(0)
+        return "tar"
+    f.seek(0)
+    raise UploadError("unsupported_archive", "the file is not a .zip, .tar or .tar.gz archive", status=415)
+
+
+def _normalise(name: str) -> tuple[str, ...] | None:
+    """The safe parts of an entry name, or None for archiver junk. Raises for names that escape the folder."""
+    if "\x00" in name:
+        raise UploadError("unsafe_archive", f"entry {name!r} has a NUL byte in its name")
+    if "\\" in name:
+        raise UploadError("unsafe_archive", f"entry {name!r} uses backslashes; archive with '/' separators")
+    path = PurePosixPath(name)
+    if path.is_absolute() or (path.parts and path.parts[0].endswith(":")):
+        raise UploadError("unsafe_archive", f"entry {name!r} has an absolute path")
+    parts = tuple(p for p in path.parts if p not in ("", "."))
+    if ".." in parts:
+        raise UploadError("unsafe_archive", f"entry {name!r} escapes the archive folder ('..')")
+    if any(p in _JUNK_DIRS for p in parts) or (
+        parts and (parts[-1] in _JUNK_FILES or parts[-1].startswith("."))
+    ):
+        return None
+    if any(len(p.encode()) > 255 for p in parts):
+        raise UploadError("invalid_dataset", f"entry {name!r} has a name longer than 255 bytes")
+    return parts
+
+
+def _zip_entries(zf: zipfile.ZipFile, limits: Limits) -> Iterator[tuple[str, bool, int, zipfile.ZipInfo]]:
+    infos = zf.infolist()
+    if len(infos) > limits.max_members:
+        raise UploadError(
+            "too_many_files",
+            f"the archive has {len(infos)} entries; the limit is {limits.max_members}",
+            status=413,
+        )
+    for info in infos:
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise UploadError(
+                "unsafe_archive", f"entry {info.filename!r} is a symbolic link; links are not accepted"
+            )
+        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UploadError("unsafe_archive", f"entry {info.filename!r} is not a regular file")
+        if info.flag_bits & 0x1:
+            raise UploadError("unsupported_archive", f"entry {info.filename!r} is encrypted", status=415)
+        yield info.filename, info.is_dir(), info.file_size, info
+
+
+def _tar_entries(tf: tarfile.TarFile, limits: Limits) -> Iterator[tuple[str, bool, int, tarfile.TarInfo]]:
+    for count, member in enumerate(tf, start=1):  # one pass through a .tar.gz; members are kept
+        if count > limits.max_members:
+            raise UploadError(
+                "too_many_files", f"the archive has more than {limits.max_members} entries", status=413
+            )
+        if member.issym() or member.islnk():
+            raise UploadError("unsafe_archive", f"entry {member.name!r} is a link; links are not accepted")
+        if not (member.isfile() or member.isdir()):
+            raise UploadError("unsafe_archive", f"entry {member.name!r} is not a regular file or folder")
+        yield member.name, member.isdir(), member.size, member
+
+
+def _plan(
+    raw: Iterator[tuple[str, bool, int, zipfile.ZipInfo | tarfile.TarInfo]], limits: Limits
+) -> list[_Entry]:
+    """Check every entry and decide where it goes. Nothing is written yet."""
+    files: list[_Entry] = []
+    declared = 0
+    for name, is_dir, size, ref in raw:
+        parts = _normalise(name)
+        if parts is None or is_dir or not parts:
+            continue
+        declared += size
+        if declared > limits.max_bytes:
+            raise UploadError(
+                "archive_too_large", f"the archive extracts to more than {limits.max_bytes} bytes", status=413
+            )
+        files.append(_Entry(parts, size, ref))
+    if not files:
+        raise UploadError("invalid_dataset", "the archive holds no files; expected <class>/<image> entries")
+    # One wrapping folder (zip of a folder: "pets/cat/1.jpg") is stripped.
+    tops = {e.parts[0] for e in files}
+    if len(tops) == 1 and all(len(e.parts) >= 3 for e in files if e.parts[1:] != (CLASS_NAMES_FILE,)):
+        files = [_Entry(e.parts[1:], e.size, e.ref) for e in files]
+    seen: set[tuple[str, ...]] = set()
+    allowed = ", ".join(sorted(IMAGE_EXTENSIONS))
+    for e in files:
+        where = "/".join(e.parts)
+        if e.parts == (CLASS_NAMES_FILE,):
+            pass
+        elif len(e.parts) != 2:
+            raise UploadError(
+                "invalid_dataset",
+                f"entry {where!r} is not in ImageFolder layout: put each image directly in its class folder "
+                "(<class>/<image>) and nothing else at the top but an optional classes.json",
+            )
+        elif PurePosixPath(e.parts[1]).suffix.lower() not in IMAGE_EXTENSIONS:
+            raise UploadError(
+                "invalid_dataset", f"entry {where!r} is not an image file (accepted: {allowed})"
+            )
+        key = tuple(p.casefold() for p in e.parts)
+        if key in seen:
+            raise UploadError(
+                "invalid_dataset",
+                f"entry {where!r} appears twice in the archive (names compared ignoring case)",
+            )
+        seen.add(key)
+    return files
+
+
+def _copy_limited(src: BinaryIO, dst: Path, budget: int, where: str) -> int:
+    """Copy ``src`` to ``dst``; refuse once more than ``budget`` bytes were written. Returns bytes written."""
+    written = 0
+    with dst.open("xb") as out:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > budget:
+                raise UploadError(
+                    "archive_too_large", f"extracting {where!r} went over the size limit", status=413
+                )
+            out.write(chunk)
+    return written
+
+
+def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
+    """Check the archive in ``fileobj`` and extract it into ``dest`` (created; must not exist).
+
+    Returns the bytes written. Raises ``UploadError``; ``dest`` may then hold a partial extraction, which the
+    caller deletes.
+    """
+    kind = _archive_kind(fileobj)
+    dest.mkdir(parents=True, exist_ok=False)
+    budget = limits.max_bytes
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(fileobj) as zf:
+                entries = _plan(_zip_entries(zf, limits), limits)
+                for e in entries:
+                    target = dest.joinpath(*e.parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(e.ref) as src:  # type: ignore[arg-type]
+                        budget -= _copy_limited(src, target, budget, "/".join(e.parts))
+        else:
+            with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
+                entries = _plan(_tar_entries(tf, limits), limits)
+                for e in entries:
+                    target = dest.joinpath(*e.parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tf.extractfile(e.ref)  # type: ignore[arg-type]
+                    if src is None:
+                        raise UploadError(
+                            "unsafe_archive", f"entry {'/'.join(e.parts)!r} cannot be read as a file"
+                        )
+                    with src:
+                        budget -= _copy_limited(src, target, budget, "/".join(e.parts))
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+        raise UploadError("corrupt_archive", f"the archive is damaged or truncated: {e}") from e
+    except (OSError, RuntimeError, zlib.error, NotImplementedError) as e:  # bad CRC, unsupported compression
+        raise UploadError("corrupt_archive", f"the archive cannot be read: {e}") from e
+    # Make sure every path is inside dest (defence in depth; names were checked above).
+    root = dest.resolve()
+    for p in dest.rglob("*"):
+        if p.is_symlink() or not p.resolve().is_relative_to(root):
+            shutil.rmtree(dest, ignore_errors=True)
+            raise UploadError("unsafe_archive", f"entry {p.name!r} escaped the archive folder")
+    return limits.max_bytes - budget

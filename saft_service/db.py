@@ -1,0 +1,96 @@
+"""Engine and sessions. One engine per process (a forked worker child makes its own), migrations on demand."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the API read while the worker writes; foreign keys are off by default in SQLite.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    """This process's engine for the configured database (created on first use, again after a fork)."""
+    settings = settings or get_settings()
+    url = settings.sqlalchemy_url
+    key = (os.getpid(), url)
+    if key not in _engines:
+        if settings.embedded_database:
+            settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        _engines[key] = make_engine(url)
+    return _engines[key]
+
+
+def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(settings), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    session = session_factory(settings)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def ping(settings: Settings | None = None) -> None:
+    """Raise if the database cannot be reached."""
+    with get_engine(settings).connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def alembic_config(settings: Settings | None = None) -> Any:
+    """The Alembic config of this project, pointed at the configured database."""
+    from alembic.config import Config
+
+    settings = settings or get_settings()
+    cfg = Config(str(REPO_ROOT / "alembic.ini"))
+    cfg.attributes["configure_logger"] = False  # keep the caller's logging
+    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(settings: Settings | None = None) -> None:
+    """Bring the database to the newest migration (``alembic upgrade head``)."""
+    from alembic import command
+
+    settings = settings or get_settings()
+    if settings.embedded_database:
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(settings), "head")

@@ -1,0 +1,162 @@
+"""What a job request says, validated once (pydantic, mirroring the core's ranges), and its mapping onto the
+core's ``FinetuneConfig``. The API validates requests with ``JobSpec``; the worker maps the stored spec with
+``to_finetune_config``. Both go through here, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from saft_core.config import (
+    DEFAULT_MODEL,
+    DEFAULT_TEMPLATES,
+    DataConfig,
+    FinetuneConfig,
+    ModelSpec,
+    ScoringConfig,
+    TrainConfig,
+)
+
+
+class SaftMethod(BaseModel):
+    """Sparse fine-tuning: train the ``ratio`` fraction of parameters with the largest gradient scores."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["saft"] = "saft"
+    ratio: float = Field(0.001, gt=0.0, lt=1.0, description="Fraction of eligible parameters to fine-tune.")
+    towers: Literal["all", "image", "text"] = Field("all", description="Which towers are eligible.")
+    exclude_embeddings: bool = False
+    exclude_norms: bool = False
+    exclude_biases: bool = False
+    score_reduction: Literal["abs", "abs_sum", "squared"] = Field(
+        "abs", description="How scores sum over batches."
+    )
+
+
+class FullMethod(BaseModel):
+    """Full fine-tuning of every parameter (the baseline SAFT is compared with)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["full"] = "full"
+
+
+Method = Annotated[SaftMethod | FullMethod, Field(discriminator="type")]
+
+
+class Hyperparameters(BaseModel):
+    """The training loop. Defaults are the core's."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, ge=1, le=1000)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    batch_size: int = Field(32, ge=1, le=4096)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    warmup_steps: int = Field(0, ge=0, le=1_000_000)
+    grad_clip: float | None = Field(1.0, gt=0.0, description="Global gradient-norm clip; null disables.")
+    augment: bool = False
+    shots: int | None = Field(None, ge=1, le=100_000, description="Keep k images per class; null keeps all.")
+    scoring_batch_size: int = Field(32, ge=1, le=4096)
+
+
+class JobSpec(BaseModel):
+    """A fine-tuning request."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    dataset_id: str = Field(..., min_length=1, max_length=40, description="Training dataset.")
+    model: str = Field(
+        DEFAULT_MODEL, min_length=1, max_length=200, description="Base model (see GET /v1/models)."
+    )
+    pretrained: str | None = Field(
+        None, max_length=200, description="Pretrained tag; null: the model's default."
+    )
+    method: Method = Field(default_factory=SaftMethod)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    eval_dataset_ids: list[str] = Field(
+        default_factory=list, max_length=16, description="Extra evaluation sets."
+    )
+    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Held-out fraction of each class.")
+    templates: list[Annotated[str, Field(min_length=3, max_length=300)]] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1, max_length=100
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form, echoed back (at most 8 KiB)."
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _one_placeholder(cls, templates: list[str]) -> list[str]:
+        for t in templates:
+            if t.count("{}") != 1:
+                raise ValueError(f"template {t!r} must contain exactly one '{{}}' for the class name")
+        return templates
+
+    @field_validator("eval_dataset_ids")
+    @classmethod
+    def _unique(cls, ids: list[str]) -> list[str]:
+        if len(set(ids)) != len(ids):
+            raise ValueError("eval_dataset_ids must not repeat")
+        return ids
+
+    @field_validator("metadata")
+    @classmethod
+    def _small(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(metadata)) > 8192:
+            raise ValueError("metadata must serialize to at most 8 KiB of JSON")
+        return metadata
+
+    @model_validator(mode="after")
+    def _core_accepts(self) -> JobSpec:
+        # The core's own validation is the last word; run it here so a request it would refuse is a 422.
+        to_finetune_config(self, train_dir=Path("."), eval_dirs={})
+        return self
+
+
+def to_finetune_config(
+    spec: JobSpec, *, train_dir: Path, eval_dirs: dict[str, Path], device: str | None = None
+) -> FinetuneConfig:
+    """Map a job spec onto the core's config. ``eval_dirs`` maps eval dataset ids to their directories.
+
+    Raises ``saft_core.errors.ConfigError`` where the core refuses a value (a ValueError, so pydantic reports
+    it as a validation error inside ``JobSpec``).
+    """
+    hp = spec.hyperparameters
+    method = spec.method
+    is_saft = isinstance(method, SaftMethod)
+    return FinetuneConfig(
+        model=ModelSpec(name=spec.model, pretrained=spec.pretrained),
+        data=DataConfig(
+            train=str(train_dir),
+            eval={name: str(path) for name, path in eval_dirs.items()},
+            shots=hp.shots,
+            validation_fraction=spec.validation_fraction,
+            templates=tuple(spec.templates),
+        ),
+        train=TrainConfig(
+            method="saft" if is_saft else "full",
+            ratio=method.ratio if is_saft else TrainConfig.ratio,
+            epochs=hp.epochs,
+            batch_size=hp.batch_size,
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            warmup_steps=hp.warmup_steps,
+            grad_clip=hp.grad_clip,
+            seed=hp.seed,
+            augment=hp.augment,
+        ),
+        scoring=ScoringConfig(
+            batch_size=hp.scoring_batch_size,
+            reduction=method.score_reduction if is_saft else "abs",
+            towers=method.towers if is_saft else "all",
+            exclude_embeddings=method.exclude_embeddings if is_saft else False,
+            exclude_norms=method.exclude_norms if is_saft else False,
+            exclude_biases=method.exclude_biases if is_saft else False,
+        ),
+        device=device,
+        evaluate_zero_shot=True,
+    )

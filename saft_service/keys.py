@@ -1,0 +1,56 @@
+"""Tenants and API keys. A key is shown once, at creation; the store keeps only its SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .tables import ApiKey, Tenant, utcnow
+
+KEY_PREFIX = "saft_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name, created_at=utcnow())
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_key(session: Session, *, tenant_name: str) -> tuple[ApiKey, str]:
+    """Make a new key for ``tenant_name`` (creating the tenant if needed). Returns the row and the key."""
+    name = tenant_name.strip()
+    if not name or len(name) > 100:
+        raise ValueError("tenant name must be 1 to 100 characters")
+    tenant = get_or_create_tenant(session, name)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(
+        tenant_id=tenant.id, prefix=key[: len(KEY_PREFIX) + 6], key_hash=hash_key(key), created_at=utcnow()
+    )
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def authenticate(session: Session, key: str) -> Tenant | None:
+    """The tenant a key belongs to, or None for an unknown or revoked key."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+    return row.tenant if row is not None else None
+
+
+def tenant_has_keys(session: Session, tenant_name: str) -> bool:
+    stmt = (
+        select(ApiKey.id).join(Tenant).where(Tenant.name == tenant_name, ApiKey.revoked_at.is_(None)).limit(1)
+    )
+    return session.scalar(stmt) is not None

@@ -1,0 +1,94 @@
+"""The Celery application both sides share: the API sends job ids, the worker runs them.
+
+Messages carry only a job id; the job row is the truth. Delivery settings (why each):
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a job whose worker process dies goes back to the queue
+  (``saft_service.jobs.claim`` then restarts it, at most ``max_attempts`` times).
+- ``worker_prefetch_multiplier=1``, concurrency 1: a worker holds one job at a time (one process per GPU).
+- Redis ``visibility_timeout`` longer than the longest job, so a long job is never handed out twice.
+- Embedded default: kombu's SQLAlchemy transport on a SQLite file (transactional, works across processes
+  and needs no server). It has no fanout, so remote control, gossip and mingle are off there.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery import Celery
+
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "saft.run_job"
+
+
+class QueueUnavailable(Exception):
+    """The broker could not take the message."""
+
+
+def broker_url(settings: Settings) -> str:
+    if settings.broker_url:
+        return settings.broker_url
+    return f"sqla+sqlite:///{settings.resolved_data_dir / 'broker.sqlite'}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings`` (no tasks registered: the worker adds them)."""
+    if settings.embedded_broker:
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        transport_options: dict[str, object] = {"connect_args": {"timeout": 30}}
+    else:
+        transport_options = {"visibility_timeout": settings.visibility_timeout}
+    app = Celery("saft", broker=broker_url(settings), set_as_current=False)
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_default_queue=settings.queue_name,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_soft_time_limit=settings.job_time_limit,
+        task_time_limit=settings.job_time_limit + 120,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=not settings.embedded_broker,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+@lru_cache(maxsize=1)
+def _producer_app() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
+    """Send ``job_id`` to the workers. Raises ``QueueUnavailable`` when the broker does not take it."""
+    settings = settings or get_settings()
+    app = _producer_app() if settings is get_settings() else make_celery(settings)
+    try:
+        app.send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=settings.queue_name,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
+        )
+    except Exception as e:  # kombu raises transport-specific errors; all mean the same here
+        log.exception("could not enqueue job %s", job_id)
+        raise QueueUnavailable(str(e)) from e
+
+
+def ping_broker(settings: Settings | None = None, timeout: float = 2.0) -> None:
+    """Raise if the broker cannot be reached."""
+    settings = settings or get_settings()
+    app = _producer_app() if settings is get_settings() else make_celery(settings)
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)

@@ -1,0 +1,101 @@
+"""The one settings object of the service. Every value comes from an environment variable ``SAFT_<NAME>``.
+
+With neither ``SAFT_DATABASE_URL`` nor ``SAFT_BROKER_URL`` set, the service runs on the *embedded default*:
+SQLite and a file-system message broker, both under ``SAFT_DATA_DIR``, so it needs no other server.
+Point the two variables at Postgres and Redis for production.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Service configuration. Sizes in bytes, times in seconds."""
+
+    model_config = SettingsConfigDict(env_prefix="SAFT_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("./var"), description="Datasets, checkpoints and the embedded database/broker."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL (postgresql+psycopg://...); unset: SQLite in the data dir."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL (redis://...); unset: file-system broker."
+    )
+    queue_name: str = Field(
+        "saft-jobs", description="Celery queue the API sends jobs to and workers consume."
+    )
+
+    # Uploads and archives.
+    max_upload_bytes: int = Field(512 * MiB, ge=1, description="Largest dataset upload (the whole request).")
+    max_extracted_bytes: int = Field(
+        2048 * MiB, ge=1, description="Largest total size of an extracted archive."
+    )
+    max_archive_members: int = Field(100_000, ge=1, description="Most entries an uploaded archive may hold.")
+    max_request_bytes: int = Field(
+        64 * MiB, ge=1, description="Largest body of any other request (classify)."
+    )
+    max_classify_images: int = Field(64, ge=1, description="Most images in one classify request.")
+
+    # Classify in the API process.
+    classifier_cache_size: int = Field(4, ge=1, description="Models kept loaded for classify (LRU).")
+    api_device: str | None = Field("cpu", description="Device the API classifies on ('cpu', 'cuda', ...).")
+
+    # Worker.
+    device: str | None = Field(None, description="Device jobs train on; unset picks CUDA when available.")
+    job_time_limit: int = Field(24 * 3600, ge=60, description="Hard time limit of one job.")
+    heartbeat_timeout: int = Field(300, ge=10, description="A running job silent this long is presumed lost.")
+    max_attempts: int = Field(2, ge=1, description="Times a job is started before a lost worker fails it.")
+    progress_interval: float = Field(1.0, ge=0.0, description="Least time between two progress writes.")
+    worker_max_tasks_per_child: int | None = Field(
+        None, ge=1, description="Recycle the worker's job process after this many jobs (frees GPU memory)."
+    )
+
+    log_level: str = Field("INFO", description="Logging level of the API and worker.")
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def embedded_database(self) -> bool:
+        return not self.database_url
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'saft.db'}"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the embedded file-system broker keeps its messages."""
+        return self.resolved_data_dir / "broker"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Seconds a Redis broker waits for an ack before redelivering: longer than the longest job."""
+        return self.job_time_limit + 3600
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read from the environment once)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The Celery worker: takes job ids from the queue and runs them through saft_core."""

@@ -1,0 +1,21 @@
+"""Celery tasks. Thin: take an id, hand the work to the runner (which loads the row and calls saft_core)."""
+
+from __future__ import annotations
+
+import socket
+
+from saft_service.queue import RUN_JOB_TASK
+
+from . import runner
+from .app import app
+
+
+@app.task(name=RUN_JOB_TASK, bind=True)
+def run_job(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Run fine-tuning job ``job_id``. The job row says what to do; this message only says which job."""
+    delivery = self.request.delivery_info or {}
+    runner.run_job(
+        job_id,
+        worker=self.request.hostname or socket.gethostname(),
+        redelivered=bool(delivery.get("redelivered")),
+    )

@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .config import ModelSpec
 from .errors import CheckpointError
 
 DELTA_FORMAT = "saft-sparse-delta"
@@ -46,6 +47,7 @@ def checkpoint_metadata(
     classes: list[str],
     templates: list[str],
     method: str = "saft",
+    init_seed: int = 0,
 ) -> dict[str, str]:
     """The header metadata of a delta (or mask) file; every value is a string, as safetensors requires."""
     return {
@@ -58,6 +60,8 @@ def checkpoint_metadata(
         "classes": json.dumps(list(classes)),
         "templates": json.dumps(list(templates)),
         "method": method,
+        # a random-init base (pretrained none) is only reproducible with its seed
+        **({"init_seed": str(init_seed)} if pretrained is None else {}),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -129,6 +133,12 @@ class SparseDelta:
     @property
     def templates(self) -> list[str]:
         return json.loads(self.metadata.get("templates", "[]"))
+
+    def base_spec(self) -> ModelSpec:
+        """The base model this delta was made for, as recorded in its metadata."""
+        pre = self.metadata.get("pretrained", "none")
+        return ModelSpec(self.metadata.get("base_model", ""), None if pre == "none" else pre,
+                         init_seed=int(self.metadata.get("init_seed", "0")))
 
     @property
     def num_entries(self) -> int:

@@ -17,7 +17,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_MODEL, DEFAULT_TEMPLATES, DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, TrainConfig
+from .config import (
+    DEFAULT_MODEL,
+    DEFAULT_TEMPLATES,
+    DataConfig,
+    FinetuneConfig,
+    ModelSpec,
+    ScoringConfig,
+    TrainConfig,
+)
 from .errors import Cancelled, SaftError
 
 log = logging.getLogger("saft")
@@ -59,7 +67,17 @@ class _Bars:
 def _model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
     p.add_argument("--model", default=default_model, help=f"open_clip architecture or hf-hub:NAME (default {default_model})")
     p.add_argument("--pretrained", default=None, help="pretrained tag, local weights file, or 'none' (random init)")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the random init when --pretrained none")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+
+
+def _base_spec(args: argparse.Namespace, delta: Any) -> ModelSpec:
+    """--model/--pretrained when given, else the base recorded in the checkpoint, else the default model."""
+    if args.model:
+        return ModelSpec(args.model, args.pretrained, args.init_seed)
+    if delta is not None:
+        return delta.base_spec()
+    return ModelSpec(DEFAULT_MODEL, args.pretrained, args.init_seed)
 
 
 def _templates(values: list[str] | None) -> tuple[str, ...]:
@@ -88,7 +106,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .results import Callbacks
 
     cfg = FinetuneConfig(
-        model=ModelSpec(args.model, args.pretrained, init_seed=args.seed),
+        model=ModelSpec(args.model, args.pretrained, init_seed=args.init_seed),
         data=DataConfig(
             train=args.train, eval=_eval_sets(args.eval), shots=args.shots,
             validation_fraction=args.validation_fraction, templates=_templates(args.template),
@@ -151,7 +169,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     from .inference import Classifier
 
-    spec = ModelSpec(args.model, args.pretrained) if (args.model or not args.checkpoint) else None
+    spec = ModelSpec(args.model, args.pretrained, args.init_seed) if (args.model or not args.checkpoint) else None
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
     images = []
     for path in args.images:
@@ -160,7 +178,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 images.append(im.convert("RGB"))
         except (OSError, UnidentifiedImageError) as e:
             raise SaftError(f"cannot read image {path}: {e}", code="invalid_image") from e
-    clf = Classifier.load(spec or None, args.checkpoint, alpha=args.alpha, device=args.device)
+    clf = Classifier.load(spec, args.checkpoint, alpha=args.alpha, device=args.device)
     results = clf.classify(images, labels, top_k=args.top_k, templates=args.template)
     rows = [{"image": str(p), "predictions": [{"label": lab, "score": s} for lab, s in r]}
             for p, r in zip(args.images, results, strict=True)]
@@ -181,11 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .models import load_model
 
     delta = load_delta(args.checkpoint) if args.checkpoint else None
-    name, pretrained = args.model, args.pretrained
-    if delta is not None and name is None:
-        name = delta.metadata["base_model"]
-        pretrained = pretrained or (None if delta.metadata.get("pretrained") == "none" else delta.metadata.get("pretrained"))
-    loaded = load_model(ModelSpec(name or DEFAULT_MODEL, pretrained), args.device)
+    loaded = load_model(_base_spec(args, delta), args.device)
     if delta is not None:
         apply_delta(loaded.model, delta, alpha=args.alpha, base_sha256=loaded.sha256)
     templates = args.template or (delta.templates if delta and delta.templates else list(DEFAULT_TEMPLATES))
@@ -215,8 +229,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .models import load_model
 
     delta = load_delta(args.checkpoint)
-    pre = delta.metadata.get("pretrained", "none")
-    spec = ModelSpec(args.model or delta.metadata["base_model"], args.pretrained or (None if pre == "none" else pre))
+    spec = _base_spec(args, delta)
     loaded = load_model(spec, "cpu")
     apply_delta(loaded.model, delta, alpha=args.alpha, base_sha256=loaded.sha256)
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in loaded.model.state_dict().items()}
@@ -301,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--model", default=None, help="override the base model of the checkpoint")
     p.add_argument("--pretrained", default=None, help="override the base weights of the checkpoint")
+    p.add_argument("--init-seed", type=int, default=0)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("synth", help="write a small generated ImageFolder (coloured shapes) for demos")

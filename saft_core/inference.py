@@ -40,11 +40,7 @@ class Classifier:
             raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
         delta = load_delta(checkpoint) if checkpoint is not None else None
         if spec is None:
-            if delta is None:
-                spec = ModelSpec()
-            else:
-                pre = delta.metadata.get("pretrained", "none")
-                spec = ModelSpec(delta.metadata["base_model"], None if pre == "none" else pre)
+            spec = delta.base_spec() if delta is not None else ModelSpec()
         loaded = load_model(spec, device)
         if delta is not None:
             apply_delta(loaded.model, delta, alpha=alpha, base_sha256=loaded.sha256)

@@ -87,10 +87,19 @@ def _host_reachable(host: str = HF_HOST, timeout: float = 3.0) -> bool:
         return False
 
 
-def _in_hf_cache(repo_id: str, filenames: tuple[str, ...]) -> bool:
+def _in_hf_cache(hf_hub: str, filenames: tuple[str, ...]) -> bool:
+    """Whether any of ``filenames`` of the hub repo is in the local cache. ``hf_hub`` may name the file
+    itself (``org/repo/file.bin``), as some of open_clip's pretrained entries do."""
     from huggingface_hub import try_to_load_from_cache
 
-    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames)
+    parts = hf_hub.strip("/").split("/")
+    repo_id = "/".join(parts[:2])
+    if len(parts) > 2:
+        filenames = ("/".join(parts[2:]),)
+    try:
+        return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames)
+    except ValueError:  # malformed repo id in a registry entry: treat as not cached
+        return False
 
 
 def _check_weights_available(spec: ModelSpec, cache_dir: str | None) -> None:

@@ -115,7 +115,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     meta = checkpoint_metadata(
         base_model=cfg.model.name, pretrained=cfg.model.pretrained, base_sha256=loaded.sha256,
         ratio=cfg.train.ratio if mask else None, k=k, classes=train_set.class_names,
-        templates=templates, method=cfg.train.method,
+        templates=templates, method=cfg.train.method, init_seed=cfg.model.init_seed,
     )
     mask_path = save_mask(out / MASK_FILE, mask.indices, meta) if mask else None
     ckpt = save_delta(out / CHECKPOINT_FILE, deltas, meta)  # written last: its presence means "complete"

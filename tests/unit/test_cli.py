@@ -1,0 +1,107 @@
+"""The ``saft`` console script, run as a user would: a subprocess with real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from saft_core.checkpoint import load_delta, load_mask
+
+pytestmark = pytest.mark.slow
+
+
+def saft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "saft_service.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finetuned(shapes_dir, shapes_eval_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "ck.safetensors"
+    r = saft("finetune", "--train", str(shapes_dir), "--eval", f"shifted={shapes_eval_dir}", "--epochs", "2",
+             "--batch-size", "8", "--lr", "2e-3", "--seed", "3", "--out", str(out), "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout.strip().splitlines()[-1]), r
+
+
+def test_finetune_writes_checkpoint_and_mask_with_progress(finetuned):
+    out, summary, r = finetuned
+    assert out.is_file() and Path(summary["mask"]).is_file()
+    assert summary["k"] == sum(i.numel() for i in load_mask(summary["mask"]).values())
+    assert load_delta(out).metadata["classes"] == json.dumps(summary["classes"])
+    assert {e["dataset"] for e in summary["evaluations"]} == {"shifted"}
+    for stage in ("[loading]", "[scoring]", "[masking]", "[training]", "[evaluating]", "[saving]"):
+        assert stage in r.stderr
+    assert "training:" in r.stderr  # a tqdm bar was drawn
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_finetune_twice_with_same_seed_is_identical(finetuned, shapes_dir, tmp_path):
+    out, summary, _ = finetuned
+    again = tmp_path / "again.safetensors"
+    r = saft("finetune", "--train", str(shapes_dir), "--epochs", "2", "--batch-size", "8", "--lr", "2e-3",
+             "--seed", "3", "--out", str(again), "--quiet", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    a, b = load_delta(out), load_delta(again)
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.equal(a.tensors[n][1], b.tensors[n][1]) and torch.equal(a.tensors[n][0], b.tensors[n][0])
+               for n in a.tensors)
+
+
+def test_classify_evaluate_and_apply(finetuned, shapes_eval_dir, tmp_path):
+    out, summary, _ = finetuned
+    image = next((shapes_eval_dir / "red_circle").iterdir())
+    r = saft("classify", "--checkpoint", str(out), "--json", "--top-k", "2", str(image))
+    assert r.returncode == 0, r.stderr
+    preds = json.loads(r.stdout.strip().splitlines()[-1])["results"][0]["predictions"]
+    assert len(preds) == 2 and {p["label"] for p in preds} <= set(summary["classes"])
+    assert preds[0]["score"] >= preds[1]["score"]
+
+    r = saft("evaluate", "--checkpoint", str(out), "--data", str(shapes_eval_dir), "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout.strip().splitlines()[-1])
+    shifted = next(e for e in summary["evaluations"] if e["model"] == "fine-tuned")
+    assert ev["top1"] == pytest.approx(shifted["top1"]) and ev["n"] == 12
+
+    merged = tmp_path / "merged.safetensors"
+    r = saft("apply", "--checkpoint", str(out), "--out", str(merged))
+    assert r.returncode == 0, r.stderr
+    r = saft("evaluate", "--model", "saft-tiny", "--pretrained", str(merged), "--data", str(shapes_eval_dir),
+             "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["top1"] == pytest.approx(ev["top1"])
+
+
+def test_zero_shot_classify_needs_labels(shapes_eval_dir):
+    image = next((shapes_eval_dir / "red_circle").iterdir())
+    r = saft("classify", "--model", "saft-tiny", str(image))
+    assert r.returncode == 2 and "labels are required" in r.stderr
+    r = saft("classify", "--model", "saft-tiny", "--labels", "cat,dog", "--json", str(image))
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout.strip().splitlines()[-1])["results"][0]["predictions"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ratio", "1.5"], "ratio must be in (0, 1)"),
+        (["--model", "nope-model"], "unknown model 'nope-model'"),
+        (["--epochs", "0"], "epochs must be >= 1"),
+    ],
+)
+def test_bad_finetune_arguments_exit_2_with_message(shapes_dir, tmp_path, args, message):
+    r = saft("finetune", "--train", str(shapes_dir), "--out", str(tmp_path / "x.safetensors"), *args)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_bad_dataset_exit_2(tmp_path):
+    (tmp_path / "only" / "cls").mkdir(parents=True)
+    r = saft("finetune", "--train", str(tmp_path / "only"), "--out", str(tmp_path / "x.safetensors"))
+    assert r.returncode == 2 and "no images found" in r.stderr

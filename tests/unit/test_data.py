@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from saft_core.data import load_dataset, sample_shots, split_validation
+from saft_core.errors import DataError
+
+from .conftest import draw_image
+
+
+def test_image_folder_order_and_class_names(tmp_path):
+    for cls, files in {"b_cls": ["2.png", "1.png"], "a_cls": ["x.png"]}.items():
+        for f in files:
+            draw_image(tmp_path / cls / f)
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / "classes.json").write_text(json.dumps({"a_cls": "apple"}))
+    ds = load_dataset(tmp_path)
+    assert ds.classes == ["a_cls", "b_cls"]
+    assert ds.class_names == ["apple", "b cls"]
+    assert [(p.parent.name, p.name, y) for p, y in ds.samples] == [
+        ("a_cls", "x.png", 0), ("b_cls", "1.png", 1), ("b_cls", "2.png", 1)]
+    assert ds.counts() == {"a_cls": 1, "b_cls": 2}
+
+
+def test_csv_manifest(tmp_path):
+    draw_image(tmp_path / "img" / "a.png")
+    draw_image(tmp_path / "img" / "b.png")
+    (tmp_path / "m.csv").write_text("path,label\nimg/b.png,dog\nimg/a.png,cat\n")
+    ds = load_dataset(tmp_path / "m.csv")
+    assert ds.classes == ["cat", "dog"]
+    assert [(p.name, y) for p, y in ds.samples] == [("b.png", 1), ("a.png", 0)]
+
+
+def test_manifest_with_missing_file_names_it(tmp_path):
+    draw_image(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("a.png,cat\nnope.png,dog\n")
+    with pytest.raises(DataError, match="nope.png"):
+        load_dataset(tmp_path / "m.csv")
+
+
+def test_empty_dataset_is_refused(tmp_path):
+    (tmp_path / "cats").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        load_dataset(tmp_path)
+
+
+def test_one_class_is_refused(tmp_path):
+    draw_image(tmp_path / "cats" / "1.png")
+    draw_image(tmp_path / "cats" / "2.png")
+    with pytest.raises(DataError, match="1 class.*at least 2"):
+        load_dataset(tmp_path)
+
+
+def test_unreadable_images_are_named(tmp_path):
+    draw_image(tmp_path / "cats" / "ok.png")
+    draw_image(tmp_path / "dogs" / "ok.png")
+    (tmp_path / "dogs" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=r"1 file\(s\) are not readable images: dogs/broken.jpg"):
+        load_dataset(tmp_path)
+
+
+def test_missing_path_and_bad_classes_json(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(tmp_path / "nowhere")
+    draw_image(tmp_path / "a" / "1.png")
+    draw_image(tmp_path / "b" / "1.png")
+    (tmp_path / "classes.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_dataset(tmp_path)
+    (tmp_path / "classes.json").write_text(json.dumps({"zebra": "zebra"}))
+    with pytest.raises(DataError, match="no folder: zebra"):
+        load_dataset(tmp_path)
+
+
+def test_shots_and_split_are_seeded_and_stratified(shapes_dir):
+    ds = load_dataset(shapes_dir)
+    a, b = sample_shots(ds, 3, seed=7), sample_shots(ds, 3, seed=7)
+    assert a.samples == b.samples and set(a.counts().values()) == {3}
+    assert sample_shots(ds, 3, seed=8).samples != a.samples
+    train, val = split_validation(ds, 0.25, seed=0)
+    assert set(val.counts().values()) == {2} and set(train.counts().values()) == {6}
+    assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
+    _, empty = split_validation(ds, 0.0, seed=0)
+    assert len(empty) == 0

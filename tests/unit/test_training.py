@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+from saft_core.config import ScoringConfig, TrainConfig
+from saft_core.data import load_dataset, make_loader
+from saft_core.errors import Cancelled
+from saft_core.masking import Mask, select_topk
+from saft_core.models import load_model
+from saft_core.results import Callbacks
+from saft_core.scoring import eligible_parameters, score_parameters
+from saft_core.training import SparseUpdate, train, warmup_cosine
+from saft_core.zeroshot import Prompts, build_head
+
+from .conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def setup(shapes_dir):
+    cfg = tiny_config(shapes_dir)
+    loaded = load_model(cfg.model, "cpu")
+    ds = load_dataset(shapes_dir)
+    prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
+    return cfg, loaded, ds, prompts
+
+
+def test_optimizer_state_exists_only_for_selected_entries(setup):
+    cfg, loaded, ds, prompts = setup
+    scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.scoring,
+                              device=loaded.device)
+    mask = select_topk(scores, 0.001)
+    update = SparseUpdate(loaded.model, mask)
+    opt = torch.optim.AdamW(update.trainable(), lr=1e-3)
+    assert sum(t.numel() for t in update.trainable()) == mask.k
+    images, labels = next(iter(make_loader(ds, loaded.preprocess_eval, 8)))
+    loss = torch.nn.functional.cross_entropy(
+        loaded.model.logit_scale.exp() * loaded.model.encode_image(images, normalize=True) @ prompts.head(loaded.model),
+        labels)
+    loss.backward()
+    update.after_backward()
+    opt.step()
+    state_entries = sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in opt.state.values())
+    assert state_entries == 2 * mask.k
+    assert all(p.grad is None for p in loaded.model.parameters())  # dense gradients were dropped
+    update.set_weights(False)
+
+
+def test_gradients_are_masked_before_clipping(setup):
+    """With a tiny clip norm the update must equal clipping of the *masked* gradient, not of the dense one."""
+    cfg, loaded, ds, prompts = setup
+    params = dict(loaded.model.named_parameters())
+    name = "visual.proj"
+    idx = torch.tensor([0, 5, 17])
+    mask = Mask(indices={name: idx}, numel={name: params[name].numel()}, k=3, ratio=0.5)
+    update = SparseUpdate(loaded.model, mask)
+    images, labels = next(iter(make_loader(ds, loaded.preprocess_eval, 8)))
+    logits = loaded.model.logit_scale.exp() * loaded.model.encode_image(images, normalize=True) @ prompts.head(loaded.model)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    dense = params[name].grad.detach().clone()
+    update.after_backward()
+    norm = torch.nn.utils.clip_grad_norm_(update.trainable(), 1e-6)
+    torch.testing.assert_close(norm, dense.reshape(-1)[idx].norm())
+    assert dense.norm() > norm  # the dense norm would have clipped differently
+    update.set_weights(False)
+
+
+def test_progress_and_cancellation(setup):
+    cfg, loaded, ds, prompts = setup
+    mask = Mask(indices={"visual.proj": torch.tensor([1, 2])}, numel={"visual.proj": 16384}, k=2, ratio=0.1)
+    update = SparseUpdate(loaded.model, mask)
+    seen = []
+    loader = make_loader(ds, loaded.preprocess_eval, 8, shuffle=True)
+    stats = train(loaded.model, loader, prompts, update, TrainConfig(epochs=2, batch_size=8, warmup_steps=2),
+                  device=loaded.device, callbacks=Callbacks(on_progress=seen.append))
+    assert stats.steps == 6 and [p.step for p in seen] == [1, 2, 3, 4, 5, 6]
+    assert all(p.total == 6 and p.loss is not None for p in seen)
+    assert seen[0].lr == pytest.approx(0.5e-3) and seen[1].lr == pytest.approx(1e-3)  # warm-up
+    with pytest.raises(Cancelled):
+        train(loaded.model, loader, prompts, update, TrainConfig(epochs=1, batch_size=8), device=loaded.device,
+              callbacks=Callbacks(should_cancel=lambda: len(seen) >= 8, on_progress=seen.append))
+    assert len(seen) == 8
+    update.set_weights(False)
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(2, 10)
+    assert [round(f(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_scoring_reductions_and_eligibility(setup):
+    cfg, loaded, ds, prompts = setup
+    loader = make_loader(ds, loaded.preprocess_eval, 8)
+    flags = [p.requires_grad for p in loaded.model.parameters()]
+    abs_ = score_parameters(loaded.model, loader, prompts, ScoringConfig(batch_size=8), device=loaded.device)
+    abs_sum = score_parameters(loaded.model, loader, prompts, ScoringConfig(batch_size=8, reduction="abs_sum"),
+                               device=loaded.device)
+    sq = score_parameters(loaded.model, loader, prompts, ScoringConfig(batch_size=8, reduction="squared"),
+                          device=loaded.device)
+    for n in abs_:
+        assert bool((abs_sum[n] <= abs_[n] * (1 + 1e-5) + 1e-12).all())  # |sum g| <= sum |g|
+        assert bool((sq[n] <= abs_[n] ** 2 * (1 + 1e-5) + 1e-12).all())  # sum g^2 <= (sum |g|)^2
+    image_only = eligible_parameters(loaded.model, ScoringConfig(towers="image"))
+    assert image_only and all(n.startswith("visual.") for n in image_only)
+    lean = eligible_parameters(loaded.model, ScoringConfig(exclude_embeddings=True, exclude_norms=True,
+                                                           exclude_biases=True))
+    assert not any(n.endswith("bias") or "embedding" in n or "ln_" in n or "conv1" in n for n in lean)
+    assert "visual.proj" in lean
+    assert [p.requires_grad for p in loaded.model.parameters()] == flags  # scoring restores the flags
+
+
+def test_differentiable_head_equals_open_clip_head(setup):
+    _, loaded, ds, _ = setup
+    templates = ["a photo of a {}.", "a drawing of a {}."]
+    prompts = Prompts.build(loaded.tokenizer, ds.class_names, templates, "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(prompts.head(loaded.model),
+                                   build_head(loaded.model, loaded.tokenizer, ds.class_names, templates, "cpu"))

@@ -250,6 +250,31 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- world
+def cmd_world_domains(args: argparse.Namespace) -> int:
+    from .world import DOMAINS
+
+    print("\n".join(DOMAINS))
+    return 0
+
+
+def cmd_world_render(args: argparse.Namespace) -> int:
+    from .world import CLASSES, DOMAINS, Shift, render_image_folder
+
+    if args.domain not in DOMAINS:
+        raise SaftError(f"unknown domain {args.domain!r}; domains: {', '.join(DOMAINS)}", code="invalid_config")
+    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else CLASSES
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown:
+        raise SaftError(f"unknown classes {unknown}; classes: {', '.join(CLASSES)}", code="invalid_config")
+    if args.per_class < 1:
+        raise SaftError("--per-class must be >= 1", code="invalid_config")
+    root = render_image_folder(args.out, args.domain, args.per_class, args.seed, classes=classes,
+                               shift=Shift.v2() if args.shifted else None, size=args.size)
+    print(f"wrote {args.per_class * len(classes)} {args.domain} images ({len(classes)} classes) to {root}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saft", description="Robust fine-tuning of CLIP models with SAFT.")
@@ -322,6 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("world", help="the procedural image-text world (domains, renders)")
+    wsub = p.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
+    w = wsub.add_parser("domains", help="print the domain names, one a line")
+    w.set_defaults(func=cmd_world_domains)
+    w = wsub.add_parser("render", help="write an ImageFolder of one domain")
+    w.add_argument("--domain", required=True)
+    w.add_argument("--per-class", type=int, required=True)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--out", required=True)
+    w.add_argument("--classes", help="comma-separated subset of the classes (default: all)")
+    w.add_argument("--shifted", action="store_true", help="shifted generation parameters (a 'V2' resample)")
+    w.add_argument("--size", type=int, default=64, help="image side in pixels")
+    w.set_defaults(func=cmd_world_render)
     return parser
 
 

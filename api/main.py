@@ -13,6 +13,7 @@ from saft_service.storage import Storage
 
 from . import problems
 from .classify import ClassifierCache
+from .limits import ContentLengthLimit
 from .routes import classify, datasets, health, jobs, models
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.classifiers = ClassifierCache(settings.classifier_cache_size, settings.api_device)
     problems.install(app)
+    app.add_middleware(
+        ContentLengthLimit,
+        default=settings.max_request_bytes,
+        by_prefix={"/v1/datasets": settings.max_upload_bytes},
+    )
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(datasets.router, max_body_size=settings.max_upload_bytes)

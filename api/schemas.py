@@ -89,6 +89,8 @@ class JobCreate(JobSpec):
 
 
 class JobProgress(BaseModel):
+    """While running: steps of the current stage. After success: the training steps taken."""
+
     stage: str | None = Field(description="loading, scoring, masking, training, evaluating or saving.")
     step: int
     total_steps: int

@@ -103,7 +103,7 @@ def _zip_entries(zf: zipfile.ZipFile, limits: Limits) -> Iterator[tuple[str, boo
             raise UploadError(
                 "unsafe_archive", f"entry {info.filename!r} is a symbolic link; links are not accepted"
             )
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: archivers that record no type
             raise UploadError("unsafe_archive", f"entry {info.filename!r} is not a regular file")
         if info.flag_bits & 0x1:
             raise UploadError("unsupported_archive", f"entry {info.filename!r} is encrypted", status=415)

@@ -280,8 +280,10 @@ def succeed(
     checkpoint: Checkpoint,
     mask: Mask | None,
     evaluations: list[Evaluation],
+    training_steps: int = 0,
 ) -> bool:
-    """End a running job as succeeded and store what it produced, in one transaction."""
+    """End a running job as succeeded and store what it produced, in one transaction. Its progress then shows
+    the ``training_steps`` it took."""
     finished: datetime = utcnow()
     if not _transition(
         session,
@@ -291,6 +293,8 @@ def succeed(
         finished_at=finished,
         metrics=metrics,
         stage=None,
+        step=training_steps,
+        total_steps=training_steps,
     ):
         return False
     session.add(checkpoint)

@@ -21,7 +21,7 @@ from saft_service.db import session_scope
 from saft_service.jobspec import JobSpec, to_finetune_config
 from saft_service.settings import Settings, get_settings
 from saft_service.storage import Storage, remove_tree, sha256_file
-from saft_service.tables import Checkpoint, Dataset, Evaluation, Mask, MaskTensor, utcnow
+from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, Mask, MaskTensor, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class JobReporter:
         self._last_event = 0.0
         self._last_cancel_check = 0.0
         self._cancel = False
+        self.training_steps = 0
 
     def on_stage(self, stage: str) -> None:
         log.info("job %s: stage %s", self.job_id, stage)
@@ -48,6 +49,8 @@ class JobReporter:
         self._last_row = self._last_event = 0.0
 
     def on_progress(self, p: Progress) -> None:
+        if p.stage == "training":
+            self.training_steps = max(self.training_steps, p.total)
         now = time.monotonic()
         last_step = p.step >= p.total
         if not last_step and now - self._last_row < self.settings.progress_interval:
@@ -98,23 +101,22 @@ def _end(job_id: str, out_dir: Path, settings: Settings, code: str, message: str
     log.info("job %s ended: %s (%s)", job_id, code, message)
 
 
-def _record_success(job_id: str, result: FinetuneResult, storage: Storage, settings: Settings) -> None:
+def _record_success(
+    job_id: str, result: FinetuneResult, storage: Storage, settings: Settings, training_steps: int
+) -> None:
     ckpt = Path(result.checkpoint_path)
-    spec = None
     with session_scope(settings) as s:
-        job = s.get(jobs.Job, job_id)
-        spec = JobSpec.model_validate(job.spec) if job is not None else None
-        eval_names = {}
-        if spec is not None:
-            for ds in s.query(Dataset).filter(Dataset.id.in_(spec.eval_dataset_ids)):
-                eval_names[ds.id] = ds.name
+        job = s.get(Job, job_id)
+        if job is None:
+            raise RuntimeError(f"job {job_id} was deleted while it ran")
+        spec = JobSpec.model_validate(job.spec)
         checkpoint = Checkpoint(
             job_id=job_id,
             path=storage.relative(ckpt),
             sha256=sha256_file(ckpt),
             size_bytes=ckpt.stat().st_size,
-            base_model=spec.model if spec else "",
-            pretrained=spec.pretrained if spec else None,
+            base_model=spec.model,
+            pretrained=spec.pretrained,
             base_sha256=result.base_sha256,
             classes=list(result.classes),
             created_at=utcnow(),
@@ -150,7 +152,13 @@ def _record_success(job_id: str, result: FinetuneResult, storage: Storage, setti
         ]
         metrics = {k: float(v) for k, v in (result.metrics or {}).items()}
         if not jobs.succeed(
-            s, job_id, metrics=metrics, checkpoint=checkpoint, mask=mask, evaluations=evaluations
+            s,
+            job_id,
+            metrics=metrics,
+            checkpoint=checkpoint,
+            mask=mask,
+            evaluations=evaluations,
+            training_steps=training_steps,
         ):
             raise RuntimeError(f"job {job_id} was no longer running when it finished")
 
@@ -248,7 +256,7 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
         return
     # 4. Record the outcome in one transaction.
     try:
-        _record_success(job_id, result, storage, settings)
+        _record_success(job_id, result, storage, settings, reporter.training_steps)
     except Exception as e:
         log.exception("job %s: could not record its result", job_id)
         _end(job_id, out_dir, settings, "internal_error", f"could not store the job's result: {e}")

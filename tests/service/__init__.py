@@ -1,0 +1,1 @@
+"""Service tests: the API, the worker and the store, with real processes, Postgres and Redis."""

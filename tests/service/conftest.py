@@ -1,0 +1,310 @@
+"""Fixtures for the service tests: real processes on free ports, real Postgres and Redis.
+
+- ``pg_stack``: ``saft migrate``, two ``saft keys create``, a ``saft worker`` (Celery, prefork) and ``saft api``
+  (uvicorn), each a subprocess, on a fresh Postgres database and a private Redis queue. Skipped, saying why,
+  only when Postgres or Redis cannot be reached.
+- ``embedded_stack``: ``saft serve`` (API + worker) on the embedded default (SQLite + SQL broker file), with
+  the key read from what it prints, exactly as the README tells a user.
+
+Both use small upload limits so the limit tests stay small.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+# Limits the tests run under (small so that going over them is cheap).
+LIMITS = {
+    "SAFT_MAX_UPLOAD_BYTES": str(3 * 1024 * 1024),
+    "SAFT_MAX_EXTRACTED_BYTES": str(4 * 1024 * 1024),
+    "SAFT_MAX_ARCHIVE_MEMBERS": "300",
+    "SAFT_PROGRESS_INTERVAL": "0.2",
+    "SAFT_LOG_LEVEL": "INFO",
+}
+
+
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFT_")}
+    env.update(LIMITS)
+    env.update(SAFT_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    env.update(extra)
+    return env
+
+
+def saft(*args: str) -> list[str]:
+    return [sys.executable, "-m", "saft_service.cli", *args]
+
+
+@dataclass
+class Proc:
+    """A subprocess whose output is collected by a thread (so pipes never fill up)."""
+
+    name: str
+    popen: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        popen = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        proc = cls(name, popen)
+        threading.Thread(target=proc._drain, daemon=True).start()
+        return proc
+
+    def _drain(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def tail(self, n: int = 40) -> str:
+        return f"--- {self.name} (last {n} lines) ---\n" + "\n".join(self.lines[-n:])
+
+    def stop(self, grace: float = 20.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+
+@dataclass
+class Stack:
+    """A running service: where it listens, its data dir, keys of two tenants, its processes."""
+
+    kind: str
+    base_url: str
+    data_dir: Path
+    keys: dict[str, str]
+    procs: list[Proc]
+    env: dict[str, str]
+
+    def client(self, tenant: str = "alpha", **kw: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=120, **kw)  # type: ignore[arg-type]
+
+    def logs(self) -> str:
+        return "\n".join(p.tail() for p in self.procs)
+
+
+def wait_ready(stack: Stack, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        for p in stack.procs:
+            if p.popen.poll() is not None:
+                raise RuntimeError(f"{p.name} exited with {p.popen.returncode}\n{stack.logs()}")
+        try:
+            r = httpx.get(stack.base_url + "/readyz", timeout=5)
+            if r.status_code == 200:
+                return
+            last = r.text
+        except httpx.HTTPError as e:
+            last = repr(e)
+        time.sleep(0.5)
+    raise RuntimeError(f"service not ready after {timeout} s: {last}\n{stack.logs()}")
+
+
+def create_key(env: dict[str, str], tenant: str) -> str:
+    out = subprocess.run(
+        saft("keys", "create", "--tenant", tenant),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip().splitlines()[-1]
+    assert key.startswith("saft_"), out.stdout
+    return key
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    if not reachable(PG_HOST, PG_PORT):
+        pytest.skip(f"Postgres is not reachable at {PG_HOST}:{PG_PORT}")
+    import psycopg
+
+    name = f"saft_test_{secrets.token_hex(4)}"
+    admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    if not reachable(REDIS_HOST, REDIS_PORT):
+        pytest.skip(f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}")
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/9"
+
+
+@pytest.fixture(scope="session")
+def pg_stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """API and worker as separate processes on Postgres + Redis (the production layout)."""
+    data_dir = tmp_path_factory.mktemp("pg-data")
+    queue = f"saft-test-{secrets.token_hex(4)}"
+    env = base_env(data_dir, SAFT_DATABASE_URL=postgres_url, SAFT_BROKER_URL=redis_url, SAFT_QUEUE_NAME=queue)
+    migrate = subprocess.run(saft("migrate"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stderr
+    keys = {t: create_key(env, t) for t in ("alpha", "beta")}
+    port = free_port()
+    procs = [
+        Proc.start("worker", saft("worker"), env),
+        Proc.start("api", saft("api", "--host", "127.0.0.1", "--port", str(port)), env),
+    ]
+    stack = Stack("postgres+redis", f"http://127.0.0.1:{port}", data_dir, keys, procs, env)
+    try:
+        wait_ready(stack)
+        yield stack
+    finally:
+        for p in procs:
+            p.stop()
+        import redis
+
+        redis.Redis.from_url(redis_url).delete(queue)
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """``saft serve`` on the embedded default, nothing else running; the key comes from its output."""
+    data_dir = tmp_path_factory.mktemp("embedded-data")
+    env = base_env(data_dir)
+    port = free_port()
+    proc = Proc.start("serve", saft("serve", "--port", str(port)), env)
+    stack = Stack("embedded", f"http://127.0.0.1:{port}", data_dir, {}, [proc], env)
+    try:
+        wait_ready(stack)
+        key_lines = [ln for ln in proc.lines if ln.startswith("API key")]
+        assert key_lines, f"saft serve printed no key\n{stack.logs()}"
+        stack.keys["alpha"] = key_lines[-1].split()[-1]
+        assert any(ln == f"URL: {stack.base_url}" for ln in proc.lines), stack.logs()
+        stack.keys["beta"] = create_key(env, "beta")
+        yield stack
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(params=["postgres+redis", "embedded"], scope="session")
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return request.getfixturevalue("pg_stack" if request.param == "postgres+redis" else "embedded_stack")
+
+
+# --- datasets --------------------------------------------------------------------------------------------
+
+
+def render(root: Path, per_class: int, seed: int) -> Path:
+    from saft_core.synthetic import render_shapes
+
+    return render_shapes(root, per_class=per_class, seed=seed)
+
+
+def zip_dir(root: Path, *, wrap: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                arc = p.relative_to(root).as_posix()
+                zf.write(p, f"{wrap}/{arc}" if wrap else arc)
+    return buf.getvalue()
+
+
+def tar_gz_dir(root: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for p in sorted(root.rglob("*")):
+            tf.add(p, p.relative_to(root).as_posix(), recursive=False)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes x 6 generated images, with classes.json."""
+    return render(tmp_path_factory.mktemp("shapes") / "shapes", per_class=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shapes_zip(shapes_dir: Path) -> bytes:
+    return zip_dir(shapes_dir, wrap="shapes")  # zipped as a folder, as people do
+
+
+@pytest.fixture(scope="session")
+def shifted_tar_gz(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return tar_gz_dir(render(tmp_path_factory.mktemp("shifted") / "shifted", per_class=3, seed=7))
+
+
+def wait_for_job(client: httpx.Client, job_id: str, *, until: set[str], timeout: float = 300.0) -> dict:
+    """Poll a job until its status is in ``until``; returns the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in until:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+        time.sleep(0.5)
+
+
+def wait_for_training(client: httpx.Client, job_id: str, timeout: float = 180.0) -> dict:
+    """Poll a job until it has made at least one training step; returns the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["stage"] == "training" and job["progress"]["step"] > 0:
+            return job
+        if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} did not reach training: {job}")
+        time.sleep(0.3)
+
+
+def stored_datasets(stack: Stack) -> set[str]:
+    """Dataset folders in the artifact store, and anything left in staging."""
+    ds = stack.data_dir / "datasets"
+    staging = stack.data_dir / "staging"
+    return {p.name for p in ds.iterdir()} | {f"staging/{p.name}" for p in staging.iterdir()}

@@ -1,0 +1,124 @@
+"""Job requests the API must refuse, and cancelling queued and running jobs through a real worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import Stack, wait_for_job, wait_for_training, zip_dir
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(scope="module")
+def dataset_id(pg_stack: Stack, shapes_dir: Path) -> str:
+    with pg_stack.client() as c:
+        r = c.post("/v1/datasets", data={"name": "for-jobs"}, files={"file": ("s.zip", zip_dir(shapes_dir))})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+
+def job_ids(c: httpx.Client) -> list[str]:
+    return [j["id"] for j in c.get("/v1/jobs", params={"limit": 100}).json()["data"]]
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "where"),
+    [
+        ({"method": {"type": "saft", "ratio": 0}}, "validation_error", ["body", "method", "saft", "ratio"]),
+        ({"method": {"type": "saft", "ratio": 1.5}}, "validation_error", ["body", "method", "saft", "ratio"]),
+        ({"method": {"type": "lora"}}, "validation_error", ["body", "method"]),
+        ({"hyperparameters": {"epochs": 0}}, "validation_error", ["body", "hyperparameters", "epochs"]),
+        (
+            {"hyperparameters": {"learning_rate": -1}},
+            "validation_error",
+            ["body", "hyperparameters", "learning_rate"],
+        ),
+        (
+            {"hyperparameters": {"batch_size": "many"}},
+            "validation_error",
+            ["body", "hyperparameters", "batch_size"],
+        ),
+        (
+            {"hyperparameters": {"epochs": 1, "optimizer": "sgd"}},
+            "validation_error",
+            ["body", "hyperparameters", "optimizer"],
+        ),
+        ({"validation_fraction": 1.0}, "validation_error", ["body", "validation_fraction"]),
+        ({"templates": ["no placeholder"]}, "validation_error", ["body", "templates"]),
+        ({"templates": []}, "validation_error", ["body", "templates"]),
+        ({"colour": "blue"}, "validation_error", ["body", "colour"]),
+        ({"dataset_id": "ds_doesnotexist"}, "dataset_not_found", None),
+        ({"eval_dataset_ids": ["ds_doesnotexist"]}, "dataset_not_found", None),
+        ({"model": "no-such-model"}, "unknown_model", None),
+    ],
+    ids=[
+        "ratio-0",
+        "ratio-1.5",
+        "method",
+        "epochs-0",
+        "lr",
+        "batch-type",
+        "extra-hp",
+        "val-frac",
+        "template",
+        "no-templates",
+        "extra-field",
+        "dataset",
+        "eval-dataset",
+        "model",
+    ],
+)
+def test_bad_job_requests_are_422_and_create_nothing(
+    pg_stack: Stack, dataset_id: str, change: dict, code: str, where: list[str] | None
+) -> None:
+    body = {"dataset_id": dataset_id, "hyperparameters": {"epochs": 1}, **change}
+    with pg_stack.client() as c:
+        before = job_ids(c)
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        problem = r.json()
+        assert problem["code"] == code and problem["detail"]
+        if where is not None:
+            assert where in [e["loc"] for e in problem["errors"]], problem["errors"]
+        assert job_ids(c) == before
+
+
+def test_not_json_is_422(pg_stack: Stack) -> None:
+    with pg_stack.client() as c:
+        r = c.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["code"] == "validation_error"
+
+
+def test_cancel_a_queued_and_a_running_job(pg_stack: Stack, dataset_id: str) -> None:
+    long_job = {"dataset_id": dataset_id, "hyperparameters": {"epochs": 500, "batch_size": 2}}
+    with pg_stack.client() as c:
+        running = c.post("/v1/jobs", json=long_job).json()
+        wait_for_job(c, running["id"], until={"running"}, timeout=120)
+        # The single worker is busy, so a second job waits in the queue; cancelling it is immediate.
+        queued = c.post("/v1/jobs", json={**long_job, "hyperparameters": {"epochs": 1}}).json()
+        r = c.post(f"/v1/jobs/{queued['id']}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        # A dataset in use by a running job cannot be deleted.
+        r = c.delete(f"/v1/datasets/{dataset_id}")
+        assert r.status_code == 409 and r.json()["code"] == "dataset_in_use"
+        # Once it trains, cancel it: it stops at its next step.
+        wait_for_training(c, running["id"])
+        r = c.post(f"/v1/jobs/{running['id']}/cancel")
+        assert r.status_code == 200 and r.json()["cancel_requested"] is True
+        done = wait_for_job(c, running["id"], until={"cancelled", "succeeded", "failed"}, timeout=60)
+        assert done["status"] == "cancelled", done
+        assert done["progress"]["step"] < done["progress"]["total_steps"]
+        messages = [e["message"] for e in c.get(f"/v1/jobs/{running['id']}/events").json()["data"]]
+        assert any("cancellation requested" in m for m in messages) and messages[-1] == "job cancelled"
+        r = c.get(f"/v1/jobs/{running['id']}/checkpoint")
+        assert r.status_code == 404 and r.json()["code"] == "checkpoint_not_available"
+        assert not (pg_stack.data_dir / "jobs" / running["id"]).exists()  # partial outputs removed
+        r = c.post(f"/v1/jobs/{running['id']}/cancel")
+        assert r.status_code == 409 and r.json()["code"] == "job_finished"
+        # The queued one never started, even after the worker got to its message.
+        again = c.get(f"/v1/jobs/{queued['id']}").json()
+        assert again["status"] == "cancelled" and again["started_at"] is None and again["attempts"] == 0

@@ -1,0 +1,163 @@
+"""The job state machine and the migrations, on SQLite and on Postgres (the same migrations for both)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.orm import Session
+
+from saft_service import db, jobs, keys
+from saft_service.settings import Settings
+from saft_service.tables import Base, Job, JobEvent, utcnow
+
+from .conftest import PG_HOST, PG_PORT, reachable
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """A migrated database of each kind."""
+    if request.param == "sqlite":
+        s = Settings(data_dir=tmp_path)
+        db.upgrade(s)
+        yield s
+        return
+    if not reachable(PG_HOST, PG_PORT):
+        pytest.skip(f"Postgres is not reachable at {PG_HOST}:{PG_PORT}")
+    import psycopg
+
+    name = f"saft_sm_{secrets.token_hex(4)}"
+    admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    s = Settings(data_dir=tmp_path, database_url=f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}")
+    try:
+        db.upgrade(s)
+        yield s
+    finally:
+        db.get_engine(s).dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def session(settings: Settings) -> Iterator[Session]:
+    with db.session_factory(settings)() as s:
+        yield s
+
+
+def new_job(session: Session) -> Job:
+    tenant = keys.get_or_create_tenant(session, f"t-{secrets.token_hex(3)}")
+    job = jobs.create(session, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"})  # type: ignore[arg-type]
+    session.commit()
+    return job
+
+
+def events(session: Session, job_id: str) -> list[str]:
+    return [e.message for e in session.query(JobEvent).filter_by(job_id=job_id).order_by(JobEvent.id)]
+
+
+def test_migrations_match_the_tables(settings: Settings) -> None:
+    with db.get_engine(settings).connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_happy_path_queued_running_succeeded(session: Session) -> None:
+    job = new_job(session)
+    assert job.status == "queued"
+    claimed = jobs.claim(session, job.id, worker="w1")
+    session.commit()
+    assert claimed is not None and claimed.status == "running" and claimed.attempts == 1
+    assert claimed.started_at is not None
+    jobs.set_stage(session, job.id, "training")
+    jobs.report_progress(session, job.id, stage="training", step=3, total=10, metrics={"train_loss": 0.5})
+    session.commit()
+    session.refresh(job)
+    assert (job.stage, job.step, job.total_steps, job.metrics) == ("training", 3, 10, {"train_loss": 0.5})
+    assert jobs.fail(session, job.id, "x", "y")  # running -> failed is allowed ...
+    session.commit()
+    assert not jobs.claim(session, job.id, worker="w2")  # ... and final: nothing restarts it
+    assert events(session, job.id)[:3] == ["job queued", "job started", "stage training"]
+
+
+def test_a_duplicate_message_does_not_run_a_job_twice(session: Session) -> None:
+    job = new_job(session)
+    assert jobs.claim(session, job.id, worker="w1") is not None
+    session.commit()
+    assert jobs.claim(session, job.id, worker="w2") is None  # live heartbeat, not redelivered
+    session.refresh(job)
+    assert job.worker == "w1" and job.attempts == 1
+
+
+def test_a_redelivered_job_restarts_then_fails_as_worker_lost(session: Session) -> None:
+    job = new_job(session)
+    jobs.claim(session, job.id, worker="w1", max_attempts=2)
+    session.commit()
+    again = jobs.claim(session, job.id, worker="w2", redelivered=True, max_attempts=2)
+    session.commit()
+    assert again is not None and again.attempts == 2 and again.worker == "w2"
+    assert jobs.claim(session, job.id, worker="w3", redelivered=True, max_attempts=2) is None
+    session.commit()
+    session.refresh(job)
+    assert job.status == "failed" and job.error_code == "worker_lost"
+    assert "stopped 2 times" in (job.error_message or "")
+
+
+def test_a_silent_running_job_counts_as_lost(session: Session) -> None:
+    job = new_job(session)
+    jobs.claim(session, job.id, worker="w1")
+    job.heartbeat_at = utcnow() - timedelta(seconds=600)
+    session.commit()
+    assert jobs.claim(session, job.id, worker="w2", heartbeat_timeout=300) is not None
+
+
+def test_cancel_queued_is_immediate_and_wins_over_a_later_claim(session: Session) -> None:
+    job = new_job(session)
+    jobs.request_cancel(session, job)
+    session.commit()
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert jobs.claim(session, job.id, worker="w1") is None
+    session.refresh(job)
+    assert job.status == "cancelled" and job.started_at is None
+
+
+def test_cancel_running_is_cooperative(session: Session) -> None:
+    job = new_job(session)
+    jobs.claim(session, job.id, worker="w1")
+    session.commit()
+    assert not jobs.cancel_requested(session, job.id)
+    jobs.request_cancel(session, job)
+    session.commit()
+    assert job.status == "running" and jobs.cancel_requested(session, job.id)
+    assert jobs.mark_cancelled(session, job.id)
+    session.commit()
+    session.refresh(job)
+    assert job.status == "cancelled"
+    with pytest.raises(jobs.IllegalTransition):
+        jobs.request_cancel(session, job)
+
+
+def test_finished_jobs_cannot_change(session: Session) -> None:
+    job = new_job(session)
+    jobs.request_cancel(session, job)
+    session.commit()
+    assert not jobs.fail(session, job.id, "late", "too late")
+    assert not jobs.mark_cancelled(session, job.id)
+    session.commit()
+    session.refresh(job)
+    assert job.status == "cancelled" and job.error_code is None
+
+
+def test_every_transition_is_in_the_table() -> None:
+    for source, targets in jobs.TRANSITIONS.items():
+        if source in jobs.TERMINAL:
+            assert not targets
+        for t in targets:
+            assert t in jobs.JobStatus
+    assert jobs.JobStatus.QUEUED not in set().union(*jobs.TRANSITIONS.values())  # nothing goes back to queued

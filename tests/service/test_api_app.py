@@ -1,0 +1,122 @@
+"""Narrow tests of the app object (FastAPI's TestClient, SQLite, no worker): the OpenAPI document, a broker
+that is down, bodies over the limit without a Content-Length, and recovery after a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from saft_service import db, jobs, keys
+from saft_service.settings import Settings
+
+from .conftest import zip_dir
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # A broker port nothing listens on: enqueueing fails fast.
+    s = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:9/0", max_upload_bytes=200_000)
+    db.upgrade(s)
+    return s
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with db.session_scope(settings) as session:
+        _, key = keys.create_key(session, tenant_name="t")
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as c:
+        yield c
+
+
+def test_openapi_describes_every_route_with_bearer_auth(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    paths = doc["paths"]
+    for path, method in [
+        ("/v1/datasets", "post"),
+        ("/v1/datasets", "get"),
+        ("/v1/datasets/{dataset_id}", "delete"),
+        ("/v1/jobs", "post"),
+        ("/v1/jobs", "get"),
+        ("/v1/jobs/{job_id}", "get"),
+        ("/v1/jobs/{job_id}/cancel", "post"),
+        ("/v1/jobs/{job_id}/events", "get"),
+        ("/v1/jobs/{job_id}/events/stream", "get"),
+        ("/v1/jobs/{job_id}/mask", "get"),
+        ("/v1/jobs/{job_id}/mask/file", "get"),
+        ("/v1/jobs/{job_id}/checkpoint", "get"),
+        ("/v1/jobs/{job_id}/evaluations", "get"),
+        ("/v1/classify", "post"),
+        ("/v1/models", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ]:
+        assert method in paths[path], (path, method)
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    upload = paths["/v1/datasets"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in upload
+    assert "application/problem+json" in paths["/v1/jobs"]["post"]["responses"]["422"]["content"]
+    job_schema = doc["components"]["schemas"]["JobCreate"]
+    assert {"dataset_id", "method", "hyperparameters", "eval_dataset_ids"} <= set(job_schema["properties"])
+
+
+def test_a_job_the_queue_cannot_take_fails_visibly(client: TestClient, tmp_path: Path) -> None:
+    from saft_core.synthetic import render_shapes
+
+    data = zip_dir(render_shapes(tmp_path / "s", per_class=2))
+    ds = client.post("/v1/datasets", data={"name": "s"}, files={"file": ("s.zip", data)})
+    assert ds.status_code == 201, ds.text
+    r = client.post("/v1/jobs", json={"dataset_id": ds.json()["id"], "hyperparameters": {"epochs": 1}})
+    assert r.status_code == 503 and r.json()["code"] == "queue_unavailable"
+    listed = client.get("/v1/jobs").json()["data"]
+    assert len(listed) == 1
+    assert listed[0]["status"] == "failed" and listed[0]["error"]["code"] == "queue_unavailable"
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["broker"].startswith("failed")
+
+
+def test_a_streamed_body_over_the_limit_is_cut_off(client: TestClient, settings: Settings) -> None:
+    boundary = "xyz"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbig\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
+
+    def body() -> Iterator[bytes]:  # no Content-Length: the size is only known while reading
+        yield head
+        for _ in range(50):
+            yield b"\0" * 10_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = client.post(
+        "/v1/datasets", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert r.status_code == 413
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "request_too_large"
+    assert list((settings.resolved_data_dir / "datasets").iterdir()) == []
+
+
+def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    r = client.put("/v1/jobs")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+
+
+def test_serve_restart_fails_orphaned_running_jobs_and_requeues_queued(settings: Settings) -> None:
+    with db.session_scope(settings) as s:
+        tenant = keys.get_or_create_tenant(s, "t")
+        running = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={})  # type: ignore[arg-type]
+        queued = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={})  # type: ignore[arg-type]
+        s.flush()
+        jobs.claim(s, running.id, worker="gone")
+    with db.session_scope(settings) as s:
+        assert jobs.recover_after_restart(s) == [queued.id]
+    with db.session_scope(settings) as s:
+        job = s.get(jobs.Job, running.id)
+        assert job is not None and job.status == "failed" and job.error_code == "worker_lost"

@@ -140,16 +140,18 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-def _doc(description: str) -> dict[str, Any]:
+def problem_doc(description: str) -> dict[str, Any]:
     return {"description": description, "model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
 
 
 # Shared OpenAPI documentation of error answers.
-AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: _doc("Missing or invalid API key.")}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _doc("No such resource in this tenant.")}
-INVALID: dict[int | str, dict[str, Any]] = {422: _doc("The request is invalid; `errors` says where.")}
-CONFLICT: dict[int | str, dict[str, Any]] = {409: _doc("The resource is not in a state that allows this.")}
-TOO_LARGE: dict[int | str, dict[str, Any]] = {413: _doc("The upload is over a size or count limit.")}
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: problem_doc("Missing or invalid API key.")}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem_doc("No such resource in this tenant.")}
+INVALID: dict[int | str, dict[str, Any]] = {422: problem_doc("The request is invalid; `errors` says where.")}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: problem_doc("The resource is not in a state that allows this.")
+}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {413: problem_doc("The upload is over a size or count limit.")}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: _doc("A dependency (database, queue, model) is unavailable.")
+    503: problem_doc("A dependency (database, queue, model) is unavailable.")
 }

@@ -114,7 +114,7 @@ def _print_banner(settings, host: str, port: int, key: str | None) -> None:  # t
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}"
     where = (
-        f"embedded default (SQLite and a file broker under {settings.resolved_data_dir})"
+        f"embedded default (SQLite for the store and the queue, under {settings.resolved_data_dir})"
         if settings.embedded_database and settings.embedded_broker
         else f"database {_safe_url(settings.sqlalchemy_url)}, broker {_safe_url(settings.celery_broker_url)}"
     )
@@ -132,11 +132,13 @@ def _print_banner(settings, host: str, port: int, key: str | None) -> None:  # t
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop the worker's process group: TERM (finish the current step), then KILL after ``grace`` seconds."""
+    """Stop the worker: TERM to its main process (Celery's warm shutdown lets a running job finish), then,
+    after ``grace`` seconds, KILL its whole process group. A job cut off that way is failed as
+    ``worker_lost`` by the next ``saft serve`` (see ``jobs.recover_after_restart``)."""
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         log.warning("worker did not stop within %.0f s; killing it", grace)
@@ -144,6 +146,10 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -181,6 +187,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     threading.Thread(target=watch, name="worker-watch", daemon=True).start()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` still stops
+    # the worker (SIGINT already arrives as KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _print_banner(settings, args.host, args.port, key)
     try:
         server.run()

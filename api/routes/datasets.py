@@ -16,7 +16,7 @@ from saft_service.storage import remove_tree
 from saft_service.tables import Dataset, Job, new_id, utcnow
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
-from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, _doc
+from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
 from ..schemas import DatasetPublic, DatasetsPublic, decode_cursor, encode_cursor
 from ..uploads import Limits, UploadError, extract_archive
 
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESP
     response_model=DatasetPublic,
     status_code=201,
     summary="Upload a dataset",
-    responses={**INVALID, **TOO_LARGE, 415: _doc("The file is not a .zip, .tar or .tar.gz archive.")},
+    responses={**INVALID, **TOO_LARGE, 415: problem_doc("The file is not a .zip, .tar or .tar.gz archive.")},
 )
 def create_dataset(
     file: Annotated[

@@ -69,6 +69,12 @@ def saft(*args: str) -> list[str]:
     return [sys.executable, "-m", "saft_service.cli", *args]
 
 
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Linux)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
 @dataclass
 class Proc:
     """A subprocess whose output is collected by a thread (so pipes never fill up)."""
@@ -228,7 +234,13 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.keys["beta"] = create_key(env, "beta")
         yield stack
     finally:
+        worker_pids = children(proc.popen.pid)
         proc.stop()
+    # Stopping `saft serve` stops its worker too (no stray job processes).
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker_pids and not any(Path(f"/proc/{pid}").exists() for pid in worker_pids)
 
 
 @pytest.fixture(params=["postgres+redis", "embedded"], scope="session")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import Stack, wait_for_job, wait_for_training, zip_dir
+from .conftest import Stack, children, wait_for_job, wait_for_training, zip_dir
 
 pytestmark = pytest.mark.service
 
@@ -122,3 +124,24 @@ def test_cancel_a_queued_and_a_running_job(pg_stack: Stack, dataset_id: str) -> 
         # The queued one never started, even after the worker got to its message.
         again = c.get(f"/v1/jobs/{queued['id']}").json()
         assert again["status"] == "cancelled" and again["started_at"] is None and again["attempts"] == 0
+
+
+def test_a_killed_job_process_is_redelivered_and_the_job_restarts(pg_stack: Stack, dataset_id: str) -> None:
+    """acks_late + reject_on_worker_lost: the message goes back to Redis and the job row restarts it."""
+    worker = next(p for p in pg_stack.procs if p.name == "worker")
+    with pg_stack.client() as c:
+        job = c.post(
+            "/v1/jobs", json={"dataset_id": dataset_id, "hyperparameters": {"epochs": 3, "batch_size": 2}}
+        )
+        assert job.status_code == 201, job.text
+        job_id = job.json()["id"]
+        wait_for_training(c, job_id)
+        pids = children(worker.popen.pid)
+        assert len(pids) == 1, pids  # concurrency 1: one pool process runs the job
+        os.kill(pids[0], signal.SIGKILL)
+        done = wait_for_job(c, job_id, until={"succeeded", "failed", "cancelled"}, timeout=240)
+        assert done["status"] == "succeeded", f"{done}\n{pg_stack.logs()}"
+        assert done["attempts"] == 2
+        messages = [e["message"] for e in c.get(f"/v1/jobs/{job_id}/events").json()["data"]]
+        assert any("restarted after its worker" in m for m in messages)
+        assert worker.popen.poll() is None  # the worker itself lives on

@@ -29,6 +29,12 @@ from .errors import ModelError
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Weights that ship with the package: (architecture, tag) -> file. open_clip's registry has no public way to
+# add a tag that points at a local file, so the tag is translated to the path here.
+BUNDLED_WEIGHTS: dict[tuple[str, str], Path] = {
+    (DEFAULT_MODEL, "world"): WEIGHTS_DIR / "saft-tiny-world.safetensors",
+}
 HF_HOST = "huggingface.co"
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -142,9 +148,23 @@ def _check_weights_available(spec: ModelSpec, cache_dir: str | None) -> None:
     )
 
 
+def _bundled(spec: ModelSpec) -> ModelSpec:
+    """Translate a bundled tag (``saft-tiny`` / ``world``) into the path of the file that ships with us."""
+    path = BUNDLED_WEIGHTS.get((spec.name, spec.pretrained or ""))
+    if path is None:
+        return spec
+    if not path.is_file():
+        raise ModelError(f"the bundled weights for {spec.name!r} / {spec.pretrained!r} are missing ({path.name}); "
+                         "reinstall the package or train them with scripts/train_saft_tiny.py")
+    return ModelSpec(spec.name, str(path), spec.init_seed)
+
+
 def load_model(spec: ModelSpec, device: str | torch.device | None = None, *, cache_dir: str | None = None) -> LoadedModel:
-    """Create the model, its transforms and tokenizer; move it to ``device``; fingerprint the weights."""
+    """Create the model, its transforms and tokenizer; move it to ``device``; fingerprint the weights.
+
+    ``LoadedModel.spec`` is the spec as asked for (a bundled tag stays a tag, not a path)."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    asked, spec = spec, _bundled(spec)
     _check_weights_available(spec, cache_dir)
     if spec.pretrained is None and not _is_hf_hub(spec.name):
         torch.manual_seed(spec.init_seed)  # seeded random init: reproducible without weights
@@ -158,7 +178,7 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None, *, cac
     except (RuntimeError, ValueError, OSError, KeyError) as e:
         raise ModelError(f"cannot load model {spec.name!r} with pretrained {spec.pretrained!r}: {e}") from e
     model.eval()
-    return LoadedModel(model, pre_train, pre_eval, tokenizer, spec, weights_sha256(model), dev)
+    return LoadedModel(model, pre_train, pre_eval, tokenizer, asked, weights_sha256(model), dev)
 
 
 def available_models() -> list[dict[str, Any]]:
@@ -166,9 +186,10 @@ def available_models() -> list[dict[str, Any]]:
     created offline (random init always can; listed tags only when cached)."""
     out = []
     for name in open_clip.list_models():
-        tags = list(open_clip.list_pretrained_tags_by_model(name))
-        cached = []
-        for tag in tags:
+        bundled = [tag for (arch, tag), path in BUNDLED_WEIGHTS.items() if arch == name and path.is_file()]
+        tags = bundled + list(open_clip.list_pretrained_tags_by_model(name))
+        cached = list(bundled)
+        for tag in tags[len(bundled):]:
             repo = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "").strip("/")
             if repo and _in_hf_cache(repo, _WEIGHT_FILES):
                 cached.append(tag)

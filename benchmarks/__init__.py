@@ -1,0 +1,1 @@
+"""Benchmarks that print measured numbers; each compares against a baseline in the same run."""

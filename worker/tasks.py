@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from celery.signals import worker_init
+
 from saft_service.queue import RUN_JOB_TASK
 
 from . import runner
@@ -19,3 +21,10 @@ def run_job(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
         worker=self.request.hostname or socket.gethostname(),
         redelivered=bool(delivery.get("redelivered")),
     )
+
+
+@worker_init.connect
+def _preload_core(**_: object) -> None:
+    """Import the core (torch, open_clip) once, in the worker's main process, so a pool process forked from
+    it starts a job at once. Importing does not initialise CUDA: the job does that, in the pool process."""
+    import saft_core.pipeline  # noqa: F401

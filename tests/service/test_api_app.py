@@ -101,6 +101,13 @@ def test_a_streamed_body_over_the_limit_is_cut_off(client: TestClient, settings:
     assert list((settings.resolved_data_dir / "datasets").iterdir()) == []
 
 
+def test_models_lists_the_default_first(client: TestClient) -> None:
+    body = client.get("/v1/models").json()
+    assert body["default"] == "saft-tiny"
+    assert body["data"][0]["name"] == "saft-tiny" and body["data"][0]["local"] is True
+    assert len(body["data"]) > 1
+
+
 def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:
     r = client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["code"] == "not_found"

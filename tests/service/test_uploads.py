@@ -31,9 +31,11 @@ def make_zip(entries: dict[str, bytes], *, symlinks: dict[str, str] | None = Non
     return buf
 
 
-def make_tar(entries: dict[str, bytes], *, links: dict[str, tuple[bytes, str]] | None = None) -> io.BytesIO:
+def make_tar(
+    entries: dict[str, bytes], *, links: dict[str, tuple[bytes, str]] | None = None, mode: str = "w:gz"
+) -> io.BytesIO:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
         for name, data in entries.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -50,7 +52,11 @@ def make_tar(entries: dict[str, bytes], *, links: dict[str, tuple[bytes, str]] |
 GOOD = {"cat/1.png": PNG, "cat/2.png": PNG, "dog/1.jpg": PNG, "classes.json": b'{"cat": "cat", "dog": "dog"}'}
 
 
-@pytest.mark.parametrize("maker", [make_zip, make_tar], ids=["zip", "tar.gz"])
+def make_plain_tar(entries: dict[str, bytes]) -> io.BytesIO:
+    return make_tar(entries, mode="w")
+
+
+@pytest.mark.parametrize("maker", [make_zip, make_tar, make_plain_tar], ids=["zip", "tar.gz", "tar"])
 def test_good_archive_extracts_in_imagefolder_layout(maker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     size = extract_archive(maker(GOOD), tmp_path / "out", LIMITS)
     files = sorted(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 from fastapi import APIRouter
@@ -14,31 +13,12 @@ from ..deps import CurrentTenant
 from ..problems import AUTH_RESPONSES
 from ..schemas import ModelPublic, ModelsPublic
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=AUTH_RESPONSES)
-
-
-def _listing() -> list[dict]:
-    try:
-        return available_models()
-    except Exception:  # the offline-cache probe is best effort; the list of architectures is what matters
-        log.exception("listing cached weights failed; listing architectures only")
-        import open_clip
-
-        return [
-            {
-                "name": n,
-                "pretrained": list(open_clip.list_pretrained_tags_by_model(n)),
-                "cached_pretrained": [],
-                "local": n == DEFAULT_MODEL,
-            }
-            for n in open_clip.list_models()
-        ]
 
 
 @lru_cache(maxsize=1)
 def _models() -> ModelsPublic:
-    data = [ModelPublic(**m) for m in _listing()]
+    data = [ModelPublic(**m) for m in available_models()]
     data.sort(key=lambda m: (m.name != DEFAULT_MODEL, not m.local, m.name))
     return ModelsPublic(default=DEFAULT_MODEL, data=data)
 

@@ -145,3 +145,18 @@ def test_a_killed_job_process_is_redelivered_and_the_job_restarts(pg_stack: Stac
         messages = [e["message"] for e in c.get(f"/v1/jobs/{job_id}/events").json()["data"]]
         assert any("restarted after its worker" in m for m in messages)
         assert worker.popen.poll() is None  # the worker itself lives on
+
+
+def test_a_job_that_cannot_run_fails_with_an_actionable_error(pg_stack: Stack, dataset_id: str) -> None:
+    """Weights the worker cannot find: the job ends failed, says why, and leaves no outputs."""
+    body = {"dataset_id": dataset_id, "pretrained": "no-such-tag", "hyperparameters": {"epochs": 1}}
+    with pg_stack.client() as c:
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 201, r.text
+        done = wait_for_job(c, r.json()["id"], until={"succeeded", "failed", "cancelled"}, timeout=120)
+        assert done["status"] == "failed"
+        assert done["error"]["code"] == "model_unavailable"
+        assert "no-such-tag" in done["error"]["message"]
+        events = c.get(f"/v1/jobs/{done['id']}/events").json()["data"]
+        assert events[-1]["kind"] == "error" and events[-1]["data"]["code"] == "model_unavailable"
+    assert not (pg_stack.data_dir / "jobs" / done["id"]).exists()

@@ -73,7 +73,7 @@ class Plan:
     batch_size: int
     grids: dict[str, tuple[tuple[float, ...], tuple[int, ...]]]
     sweep: tuple[float, ...]
-    base_to_new: bool = True
+    methods: tuple[str, ...] = ("full", "saft", "lora")
     device: str | None = None
     # Filled for real-data runs (ImageFolder paths) instead of rendering the world.
     train_dir: str | None = None
@@ -218,9 +218,10 @@ def fit_and_score(plan: Plan, method: str, hp: dict[str, Any], train_dir: str, s
 
 
 def select(plan: Plan, method: str, data, work: Path, ratio: float = 0.001, val: str | None = None,
-           train_dir: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+           train_dir: str | None = None, grid: tuple[tuple[float, ...], tuple[int, ...]] | None = None,
+           ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Grid search on the validation set with seed 0; returns the best hyper-parameters and the table."""
-    lrs, epochs = plan.grids[method]
+    lrs, epochs = grid or plan.grids[method]
     val = val or data.val
     train_dir = train_dir or data.train(plan.seeds[0])
     table = []
@@ -324,17 +325,19 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         results: dict[str, Any] = {"methods": {"zero-shot": summarise([zero] * 1) | {"hyperparameters": "-"}}}
         results["methods"]["zero-shot"]["seeds"] = len(plan.seeds)  # deterministic: same for every seed
         selection: dict[str, Any] = {}
-        per_method: dict[str, list[dict[str, float]]] = {"full": [], "saft": [], "lora": [], "wise-ft": []}
+        per_method: dict[str, list[dict[str, float]]] = {m: [] for m in plan.methods}
+        if "full" in plan.methods:
+            per_method["wise-ft"] = []
         info_log: dict[str, list[dict[str, Any]]] = {m: [] for m in per_method}
         chosen: dict[str, dict[str, Any]] = {}
-        for method in ("full", "saft", "lora"):
+        for method in plan.methods:
             chosen[method], selection[method] = select(plan, method, data, root / method)
             if data.new_test:
                 chosen[method + "_b2n"], selection[method + "_b2n"] = select(
                     plan, method, data, root / (method + "_b2n"), val=data.base_val,
                     train_dir=data.train(plan.seeds[0], BASE))
         for seed in plan.seeds:
-            for method in ("full", "saft", "lora"):
+            for method in plan.methods:
                 scores, wise, info = fit_and_score(plan, method, chosen[method], data.train(seed), seed, data.tests,
                                                    root / f"{method}_{seed}")
                 scores = with_aggregates(scores)
@@ -358,8 +361,11 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
                 "runs": info_log.get(method, [])}
         # the SAFT ratio sweep (each ratio's lr/epochs chosen on the validation set too)
         sweep = {}
-        for ratio in plan.sweep:
-            hp = chosen["saft"] if ratio == 0.001 else select(plan, "saft", data, root / f"sweep_{ratio}", ratio)[0]
+        for ratio in plan.sweep if "saft" in plan.methods else ():
+            # each ratio gets its own learning rate (at SAFT's chosen epochs), chosen on the validation set
+            lr_grid = (plan.grids["saft"][0], (chosen["saft"]["epochs"],))
+            hp = chosen["saft"] if ratio == 0.001 else select(plan, "saft", data, root / f"sweep_{ratio}", ratio,
+                                                               grid=lr_grid)[0]
             rows = []
             for seed in plan.seeds:
                 if ratio == 0.001:
@@ -377,7 +383,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         "shots": plan.shots, "seeds": plan.seeds, "test_per_class": plan.test_per_class,
         "val_per_class": plan.val_per_class, "batch_size": plan.batch_size, "templates": list(TEMPLATES),
         "base_classes": list(BASE), "new_classes": list(NEW), "grids": {k: list(map(list, v)) for k, v in plan.grids.items()},
-        "lora_targets": list(LoraUpdate.TARGETS), "seconds": round(time.time() - t0),
+        "lora_targets": list(LoraUpdate.TARGETS), "methods": list(plan.methods), "seconds": round(time.time() - t0),
         "torch_threads": torch.get_num_threads(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -399,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-per-class", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--methods", default="full,saft,lora",
+                    help="comma-separated subset of full,saft,lora (zero-shot always; WiSE-FT comes with full)")
     ap.add_argument("--train-dir", help="real data: ImageFolder of training images (k-shot sampled per seed)")
     ap.add_argument("--val-dir", help="real data: validation ImageFolder of the training distribution")
     ap.add_argument("--id-dir", help="real data: in-distribution test ImageFolder")
@@ -424,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         test_per_class=args.test_per_class or (12 if args.quick else 50),
         val_per_class=8 if args.quick else 16, batch_size=args.batch_size,
         grids=QUICK_GRIDS if args.quick else GRIDS, sweep=(0.001,) if args.quick else SWEEP,
+        methods=tuple(m for m in ("full", "saft", "lora") if m in args.methods.split(",")),
         device=args.device, train_dir=args.train_dir, val_dir=args.val_dir, tests=tests,
     )
     results = run(plan, Path(args.out))

@@ -5,6 +5,7 @@ core's ``FinetuneConfig``. The API validates requests with ``JobSpec``; the work
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,11 @@ from saft_core.config import (
     ModelSpec,
     ScoringConfig,
     TrainConfig,
+)
+
+# The core's default weights (for saft-tiny its bundled pretrained tag); None would mean a seeded random init.
+DEFAULT_PRETRAINED: str | None = next(
+    f.default for f in dataclasses.fields(ModelSpec) if f.name == "pretrained"
 )
 
 
@@ -73,7 +79,10 @@ class JobSpec(BaseModel):
         DEFAULT_MODEL, min_length=1, max_length=200, description="Base model (see GET /v1/models)."
     )
     pretrained: str | None = Field(
-        None, max_length=200, description="Pretrained tag; null: the model's default."
+        DEFAULT_PRETRAINED,
+        max_length=500,
+        description="Weights: a pretrained tag of the model or a weights file on the workers; omitted: the "
+        "model's default weights; 'none' or null: a seeded random init.",
     )
     method: Method = Field(default_factory=SaftMethod)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from saft_core.checkpoint import read_metadata
 from saft_core.errors import Cancelled, SaftError
 from saft_core.results import Callbacks, FinetuneResult, Progress
 from saft_service import jobs
@@ -116,7 +117,7 @@ def _record_success(
             sha256=sha256_file(ckpt),
             size_bytes=ckpt.stat().st_size,
             base_model=spec.model,
-            pretrained=spec.pretrained,
+            pretrained=read_metadata(ckpt).get("pretrained", spec.pretrained),  # what the core resolved
             base_sha256=result.base_sha256,
             classes=list(result.classes),
             created_at=utcnow(),

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from saft_core.config import DEFAULT_MODEL, ModelSpec
 from saft_service.jobs import JobStatus
-from saft_service.jobspec import JobSpec
+from saft_service.jobspec import DEFAULT_PRETRAINED, JobSpec
 from saft_service.tables import Job
 
 from ..classify import ClassifierCache, decode_image, parse_labels
@@ -35,7 +35,9 @@ def classify(
     storage: StorageDep,
     job_id: Annotated[str | None, Form(max_length=40, description="A succeeded job: use its model.")] = None,
     model: Annotated[str | None, Form(max_length=200, description="Zero-shot with this base model.")] = None,
-    pretrained: Annotated[str | None, Form(max_length=200, description="Pretrained tag of `model`.")] = None,
+    pretrained: Annotated[
+        str | None, Form(max_length=500, description="Weights of `model` (default: its default weights).")
+    ] = None,
     labels: Annotated[
         str | None,
         Form(description='JSON list, e.g. ["cat", "dog"]. Default with job_id: the job\'s classes.'),
@@ -68,7 +70,7 @@ def classify(
         if label_list is None:
             label_list = list(job.checkpoint.classes)
     else:
-        model_spec = ModelSpec(name=model or DEFAULT_MODEL, pretrained=pretrained)
+        model_spec = ModelSpec(name=model or DEFAULT_MODEL, pretrained=pretrained or DEFAULT_PRETRAINED)
         if not known_model(model_spec.name):
             raise ProblemError(
                 422, "unknown_model", f"model: {model_spec.name!r} is not known; see GET /v1/models"

@@ -1,0 +1,77 @@
+"""A job request maps onto the core's config once, and the API's defaults and ranges are the core's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from saft_core.config import DataConfig, ModelSpec, ScoringConfig, TrainConfig
+from saft_service.jobspec import DEFAULT_PRETRAINED, JobSpec, to_finetune_config
+
+
+def test_defaults_are_the_cores() -> None:
+    cfg = to_finetune_config(JobSpec(dataset_id="ds_a"), train_dir=Path("/d/a"), eval_dirs={})
+    assert cfg.model == ModelSpec()  # same model and default weights as the CLI
+    assert cfg.model.pretrained == DEFAULT_PRETRAINED
+    assert cfg.train == TrainConfig()
+    assert cfg.scoring == ScoringConfig()
+    assert cfg.data == DataConfig(train="/d/a")
+
+
+def test_a_full_request_maps_field_by_field() -> None:
+    spec = JobSpec.model_validate(
+        {
+            "dataset_id": "ds_a",
+            "model": "saft-tiny",
+            "pretrained": "none",
+            "method": {"type": "saft", "ratio": 0.02, "towers": "image", "exclude_norms": True},
+            "hyperparameters": {
+                "epochs": 3,
+                "learning_rate": 0.01,
+                "batch_size": 4,
+                "seed": 7,
+                "shots": 2,
+                "grad_clip": None,
+                "scoring_batch_size": 8,
+            },
+            "eval_dataset_ids": ["ds_b"],
+            "validation_fraction": 0.2,
+            "templates": ["a {}.", "an image of a {}."],
+        }
+    )
+    cfg = to_finetune_config(spec, train_dir=Path("/d/a"), eval_dirs={"ds_b": Path("/d/b")}, device="cpu")
+    assert cfg.model.pretrained is None  # 'none': a seeded random init
+    assert (cfg.train.method, cfg.train.ratio, cfg.train.epochs, cfg.train.seed) == ("saft", 0.02, 3, 7)
+    assert cfg.train.grad_clip is None and cfg.train.learning_rate == 0.01
+    assert (cfg.scoring.towers, cfg.scoring.exclude_norms, cfg.scoring.batch_size) == ("image", True, 8)
+    assert cfg.data.eval == {"ds_b": "/d/b"} and cfg.data.shots == 2
+    assert cfg.data.templates == ("a {}.", "an image of a {}.")
+    assert cfg.device == "cpu"
+
+
+def test_full_finetuning_has_no_ratio() -> None:
+    cfg = to_finetune_config(
+        JobSpec(dataset_id="d", method={"type": "full"}), train_dir=Path("."), eval_dirs={}
+    )
+    assert cfg.train.method == "full"
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate({"dataset_id": "d", "method": {"type": "full", "ratio": 0.1}})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"method": {"type": "saft", "ratio": 1.0}},
+        {"hyperparameters": {"warmup_steps": -1}},
+        {"hyperparameters": {"weight_decay": -0.1}},
+        {"hyperparameters": {"shots": 0}},
+        {"eval_dataset_ids": ["x", "x"]},
+        {"templates": ["{} and {}"]},
+        {"metadata": {"blob": "x" * 9000}},
+    ],
+)
+def test_out_of_range_values_are_refused(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate({"dataset_id": "d", **bad})

@@ -18,15 +18,20 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from saft_core.cli import build_parser, run, subparsers
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger("saft_service.cli")
 
 DEFAULT_TENANT = "default"
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
+    """The settings from the environment, with logging set up at their level."""
     from .logs import setup_logging
     from .settings import get_settings
 
@@ -76,7 +81,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_argv(settings, *, pool: str) -> list[str]:  # type: ignore[no-untyped-def]
+def _worker_argv(settings: Settings, *, pool: str) -> list[str]:
     argv = [
         "worker",
         f"--loglevel={settings.log_level}",
@@ -110,7 +115,7 @@ def _safe_url(url: str) -> str:
         return url.split("@")[-1]
 
 
-def _print_banner(settings, host: str, port: int, key: str | None) -> None:  # type: ignore[no-untyped-def]
+def _print_banner(settings: Settings, host: str, port: int, key: str | None) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}"
     where = (

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import FileResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
 from saft_service import jobs
@@ -126,7 +127,7 @@ def cancel_job(job: TenantJob, session: SessionDep) -> JobPublic:
     return JobPublic.of(job)
 
 
-def _events_after(session: SessionDep, job_id: str, after: int, limit: int = 1000) -> list[JobEvent]:
+def _events_after(session: Session, job_id: str, after: int, limit: int = 1000) -> list[JobEvent]:
     stmt = (
         select(JobEvent)
         .where(JobEvent.job_id == job_id, JobEvent.id > after)

@@ -160,3 +160,23 @@ def test_a_job_that_cannot_run_fails_with_an_actionable_error(pg_stack: Stack, d
         events = c.get(f"/v1/jobs/{done['id']}/events").json()["data"]
         assert events[-1]["kind"] == "error" and events[-1]["data"]["code"] == "model_unavailable"
     assert not (pg_stack.data_dir / "jobs" / done["id"]).exists()
+
+
+def test_full_finetuning_job_has_a_checkpoint_but_no_mask(pg_stack: Stack, dataset_id: str) -> None:
+    body = {
+        "dataset_id": dataset_id,
+        "method": {"type": "full"},
+        "hyperparameters": {"epochs": 1, "batch_size": 6},
+    }
+    with pg_stack.client() as c:
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 201, r.text
+        done = wait_for_job(c, r.json()["id"], until={"succeeded", "failed", "cancelled"}, timeout=240)
+        assert done["status"] == "succeeded", done["error"]
+        assert done["method"] == {"type": "full"}
+        r = c.get(f"/v1/jobs/{done['id']}/mask")
+        assert r.status_code == 404 and r.json()["code"] == "mask_not_available"
+        assert "full fine-tuning" in r.json()["detail"]
+        assert c.get(f"/v1/jobs/{done['id']}/checkpoint").status_code == 200
+        models = {e["model"] for e in c.get(f"/v1/jobs/{done['id']}/evaluations").json()["data"]}
+        assert models == set()  # no validation split and no eval sets were asked for

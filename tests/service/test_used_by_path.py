@@ -121,6 +121,12 @@ def test_sse_stream_replays_events_and_ends(trained: Trained) -> None:
     assert seen[-1][0] == "end"
     assert [d["id"] for _, d in seen[:-1]] == [e["id"] for e in listed]
     assert [k for k, _ in seen[:-1]] == [e["kind"] for e in listed]
+    # A reconnecting EventSource sends Last-Event-ID and gets only what came after it.
+    with trained.stack.client() as c:
+        resume = str(listed[-3]["id"])
+        with c.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers={"Last-Event-ID": resume}) as r:
+            ids = [int(line.split(":", 1)[1]) for line in r.iter_lines() if line.startswith("id:")]
+    assert ids == [e["id"] for e in listed[-2:]]
 
 
 def test_mask_summary_and_file(trained: Trained) -> None:

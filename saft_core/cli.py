@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import (
     DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATES,
     DataConfig,
     FinetuneConfig,
@@ -66,7 +67,9 @@ class _Bars:
 
 def _model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
     p.add_argument("--model", default=default_model, help=f"open_clip architecture or hf-hub:NAME (default {default_model})")
-    p.add_argument("--pretrained", default=None, help="pretrained tag, local weights file, or 'none' (random init)")
+    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                   help="pretrained tag, local weights file, 'none' (random init) or 'default' (the model's "
+                        "default tag: 'world' for saft-tiny)")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random init when --pretrained none")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
 
@@ -338,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--model", default=None, help="override the base model of the checkpoint")
-    p.add_argument("--pretrained", default=None, help="override the base weights of the checkpoint")
+    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="with --model: its base weights")
     p.add_argument("--init-seed", type=int, default=0)
     p.set_defaults(func=cmd_apply)
 

@@ -12,6 +12,9 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 DEFAULT_MODEL = "saft-tiny"
+DEFAULT_PRETRAINED = "default"
+# The tag "default" resolves to these; a model not listed gets its first open_clip tag (see models.py).
+DEFAULT_TAGS: dict[str, str] = {DEFAULT_MODEL: "world"}
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 ScoreReduction = Literal["abs", "abs_sum", "squared"]
@@ -32,8 +35,9 @@ class ModelSpec:
         default=DEFAULT_MODEL,
     )
     pretrained: str | None = _help(
-        "Pretrained tag (e.g. 'openai'), a local weights file, or None/'none' for a seeded random init.",
-        default=None,
+        "Pretrained tag (e.g. 'openai'), a local weights file, 'default' (the model's default tag: 'world' for "
+        "saft-tiny, else the first tag open_clip lists), or None/'none' for a seeded random init.",
+        default=DEFAULT_PRETRAINED,
     )
     init_seed: int = _help("Seed of the random init when pretrained is none.", default=0)
 

@@ -23,7 +23,7 @@ from typing import Any
 import open_clip
 import torch
 
-from .config import DEFAULT_MODEL, ModelSpec
+from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TAGS, ModelSpec
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,18 @@ def _check_weights_available(spec: ModelSpec, cache_dir: str | None) -> None:
     )
 
 
+def resolve_default(spec: ModelSpec) -> ModelSpec:
+    """Replace the tag 'default' by the model's default: ``DEFAULT_TAGS``, else open_clip's first tag, else
+    a random init (an hf-hub model carries its own weights)."""
+    if spec.pretrained != DEFAULT_PRETRAINED:
+        return spec
+    tag = DEFAULT_TAGS.get(spec.name)
+    if tag is None and not _is_hf_hub(spec.name) and spec.name in open_clip.list_models():
+        tags = open_clip.list_pretrained_tags_by_model(spec.name)
+        tag = tags[0] if tags else None
+    return ModelSpec(spec.name, tag, spec.init_seed)
+
+
 def _bundled(spec: ModelSpec) -> ModelSpec:
     """Translate a bundled tag (``saft-tiny`` / ``world``) into the path of the file that ships with us."""
     path = BUNDLED_WEIGHTS.get((spec.name, spec.pretrained or ""))
@@ -164,7 +176,8 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None, *, cac
 
     ``LoadedModel.spec`` is the spec as asked for (a bundled tag stays a tag, not a path)."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    asked, spec = spec, _bundled(spec)
+    asked = spec = resolve_default(spec)
+    spec = _bundled(spec)
     _check_weights_available(spec, cache_dir)
     if spec.pretrained is None and not _is_hf_hub(spec.name):
         torch.manual_seed(spec.init_seed)  # seeded random init: reproducible without weights

@@ -113,7 +113,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     stage("saving")
     k = mask.k if mask else num_params
     meta = checkpoint_metadata(
-        base_model=cfg.model.name, pretrained=cfg.model.pretrained, base_sha256=loaded.sha256,
+        base_model=loaded.spec.name, pretrained=loaded.spec.pretrained, base_sha256=loaded.sha256,
         ratio=cfg.train.ratio if mask else None, k=k, classes=train_set.class_names,
         templates=templates, method=cfg.train.method, init_seed=cfg.model.init_seed,
     )

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := var/demo
 
-.PHONY: install run demo test test-unit test-service lint clean
+.PHONY: install run demo test test-unit test-service bench-quick lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: a SAFT fine-tuning demo on generated images (checkpoint, then classify with it).
-run: demo
+## The main job: the service (API + one worker) on the embedded default; prints the URL and an API key.
+run: $(STAMP)
+	$(VENV)/bin/saft serve --port $(or $(PORT),8000)
 
+## A SAFT fine-tuning demo on generated images with the CLI (checkpoint, then classify with it).
 demo: $(STAMP)
 	$(VENV)/bin/saft synth --out $(DEMO)/train --per-class 16 --seed 0
 	$(VENV)/bin/saft synth --out $(DEMO)/eval --per-class 8 --seed 1
@@ -35,6 +37,13 @@ test: $(STAMP) lint
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit
+
+test-service: $(STAMP)
+	$(VENV)/bin/pytest tests/service
+
+## The distribution-shift benchmark (--quick: about 5 minutes on 2 cores; full: see benchmarks/results).
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.shift --quick --out var/bench-quick
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -413,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--v2-dir", help="real data: a fresh resample of the training distribution")
     ap.add_argument("--ood", action="append", default=[], metavar="NAME=DIR", help="real data: a shifted test set")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("root").setLevel(logging.ERROR)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
 
     tests: dict[str, str] = {}
     if args.train_dir:

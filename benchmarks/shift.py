@@ -53,10 +53,12 @@ NEW = world.CLASSES[1::2]
 TEMPLATES = ("a photo of a {}.",)
 
 # (learning rates, epochs) searched per method on the validation set.
+# Epochs are fixed at 30: in the protocol run on painting (full fine-tuning only, results/protocol.md) 30 epochs
+# beat 10 on the validation set at every learning rate, and one value halves the search.
 GRIDS: dict[str, tuple[tuple[float, ...], tuple[int, ...]]] = {
-    "full": ((1e-5, 1e-4, 1e-3), (10, 30)),
-    "saft": ((1e-4, 1e-3, 1e-2), (10, 30)),
-    "lora": ((1e-4, 1e-3, 1e-2), (10, 30)),
+    "full": ((1e-5, 1e-4, 1e-3), (30,)),
+    "saft": ((1e-4, 1e-3, 1e-2), (30,)),
+    "lora": ((1e-4, 1e-3, 1e-2), (30,)),
 }
 QUICK_GRIDS = {"full": ((1e-4,), (10,)), "saft": ((1e-3,), (10,)), "lora": ((1e-3,), (10,))}
 SWEEP = (0.0001, 0.001, 0.01, 0.1)
@@ -399,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--model", default="saft-tiny")
     ap.add_argument("--pretrained", default="world")
-    ap.add_argument("--train-domain", default="photo", choices=world.DOMAINS)
+    ap.add_argument("--train-domain", default="painting", choices=world.DOMAINS,
+                    help="domain to fine-tune on (default painting: see results/protocol.md for why)")
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--test-per-class", type=int, default=None)

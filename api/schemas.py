@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Any, Literal
 
@@ -11,24 +9,6 @@ from pydantic import BaseModel, Field
 
 from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask
-
-from .problems import ProblemError
-
-# --- pagination -------------------------------------------------------------------------------------------
-
-
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), row_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
-        raise ProblemError(422, "invalid_cursor", "cursor is not one this API returned") from e
-
 
 # --- datasets ---------------------------------------------------------------------------------------------
 

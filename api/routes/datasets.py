@@ -16,8 +16,9 @@ from saft_service.storage import remove_tree
 from saft_service.tables import Dataset, Job, new_id, utcnow
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
+from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
-from ..schemas import DatasetPublic, DatasetsPublic, decode_cursor, encode_cursor
+from ..schemas import DatasetPublic, DatasetsPublic
 from ..uploads import Limits, UploadError, extract_archive
 
 log = logging.getLogger(__name__)
@@ -98,16 +99,8 @@ def list_datasets(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> DatasetsPublic:
     stmt = select(Dataset).where(Dataset.tenant_id == tenant.id)
-    if cursor:
-        at, last_id = decode_cursor(cursor)
-        stmt = stmt.where((Dataset.created_at < at) | ((Dataset.created_at == at) & (Dataset.id < last_id)))
-    rows = list(session.scalars(stmt.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return DatasetsPublic(
-        data=[DatasetPublic.of(d) for d in rows],
-        next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
-    )
+    rows, next_cursor = newest_first_page(session, stmt, Dataset, limit=limit, cursor=cursor)
+    return DatasetsPublic(data=[DatasetPublic.of(d) for d in rows], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=NOT_FOUND, summary="Get a dataset")

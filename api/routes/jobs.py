@@ -21,6 +21,7 @@ from saft_service.queue import QueueUnavailable, enqueue_job
 from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob
+from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ProblemError
 from ..schemas import (
     EvaluationPublic,
@@ -31,8 +32,6 @@ from ..schemas import (
     JobPublic,
     JobsPublic,
     MaskPublic,
-    decode_cursor,
-    encode_cursor,
 )
 from .models import known_model
 
@@ -94,16 +93,8 @@ def list_jobs(
     stmt = select(Job).where(Job.tenant_id == tenant.id)
     if status is not None:
         stmt = stmt.where(Job.status == status.value)
-    if cursor:
-        at, last_id = decode_cursor(cursor)
-        stmt = stmt.where((Job.created_at < at) | ((Job.created_at == at) & (Job.id < last_id)))
-    rows = list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return JobsPublic(
-        data=[JobPublic.of(j) for j in rows],
-        next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
-    )
+    rows, next_cursor = newest_first_page(session, stmt, Job, limit=limit, cursor=cursor)
+    return JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Get a job")

@@ -127,3 +127,22 @@ def test_serve_restart_fails_orphaned_running_jobs_and_requeues_queued(settings:
     with db.session_scope(settings) as s:
         job = s.get(jobs.Job, running.id)
         assert job is not None and job.status == "failed" and job.error_code == "worker_lost"
+
+
+def test_datasets_list_pages_newest_first_and_refuses_a_forged_cursor(client: TestClient, tmp_path: Path) -> None:
+    from saft_core.synthetic import render_shapes
+
+    data = zip_dir(render_shapes(tmp_path / "s", per_class=1))
+    made = [client.post("/v1/datasets", data={"name": f"d{i}"}, files={"file": ("s.zip", data)}).json()["id"]
+            for i in range(3)]
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/datasets", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        assert len(page["data"]) <= 2
+        seen += [d["id"] for d in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == made[::-1]
+    bad = client.get("/v1/datasets", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_cursor"

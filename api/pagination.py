@@ -1,0 +1,42 @@
+"""Keyset (cursor) pagination over rows ordered newest first by ``(created_at, id)``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Select
+from sqlalchemy.orm import Session
+
+from .problems import ProblemError
+
+Row = TypeVar("Row")
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, row_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), row_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
+        raise ProblemError(422, "invalid_cursor", "cursor is not one this API returned") from e
+
+
+def newest_first_page(
+    session: Session, stmt: Select[Any], model: type[Row], *, limit: int, cursor: str | None
+) -> tuple[list[Row], str | None]:
+    """One page of ``stmt`` (rows of ``model``) after ``cursor``, and the cursor of the next page (None: last)."""
+    if cursor:
+        at, last_id = decode_cursor(cursor)
+        stmt = stmt.where((model.created_at < at) | ((model.created_at == at) & (model.id < last_id)))
+    rows = list(session.scalars(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)

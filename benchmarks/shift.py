@@ -118,7 +118,7 @@ class FolderData:
     def __init__(self, plan: Plan, root: Path) -> None:
         self.plan, self.root = plan, root
         self.tests = dict(plan.tests)
-        self.val = plan.val_dir or plan.tests["id"]
+        self.val = plan.val_dir
         self.new_test = self.base_test = self.base_val = None
 
     def train(self, seed: int, classes=None) -> str:
@@ -421,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tests: dict[str, str] = {}
     if args.train_dir:
-        if not args.id_dir:
-            ap.error("--train-dir needs --id-dir")
+        if not args.id_dir or not args.val_dir:
+            ap.error("--train-dir needs --id-dir and --val-dir (learning rates are chosen on the validation "
+                     "set, never on a test set)")
         tests["id"] = args.id_dir
         if args.v2_dir:
             tests["v2"] = args.v2_dir

@@ -224,6 +224,8 @@ def select(plan: Plan, method: str, data, work: Path, ratio: float = 0.001, val:
            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Grid search on the validation set with seed 0; returns the best hyper-parameters and the table."""
     lrs, epochs = grid or plan.grids[method]
+    if len(lrs) == 1 and len(epochs) == 1:  # nothing to choose (--quick): no selection runs
+        return {"lr": lrs[0], "epochs": epochs[0], **({"ratio": ratio} if method == "saft" else {})}, []
     val = val or data.val
     train_dir = train_dir or data.train(plan.seeds[0])
     table = []

@@ -326,8 +326,9 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         if data.new_test:
             zero |= evaluate(plan.model, {"new_classes": data.new_test, "base_classes": data.base_test},
                              device=plan.device)
-        results: dict[str, Any] = {"methods": {"zero-shot": summarise([zero] * 1) | {"hyperparameters": "-"}}}
-        results["methods"]["zero-shot"]["seeds"] = len(plan.seeds)  # deterministic: same for every seed
+        # zero-shot is deterministic: the same for every seed (std 0)
+        results: dict[str, Any] = {"methods": {"zero-shot": summarise([zero]) | {
+            "hyperparameters": "-", "seeds": len(plan.seeds)}}}
         selection: dict[str, Any] = {}
         per_method: dict[str, list[dict[str, float]]] = {m: [] for m in plan.methods}
         if "full" in plan.methods:
@@ -363,21 +364,18 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
             results["methods"][method] = summarise(rows) | {
                 "hyperparameters": (hp | {"alpha": 0.5}) if method == "wise-ft" else hp,
                 "runs": info_log.get(method, [])}
-        # the SAFT ratio sweep (each ratio's lr/epochs chosen on the validation set too)
+        # the SAFT ratio sweep: each ratio gets its own learning rate (at SAFT's chosen epochs), chosen on the
+        # validation set; ratio 0.001 is the SAFT run above
         sweep = {}
         for ratio in plan.sweep if "saft" in plan.methods else ():
-            # each ratio gets its own learning rate (at SAFT's chosen epochs), chosen on the validation set
-            lr_grid = (plan.grids["saft"][0], (chosen["saft"]["epochs"],))
-            hp = chosen["saft"] if ratio == 0.001 else select(plan, "saft", data, root / f"sweep_{ratio}", ratio,
-                                                               grid=lr_grid)[0]
-            rows = []
-            for seed in plan.seeds:
-                if ratio == 0.001:
-                    rows = per_method["saft"]
-                    break
-                scores, _, _ = fit_and_score(plan, "saft", hp, data.train(seed), seed, data.tests,
-                                             root / f"sweep_{ratio}_{seed}")
-                rows.append(with_aggregates(scores))
+            if ratio == 0.001:
+                hp, rows = chosen["saft"], per_method["saft"]
+            else:
+                lr_grid = (plan.grids["saft"][0], (chosen["saft"]["epochs"],))
+                hp = select(plan, "saft", data, root / f"sweep_{ratio}", ratio, grid=lr_grid)[0]
+                rows = [with_aggregates(fit_and_score(plan, "saft", hp, data.train(seed), seed, data.tests,
+                                                      root / f"sweep_{ratio}_{seed}")[0])
+                        for seed in plan.seeds]
             sweep[str(ratio)] = summarise([{k: v for k, v in r.items() if k not in ("new_classes", "base_classes")}
                                            for r in rows]) | {"hyperparameters": hp}
         results["saft_ratio_sweep"] = sweep

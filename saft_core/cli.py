@@ -34,7 +34,7 @@ log = logging.getLogger("saft")
 
 # ---------------------------------------------------------------------------------------------- helpers
 class _Bars:
-    """tqdm progress bars, one per stage, on stderr (disabled when stderr is not a terminal and --quiet)."""
+    """tqdm progress bars, one per stage, on stderr; ``--quiet`` turns them off."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled

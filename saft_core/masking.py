@@ -4,8 +4,9 @@ Exactly ``k = round(ratio * N)`` entries are selected, N being the number of eli
 threshold are broken deterministically: among equal scores, earlier entries win, ordering entries first by the
 order of ``scores`` (the model's ``named_parameters()`` order) and then by flat index within a tensor.
 
-Memory: the threshold comes from per-tensor top-k candidates, and the selection is done tensor by tensor, so
-the extra memory is about the largest tensor's size, never a concatenated copy of all scores.
+Memory: the threshold comes from per-tensor top-k candidates (sum over tensors of min(k, numel) values), and
+the selection is done tensor by tensor, so the extra memory is those candidates plus one tensor's temporaries,
+never a concatenated copy of all scores.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors import safe_open
 
 from saft_core.checkpoint import apply_delta, load_delta, load_mask, read_metadata
@@ -98,8 +99,7 @@ def test_entries_outside_mask_are_bitwise_unchanged_and_checkpoint_reproduces_lo
 
     fresh = load_model(cfg.model, "cpu")
     apply_delta(fresh.model, SparseDelta(update.deltas(), {}), alpha=1.0)
-    images = torch.stack([loaded.preprocess_eval(__import__("PIL.Image").Image.open(p).convert("RGB"))
-                          for p, _ in ds.samples[:6]])
+    images = torch.stack([loaded.preprocess_eval(Image.open(p).convert("RGB")) for p, _ in ds.samples[:6]])
     with torch.no_grad():
         head_ft = build_head(loaded.model, loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
         head_ap = build_head(fresh.model, fresh.tokenizer, ds.class_names, cfg.data.templates, "cpu")

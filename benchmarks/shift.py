@@ -395,6 +395,21 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
     return results
 
 
+def parse_grid(text: str) -> tuple[str, tuple[tuple[float, ...], tuple[int, ...]]]:
+    """``full=3e-5,1e-4:10,20`` -> ("full", ((3e-5, 1e-4), (10, 20)))."""
+    method, _, rest = text.partition("=")
+    lrs, _, epochs = rest.partition(":")
+    if method not in GRIDS:
+        raise ValueError(f"method must be one of {', '.join(GRIDS)}")
+    if not lrs or not epochs:
+        raise ValueError("expected METHOD=LR[,LR...]:EPOCHS[,EPOCHS...]")
+    lr_values = tuple(float(x) for x in lrs.split(","))
+    epoch_values = tuple(int(x) for x in epochs.split(","))
+    if any(v <= 0 for v in lr_values + epoch_values):
+        raise ValueError("learning rates and epochs must be positive")
+    return method, (lr_values, epoch_values)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 seed, small sets, no grid search (~5 min on 2 cores)")
@@ -415,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--id-dir", help="real data: in-distribution test ImageFolder")
     ap.add_argument("--v2-dir", help="real data: a fresh resample of the training distribution")
     ap.add_argument("--ood", action="append", default=[], metavar="NAME=DIR", help="real data: a shifted test set")
+    ap.add_argument("--grid", action="append", default=[], metavar="METHOD=LRS:EPOCHS",
+                    help="replace one method's search grid, e.g. full=3e-5,1e-4,3e-4:10,20 (used to fix the protocol)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
@@ -430,12 +447,18 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.ood:
             name, _, path = item.partition("=")
             tests[f"ood_{name}"] = path
+    grids = dict(QUICK_GRIDS if args.quick else GRIDS)
+    for item in args.grid:
+        try:
+            grids.update([parse_grid(item)])
+        except ValueError as e:
+            ap.error(f"--grid {item!r}: {e}")
     plan = Plan(
         model=ModelSpec(args.model, args.pretrained), train_domain=args.train_domain, shots=args.shots,
         seeds=list(range(1 if args.quick else args.seeds)),
         test_per_class=args.test_per_class or (12 if args.quick else 50),
         val_per_class=8 if args.quick else 16, batch_size=args.batch_size,
-        grids=QUICK_GRIDS if args.quick else GRIDS, sweep=(0.001,) if args.quick else SWEEP,
+        grids=grids, sweep=(0.001,) if args.quick else SWEEP,
         methods=tuple(m for m in ("full", "saft", "lora") if m in args.methods.split(",")),
         device=args.device, train_dir=args.train_dir, val_dir=args.val_dir, tests=tests,
     )

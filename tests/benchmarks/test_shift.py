@@ -2,9 +2,10 @@
 
 import json
 
+import pytest
 import torch
 
-from benchmarks.shift import LoraUpdate, markdown, plot, summarise, with_aggregates
+from benchmarks.shift import LoraUpdate, markdown, parse_grid, plot, summarise, with_aggregates
 from saft_core.config import ModelSpec, TrainConfig
 from saft_core.data import load_dataset, make_loader
 from saft_core.models import load_model
@@ -42,3 +43,11 @@ def test_aggregates_summary_and_report(tmp_path):
     plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(results)  # the report is JSON-serialisable
+
+
+def test_grid_flag_parses_and_rejects_bad_values():
+    assert parse_grid("full=3e-5,1e-4:10,20") == ("full", ((3e-5, 1e-4), (10, 20)))
+    for bad, why in (("dense=1e-4:10", "method must be one of"), ("full=1e-4", "expected METHOD="),
+                     ("full=1e-4:0", "must be positive"), ("full=fast:10", "could not convert")):
+        with pytest.raises(ValueError, match=why):
+            parse_grid(bad)

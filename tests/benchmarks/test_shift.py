@@ -51,3 +51,32 @@ def test_grid_flag_parses_and_rejects_bad_values():
                      ("full=1e-4:0", "must be positive"), ("full=fast:10", "could not convert")):
         with pytest.raises(ValueError, match=why):
             parse_grid(bad)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_end_to_end(tmp_path):
+    """``python -m benchmarks.shift --quick``, as CI or a user runs it: every method, a report, a plot."""
+    import subprocess
+    import sys
+
+    from benchmarks.shift import QUICK_GRIDS
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.shift", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "shift.json").read_text())
+    methods = results["methods"]
+    assert set(methods) == {"zero-shot", "full", "saft", "lora", "wise-ft"}
+    for name, m in methods.items():
+        assert m["seeds"] == 1
+        for key in ("id", "v2", "ood_avg", "new_classes"):
+            assert 0.0 <= m[key] <= 1.0, (name, key)
+    # the bundled model knows its world: zero-shot well above chance (1/12) in and out of distribution
+    assert methods["zero-shot"]["id"] > 2 / 12 and methods["zero-shot"]["ood_avg"] > 2 / 12
+    assert methods["full"]["hyperparameters"] == {"lr": QUICK_GRIDS["full"][0][0], "epochs": QUICK_GRIDS["full"][1][0]}
+    assert methods["wise-ft"]["hyperparameters"]["alpha"] == 0.5
+    assert sum(methods["saft"]["runs"][0]["mask_top_tensors"].values()) > 0
+    assert list(results["saft_ratio_sweep"]) == ["0.001"]
+    table = (tmp_path / "shift.md").read_text()
+    assert all(f"| {name} |" in table for name in methods)
+    assert (tmp_path / "shift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ once after the first full run):
    fine-tuned model (alpha 0.5).
 
 Run: ``python -m benchmarks.shift [--quick] [--out DIR]``; with real CLIP weights and ImageFolder sets:
-``python -m benchmarks.shift --model ViT-B-16 --pretrained openai --train-dir imagenet/train --val-dir
+``python -m benchmarks.shift --model ViT-B-16 --pretrained openai --shots 16 --train-dir imagenet/train --val-dir
 imagenet/val-split --id-dir imagenet/val --v2-dir imagenetv2 --ood sketch=imagenet-sketch --ood a=imagenet-a
 --ood r=imagenet-r``.
 """

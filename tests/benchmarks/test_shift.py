@@ -80,3 +80,36 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     table = (tmp_path / "shift.md").read_text()
     assert all(f"| {name} |" in table for name in methods)
     assert (tmp_path / "shift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_real_data_path_with_image_folders(tmp_path):
+    """The path for real CLIP and ImageNet-style folders (``--train-dir`` etc.), run on rendered folders."""
+    from benchmarks.shift import main
+    from saft_core import world
+
+    for name, domain, per_class, seed in (("train", "painting", 6, 1), ("val", "painting", 3, 2),
+                                          ("id", "painting", 3, 3), ("sketch", "sketch", 3, 4)):
+        world.render_image_folder(tmp_path / name, domain, per_class, seed)
+    out = tmp_path / "out"
+    rc = main(["--train-dir", str(tmp_path / "train"), "--val-dir", str(tmp_path / "val"),
+               "--id-dir", str(tmp_path / "id"), "--ood", f"sketch={tmp_path / 'sketch'}", "--shots", "4",
+               "--seeds", "2", "--grid", "full=1e-4:2", "--grid", "saft=1e-3:2", "--grid", "lora=1e-3,3e-3:2",
+               "--out", str(out)])
+    assert rc == 0
+    results = json.loads((out / "shift.json").read_text())
+    assert set(results["methods"]) == {"zero-shot", "full", "saft", "lora", "wise-ft"}
+    for m in results["methods"].values():
+        assert m["seeds"] == 2 and set(m) >= {"id", "ood_sketch", "ood_avg"} and "new_classes" not in m
+    table = results["selection"]["lora"]  # two learning rates: chosen on the validation folder
+    assert [row["lr"] for row in table] == [1e-3, 3e-3]
+    assert results["methods"]["lora"]["hyperparameters"]["lr"] == max(table, key=lambda r: r["val_top1"])["lr"]
+    assert list(results["saft_ratio_sweep"]) == ["0.0001", "0.001", "0.01", "0.1"]
+
+
+def test_real_data_needs_a_validation_set(capsys):
+    from benchmarks.shift import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--train-dir", "x", "--id-dir", "y"])
+    assert exc.value.code == 2 and "--val-dir" in capsys.readouterr().err

@@ -87,6 +87,20 @@ def _templates(values: list[str] | None) -> tuple[str, ...]:
     return tuple(values) if values else DEFAULT_TEMPLATES
 
 
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _emit_json(obj: Any) -> None:
     print(json.dumps(obj, default=str))
 
@@ -113,6 +127,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         data=DataConfig(
             train=args.train, eval=_eval_sets(args.eval), shots=args.shots,
             validation_fraction=args.validation_fraction, templates=_templates(args.template),
+            workers=args.workers,
         ),
         train=TrainConfig(
             method=args.method, ratio=args.ratio, epochs=args.epochs, batch_size=args.batch_size,
@@ -214,6 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         score = evaluate_dataset(
             loaded, dataset, name=Path(args.data).name, variant="fine-tuned" if delta else "zero-shot",
             templates=templates, batch_size=args.batch_size, callbacks=Callbacks(on_progress=bars.progress),
+            workers=args.workers,
         )
     finally:
         bars.close()
@@ -303,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=0.0)
     p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
     p.add_argument("--augment", action="store_true", help="open_clip's training augmentation")
+    p.add_argument("--workers", type=_workers, default=0,
+                   help="data-loader worker processes for image transforms (default 0: in the main process)")
     p.add_argument("--score-batch-size", type=int, default=None, help="scoring batch size (default: --batch-size)")
     p.add_argument("--score-reduction", choices=["abs", "abs_sum", "squared"], default="abs")
     p.add_argument("--towers", choices=["all", "image", "text"], default="all")
@@ -331,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--data", required=True, help="ImageFolder directory or CSV manifest")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=_workers, default=0, help="data-loader worker processes (default 0)")
     p.add_argument("--template", action="append")
     p.add_argument("--json", action="store_true", help="print one JSON object (with top1) as the last line")
     p.add_argument("--quiet", action="store_true")

@@ -198,8 +198,10 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
     num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader whose shuffle order depends only on ``seed``."""
+    """A DataLoader whose shuffle order (and, with ``num_workers``, the workers' random augmentations) depends
+    only on ``seed`` and ``num_workers``."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return torch.utils.data.DataLoader(
         TorchImageDataset(dataset, transform),
@@ -207,5 +209,6 @@ def make_loader(
         shuffle=shuffle,
         generator=generator,
         num_workers=num_workers,
+        pin_memory=pin_memory,
         drop_last=False,
     )

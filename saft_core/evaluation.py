@@ -57,6 +57,7 @@ def evaluate_dataset(
     templates: Sequence[str],
     batch_size: int = 64,
     callbacks: Callbacks | None = None,
+    workers: int = 0,
 ) -> EvalScore:
     """Score ``loaded.model`` (in its current weights) on ``dataset`` over the dataset's own classes."""
     model = loaded.model
@@ -64,7 +65,8 @@ def evaluate_dataset(
     model.eval()
     try:
         head = build_head(model, loaded.tokenizer, dataset.class_names, templates, loaded.device)
-        loader = make_loader(dataset, loaded.preprocess_eval, batch_size)
+        loader = make_loader(dataset, loaded.preprocess_eval, batch_size, num_workers=workers,
+                             pin_memory=torch.device(loaded.device).type == "cuda")
         top1, top5, n = accuracy(model, loader, head, device=loaded.device, callbacks=callbacks)
     finally:
         model.train(was_training)

@@ -68,15 +68,17 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     loaded = load_model(cfg.model, cfg.device)
     model, device = loaded.model, loaded.device
     train_set, val_set, eval_sets = _load_data(cfg)
-    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device}")
+    workers = f"{cfg.data.workers} data-loader workers" if cfg.data.workers else "no data-loader workers"
+    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device}, {workers}")
     prompts = Prompts.build(loaded.tokenizer, train_set.class_names, templates, device)
     num_params = sum(p.numel() for p in model.parameters())
+    loader_opts = {"num_workers": cfg.data.workers, "pin_memory": torch.device(device).type == "cuda"}
 
     # 2) scoring and 3) masking (SAFT only)
     mask = None
     if cfg.train.method == "saft":
         stage("scoring")
-        score_loader = make_loader(train_set, loaded.preprocess_eval, cfg.scoring.batch_size)
+        score_loader = make_loader(train_set, loaded.preprocess_eval, cfg.scoring.batch_size, **loader_opts)
         scores = score_parameters(
             model, score_loader, prompts, cfg.scoring, device=device,
             num_batches=len(score_loader), callbacks=cb,
@@ -91,7 +93,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     # 4) training
     stage("training")
     transform = loaded.preprocess_train if cfg.train.augment else loaded.preprocess_eval
-    loader = make_loader(train_set, transform, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+    loader = make_loader(train_set, transform, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                         **loader_opts)
     stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb)
     deltas = update.deltas()
 
@@ -105,7 +108,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         for name, ds in sets:
             evaluations.append(evaluate_dataset(
                 loaded, ds, name=name, variant=variant, templates=templates,
-                batch_size=cfg.scoring.batch_size, callbacks=cb,
+                batch_size=cfg.scoring.batch_size, callbacks=cb, workers=cfg.data.workers,
             ))
     update.set_weights(True)
 

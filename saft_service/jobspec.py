@@ -127,7 +127,7 @@ class JobSpec(BaseModel):
 
 
 def to_finetune_config(
-    spec: JobSpec, *, train_dir: Path, eval_dirs: dict[str, Path], device: str | None = None
+    spec: JobSpec, *, train_dir: Path, eval_dirs: dict[str, Path], device: str | None = None, workers: int = 0
 ) -> FinetuneConfig:
     """Map a job spec onto the core's config. ``eval_dirs`` maps eval dataset ids to their directories.
 
@@ -145,6 +145,7 @@ def to_finetune_config(
             shots=hp.shots,
             validation_fraction=spec.validation_fraction,
             templates=tuple(spec.templates),
+            workers=workers,
         ),
         train=TrainConfig(
             method="saft" if is_saft else "full",

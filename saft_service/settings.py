@@ -51,6 +51,9 @@ class Settings(BaseSettings):
 
     # Worker.
     device: str | None = Field(None, description="Device jobs train on; unset picks CUDA when available.")
+    data_workers: int = Field(
+        0, ge=0, description="Data-loader processes per job that transform images (0: in the job's process)."
+    )
     job_time_limit: int = Field(24 * 3600, ge=60, description="Hard time limit of one job.")
     heartbeat_timeout: int = Field(300, ge=10, description="A running job silent this long is presumed lost.")
     max_attempts: int = Field(2, ge=1, description="Times a job is started before a lost worker fails it.")

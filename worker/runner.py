@@ -204,6 +204,7 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
             train_dir=storage.absolute(rows[spec.dataset_id].path),
             eval_dirs={i: storage.absolute(rows[i].path) for i in spec.eval_dataset_ids},
             device=settings.device,
+            workers=settings.data_workers,
         )
     except SaftError as e:
         _end(job_id, out_dir, settings, e.code, e.message)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 
 from saft_service.queue import RUN_JOB_TASK
 
@@ -28,3 +29,15 @@ def _preload_core(**_: object) -> None:
     """Import the core (torch, open_clip) once, in the worker's main process, so a pool process forked from
     it starts a job at once. Importing does not initialise CUDA: the job does that, in the pool process."""
     import saft_core.pipeline  # noqa: F401
+
+
+@worker_process_init.connect
+def _allow_data_loader_workers(**_: object) -> None:
+    """Let the pool process that runs jobs start torch's data-loader workers (``SAFT_DATA_WORKERS``).
+
+    Celery's pool processes are daemonic, and the standard library refuses children to a daemonic process
+    ("daemonic processes are not allowed to have children"). The rule is there so that children are not left
+    behind; torch's loader workers are daemonic themselves and exit when the job's process ends or dies (they
+    watch their parent), so clearing the flag for this one process leaves nothing behind.
+    """
+    multiprocessing.current_process().daemon = False

@@ -22,14 +22,16 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -73,6 +75,26 @@ def children(pid: int) -> list[int]:
     """Direct child processes of ``pid`` (Linux)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_until(check: Callable[[], T], *, timeout: float, interval: float = 0.2) -> T | None:
+    """Poll ``check`` until it returns something truthy (returned) or ``timeout`` seconds pass (None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
 
 
 @dataclass
@@ -196,7 +218,9 @@ def pg_stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
     """API and worker as separate processes on Postgres + Redis (the production layout)."""
     data_dir = tmp_path_factory.mktemp("pg-data")
     queue = f"saft-test-{secrets.token_hex(4)}"
-    env = base_env(data_dir, SAFT_DATABASE_URL=postgres_url, SAFT_BROKER_URL=redis_url, SAFT_QUEUE_NAME=queue)
+    # Data-loader worker processes inside the Celery pool's child, as a GPU deployment runs them.
+    env = base_env(data_dir, SAFT_DATABASE_URL=postgres_url, SAFT_BROKER_URL=redis_url, SAFT_QUEUE_NAME=queue,
+                   SAFT_DATA_WORKERS="2")
     migrate = subprocess.run(saft("migrate"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
     keys = {t: create_key(env, t) for t in ("alpha", "beta")}

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Stack, children, wait_for_job, wait_for_training, zip_dir
+from .conftest import Stack, alive, children, wait_for_job, wait_for_training, wait_until, zip_dir
 
 pytestmark = pytest.mark.service
 
@@ -138,7 +138,11 @@ def test_a_killed_job_process_is_redelivered_and_the_job_restarts(pg_stack: Stac
         wait_for_training(c, job_id)
         pids = children(worker.popen.pid)
         assert len(pids) == 1, pids  # concurrency 1: one pool process runs the job
+        loaders = wait_until(lambda: children(pids[0]) if len(children(pids[0])) == 2 else None, timeout=20)
+        assert loaders, "the job's 2 data-loader workers (SAFT_DATA_WORKERS=2) never showed up"
         os.kill(pids[0], signal.SIGKILL)
+        # the loader workers notice their parent is gone and exit: nothing is left behind
+        assert wait_until(lambda: not any(alive(p) for p in loaders), timeout=30), [alive(p) for p in loaders]
         done = wait_for_job(c, job_id, until={"succeeded", "failed", "cancelled"}, timeout=240)
         assert done["status"] == "succeeded", f"{done}\n{pg_stack.logs()}"
         assert done["attempts"] == 2

@@ -100,6 +100,10 @@ def test_events_walk_the_stages_in_order(trained: Trained) -> None:
         assert "train_loss" in training[-1]["data"]
         later = c.get(f"/v1/jobs/{trained.job['id']}/events", params={"after": ids[2]}).json()["data"]
         assert [e["id"] for e in later] == ids[3:]
+        # the production layout runs the job's data loading in 2 worker processes (SAFT_DATA_WORKERS)
+        notes = [e["message"] for e in events if e["kind"] == "message"]
+        workers = "2 data-loader workers" if trained.stack.kind == "postgres+redis" else "no data-loader workers"
+        assert any(workers in n for n in notes), notes
 
 
 def test_sse_stream_replays_events_and_ends(trained: Trained) -> None:

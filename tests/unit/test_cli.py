@@ -92,6 +92,7 @@ def test_zero_shot_classify_needs_labels(shapes_eval_dir):
         (["--ratio", "1.5"], "ratio must be in (0, 1)"),
         (["--model", "nope-model"], "unknown model 'nope-model'"),
         (["--epochs", "0"], "epochs must be >= 1"),
+        (["--workers", "-1"], "argument --workers: must be >= 0, got -1"),
     ],
 )
 def test_bad_finetune_arguments_exit_2_with_message(shapes_dir, tmp_path, args, message):

@@ -155,6 +155,34 @@ def test_same_seed_gives_identical_checkpoint(shapes_dir, tmp_path):
     assert any(float(d.abs().max()) > 0 for _, d in da.tensors.values())
 
 
+def test_data_loader_workers_change_nothing_but_speed(shapes_dir, shapes_eval_dir, tmp_path, monkeypatch):
+    """Images transformed in 2 worker processes give the checkpoint and scores of the in-process run."""
+    import saft_core.evaluation
+    import saft_core.pipeline
+
+    made = []  # the real make_loader, watched: which loaders the run builds, with how many workers
+
+    def watched(*args, **kwargs):
+        loader = make_loader(*args, **kwargs)
+        made.append(loader.num_workers)
+        return loader
+
+    monkeypatch.setattr(saft_core.pipeline, "make_loader", watched)
+    monkeypatch.setattr(saft_core.evaluation, "make_loader", watched)
+    cfg = dict(data={"eval": {"shifted": str(shapes_eval_dir)}}, evaluate_zero_shot=False)
+    a = finetune(tiny_config(shapes_dir, **cfg), tmp_path / "a")
+    assert made == [0, 0, 0]  # scoring, training, evaluation
+    cfg["data"]["workers"] = 2
+    b = finetune(tiny_config(shapes_dir, **cfg), tmp_path / "b")
+    assert made[3:] == [2, 2, 2]
+    da, db = load_delta(a.checkpoint_path), load_delta(b.checkpoint_path)
+    assert da.tensors.keys() == db.tensors.keys()
+    for name in da.tensors:
+        assert torch.equal(da.tensors[name][0], db.tensors[name][0])
+        assert torch.equal(da.tensors[name][1], db.tensors[name][1])
+    assert [(e.dataset, e.top1, e.top5) for e in a.evaluations] == [(e.dataset, e.top1, e.top5) for e in b.evaluations]
+
+
 def test_validation_split_and_eval_sets_are_scored(shapes_dir, shapes_eval_dir, tmp_path):
     cfg = tiny_config(shapes_dir, data={"validation_fraction": 0.25, "eval": {"shifted": str(shapes_eval_dir)}})
     result = finetune(cfg, tmp_path)

@@ -139,7 +139,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
-    checkpoint: Mapped[Checkpoint | None] = relationship(back_populates="job", uselist=False, lazy="selectin")
+    # Deleting a job deletes its child rows in the database (ON DELETE CASCADE); passive_deletes keeps the ORM
+    # from nulling the checkpoint's key first.
+    checkpoint: Mapped[Checkpoint | None] = relationship(
+        back_populates="job", uselist=False, lazy="selectin", cascade="all, delete-orphan", passive_deletes=True
+    )
 
     __table_args__ = (Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),)
 

@@ -1,4 +1,4 @@
-"""Jobs: create, list, read, cancel; their events (list and Server-Sent Events), mask, checkpoint, evaluations."""
+"""Jobs: create, list, read, cancel, delete; their events (list and Server-Sent Events), mask, checkpoint, evaluations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +18,7 @@ from sse_starlette.sse import EventSourceResponse
 from saft_service import jobs
 from saft_service.db import session_factory
 from saft_service.queue import QueueUnavailable, enqueue_job
+from saft_service.storage import remove_tree
 from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob
@@ -116,6 +117,21 @@ def cancel_job(job: TenantJob, session: SessionDep) -> JobPublic:
     session.commit()
     session.refresh(job)
     return JobPublic.of(job)
+
+
+@router.delete(
+    "/{job_id}", status_code=204, responses={**NOT_FOUND, **CONFLICT}, summary="Delete a finished job and its files"
+)
+def delete_job(job: TenantJob, session: SessionDep, storage: StorageDep) -> Response:
+    """Removes the job, its events, mask, evaluations and checkpoint files. A queued or running job answers
+    409 job_active: cancel it first and delete it once it has stopped."""
+    if not jobs.is_terminal(job.status):
+        raise ProblemError(409, "job_active", f"job {job.id} is {job.status}; cancel it first, then delete it")
+    session.delete(job)
+    session.commit()
+    remove_tree(storage.job_dir(job.id))
+    log.info("deleted job %s", job.id)
+    return Response(status_code=204)
 
 
 def _events_after(session: Session, job_id: str, after: int, limit: int = 1000) -> list[JobEvent]:

@@ -107,8 +107,10 @@ def test_cancel_a_queued_and_a_running_job(pg_stack: Stack, dataset_id: str) -> 
         # A dataset in use by a running job cannot be deleted.
         r = c.delete(f"/v1/datasets/{dataset_id}")
         assert r.status_code == 409 and r.json()["code"] == "dataset_in_use"
-        # Once it trains, cancel it: it stops at its next step.
+        # Once it trains, cancel it: it stops at its next step. A running job cannot be deleted.
         wait_for_training(c, running["id"])
+        r = c.delete(f"/v1/jobs/{running['id']}")
+        assert r.status_code == 409 and r.json()["code"] == "job_active"
         r = c.post(f"/v1/jobs/{running['id']}/cancel")
         assert r.status_code == 200 and r.json()["cancel_requested"] is True
         done = wait_for_job(c, running["id"], until={"cancelled", "succeeded", "failed"}, timeout=60)
@@ -124,6 +126,10 @@ def test_cancel_a_queued_and_a_running_job(pg_stack: Stack, dataset_id: str) -> 
         # The queued one never started, even after the worker got to its message.
         again = c.get(f"/v1/jobs/{queued['id']}").json()
         assert again["status"] == "cancelled" and again["started_at"] is None and again["attempts"] == 0
+        # Both have stopped, so both can be deleted.
+        for job_id in (queued["id"], running["id"]):
+            assert c.delete(f"/v1/jobs/{job_id}").status_code == 204
+            assert c.get(f"/v1/jobs/{job_id}").status_code == 404
 
 
 def test_a_killed_job_process_is_redelivered_and_the_job_restarts(pg_stack: Stack, dataset_id: str) -> None:

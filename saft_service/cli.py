@@ -5,6 +5,7 @@
     saft worker                    one worker (production; one per GPU)
     saft migrate                   apply database migrations
     saft keys create --tenant T    print a new API key (last line)
+    saft keys list | revoke KEY    list keys; revoke one
 
 Service modules are imported inside the commands, so the core's commands stay fast.
 """
@@ -12,6 +13,7 @@ Service modules are imported inside the commands, so the core's commands stay fa
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -55,9 +57,54 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     settings = _settings()
     db.upgrade(settings)
     with db.session_scope(settings) as session:
-        _, key = keys.create_key(session, tenant_name=args.tenant)
-    print(f"new API key for tenant {args.tenant!r} (shown once; store it safely):", file=sys.stderr)
+        row, key = keys.create_key(session, tenant_name=args.tenant)
+        key_id = row.id
+    print(f"new API key {key_id} for tenant {args.tenant!r} (shown once; store it safely):", file=sys.stderr)
     print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from . import db, keys
+
+    settings = _settings()
+    db.upgrade(settings)
+    with db.session_scope(settings) as session:
+        rows = [
+            {
+                "id": k.id,
+                "tenant": k.tenant.name,
+                "prefix": k.prefix,
+                "created_at": k.created_at.isoformat(),
+                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            }
+            for k in keys.list_keys(session, tenant_name=args.tenant)
+        ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
+        print(f"{r['id']}  {r['prefix']}...  tenant={r['tenant']}  created {r['created_at']}  {state}")
+    if not rows:
+        print("no keys" + (f" for tenant {args.tenant!r}" if args.tenant else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from saft_core.errors import SaftError
+
+    from . import db, keys
+
+    settings = _settings()
+    db.upgrade(settings)
+    with db.session_scope(settings) as session:
+        try:
+            row, revoked = keys.revoke_key(session, args.key)
+        except LookupError as e:
+            raise SaftError(str(e), code="key_not_found") from e
+        line = f"{row.id} ({row.prefix}..., tenant {row.tenant.name!r})"
+    print(f"revoked {line}; requests with it now answer 401" if revoked else f"{line} was already revoked")
     return 0
 
 
@@ -250,6 +297,13 @@ def add_service_commands(parser: argparse.ArgumentParser) -> None:
     k = keys_sub.add_parser("create", help="create a key for a tenant (created if new); prints it last")
     k.add_argument("--tenant", required=True, help="tenant name")
     k.set_defaults(func=cmd_keys_create)
+    k = keys_sub.add_parser("list", help="list keys (id, prefix, tenant, created, revoked); never the keys")
+    k.add_argument("--tenant", help="only this tenant's keys")
+    k.add_argument("--json", action="store_true", help="one JSON list")
+    k.set_defaults(func=cmd_keys_list)
+    k = keys_sub.add_parser("revoke", help="revoke a key at once (requests with it answer 401)")
+    k.add_argument("key", help="the key id (key_...), the whole key, or its prefix as listed")
+    k.set_defaults(func=cmd_keys_revoke)
 
 
 def main(argv: list[str] | None = None) -> int:

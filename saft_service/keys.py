@@ -54,3 +54,41 @@ def tenant_has_keys(session: Session, tenant_name: str) -> bool:
         select(ApiKey.id).join(Tenant).where(Tenant.name == tenant_name, ApiKey.revoked_at.is_(None)).limit(1)
     )
     return session.scalar(stmt) is not None
+
+
+def list_keys(session: Session, *, tenant_name: str | None = None) -> list[ApiKey]:
+    """Every key (active and revoked), oldest first, optionally of one tenant."""
+    stmt = select(ApiKey).join(Tenant).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant_name is not None:
+        stmt = stmt.where(Tenant.name == tenant_name)
+    return list(session.scalars(stmt))
+
+
+def find_key(session: Session, ref: str) -> ApiKey:
+    """The key named by ``ref``: its id (``key_...``), the whole key, or the prefix shown by ``list_keys``.
+
+    Raises ``LookupError`` with a message when no key, or more than one, matches.
+    """
+    ref = ref.strip()
+    if ref.startswith(KEY_PREFIX) and len(ref) > len(KEY_PREFIX) + 6:
+        rows = list(session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(ref))))
+    elif ref.startswith(KEY_PREFIX):
+        rows = list(session.scalars(select(ApiKey).where(ApiKey.prefix == ref)))
+    else:
+        rows = list(session.scalars(select(ApiKey).where(ApiKey.id == ref)))
+    if not rows:
+        raise LookupError(f"no API key matches {ref!r} (give a key id, a whole key, or its prefix)")
+    if len(rows) > 1:
+        raise LookupError(f"{len(rows)} keys share the prefix {ref!r}; give the key id instead")
+    return rows[0]
+
+
+def revoke_key(session: Session, ref: str) -> tuple[ApiKey, bool]:
+    """Revoke the key ``ref`` names (see ``find_key``); it stops working at once. Returns the row and whether
+    this call revoked it (False: it already was)."""
+    row = find_key(session, ref)
+    if row.revoked_at is not None:
+        return row, False
+    row.revoked_at = utcnow()
+    session.flush()
+    return row, True

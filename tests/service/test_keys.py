@@ -1,0 +1,50 @@
+"""API keys from the command line: create, list, revoke; a revoked key stops working at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import pytest
+
+from .conftest import REPO, Stack, create_key, saft
+
+pytestmark = pytest.mark.service
+
+
+def keys_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(saft("keys", *args), cwd=REPO, env=stack.env, capture_output=True, text=True, timeout=120)
+
+
+def listed(stack: Stack, tenant: str) -> list[dict]:
+    out = keys_cli(stack, "list", "--tenant", tenant, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_create_list_and_revoke_a_key(stack: Stack) -> None:
+    tenant = f"keys-{stack.kind.replace('+', '-')}"
+    first, second = create_key(stack.env, tenant), create_key(stack.env, tenant)
+    rows = listed(stack, tenant)
+    assert [r["prefix"] for r in rows] == [first[:11], second[:11]]
+    assert all(r["revoked_at"] is None and r["tenant"] == tenant for r in rows)
+    assert first not in json.dumps(rows)  # the list never shows a key
+
+    def status(key: str) -> int:
+        with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {key}"}) as c:
+            return c.get("/v1/jobs").status_code
+
+    assert status(first) == 200 and status(second) == 200
+    out = keys_cli(stack, "revoke", first[:11])  # by the prefix the list shows
+    assert out.returncode == 0 and f"revoked {rows[0]['id']}" in out.stdout, out.stderr
+    assert status(first) == 401 and status(second) == 200  # at once, and only that key
+    rows = listed(stack, tenant)
+    assert rows[0]["revoked_at"] is not None and rows[1]["revoked_at"] is None
+    again = keys_cli(stack, "revoke", rows[0]["id"])  # by id: already revoked, says so
+    assert again.returncode == 0 and "already revoked" in again.stdout
+    whole = keys_cli(stack, "revoke", second)  # by the whole key
+    assert whole.returncode == 0 and status(second) == 401
+    missing = keys_cli(stack, "revoke", "key_does_not_exist")
+    assert missing.returncode == 2 and "no API key matches 'key_does_not_exist'" in missing.stderr
+    assert status(stack.keys["alpha"]) == 200  # other tenants' keys are untouched

@@ -94,13 +94,6 @@ def _workers(text: str) -> int:
     return value
 
 
-def _workers(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _emit_json(obj: Any) -> None:
     print(json.dumps(obj, default=str))
 

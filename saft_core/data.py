@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import DataError, SaftError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 CLASS_NAMES_FILE = "classes.json"
@@ -190,6 +190,41 @@ class TorchImageDataset(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+class _Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose failures in worker processes read like the same failure in the main process.
+
+    torch re-raises an exception from a worker with the worker's whole traceback as its message, and reports a
+    worker killed by the system (often: too little shared memory, Docker's default is 64 MB) as a RuntimeError.
+    """
+
+    def __iter__(self):  # type: ignore[override]
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except SaftError as e:
+                raise type(e)(_worker_message(e.message), code=e.code) from None
+            except RuntimeError as e:
+                if "DataLoader worker" not in str(e):
+                    raise
+                raise DataError(
+                    f"a data-loader worker process died ({e}); give the process more shared memory (Docker:"
+                    " --shm-size or compose shm_size) or use fewer workers (0 runs in the main process)",
+                    code="data_loader_failed",
+                ) from e
+            yield batch
+
+
+def _worker_message(message: str) -> str:
+    """The original message of an error torch re-raised from a worker ("Caught X in DataLoader worker ...")."""
+    if not message.startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]  # "saft_core.errors.DataError: cannot read image ..."
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def make_loader(
     dataset: ImageDataset,
     transform: Callable[[Image.Image], torch.Tensor],
@@ -200,10 +235,10 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader whose shuffle order (and, with ``num_workers``, the workers' random augmentations) depends
+    """A DataLoader (errors in worker processes read as in the main process) whose shuffle order (and, with ``num_workers``, the workers' random augmentations) depends
     only on ``seed`` and ``num_workers``."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return torch.utils.data.DataLoader(
+    return _Loader(
         TorchImageDataset(dataset, transform),
         batch_size=batch_size,
         shuffle=shuffle,

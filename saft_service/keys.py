@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 from .tables import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "saft_"
+KEY_BYTES = 32
+KEY_LENGTH = len(KEY_PREFIX) + len(secrets.token_urlsafe(KEY_BYTES))  # 5 + 43
 
 
 def hash_key(key: str) -> str:
@@ -32,7 +34,7 @@ def create_key(session: Session, *, tenant_name: str) -> tuple[ApiKey, str]:
     if not name or len(name) > 100:
         raise ValueError("tenant name must be 1 to 100 characters")
     tenant = get_or_create_tenant(session, name)
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
     row = ApiKey(
         tenant_id=tenant.id, prefix=key[: len(KEY_PREFIX) + 6], key_hash=hash_key(key), created_at=utcnow()
     )
@@ -69,15 +71,18 @@ def find_key(session: Session, ref: str) -> ApiKey:
 
     Raises ``LookupError`` with a message when no key, or more than one, matches.
     """
-    ref = ref.strip()
-    if ref.startswith(KEY_PREFIX) and len(ref) > len(KEY_PREFIX) + 6:
+    ref = ref.strip().removesuffix("...")  # the prefix as listed ends in "..."
+    if ref.startswith(KEY_PREFIX) and len(ref) == KEY_LENGTH:
         rows = list(session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(ref))))
+        shown = "the key given"  # a whole key is never echoed
     elif ref.startswith(KEY_PREFIX):
         rows = list(session.scalars(select(ApiKey).where(ApiKey.prefix == ref)))
+        shown = repr(ref)
     else:
         rows = list(session.scalars(select(ApiKey).where(ApiKey.id == ref)))
+        shown = repr(ref)
     if not rows:
-        raise LookupError(f"no API key matches {ref!r} (give a key id, a whole key, or its prefix)")
+        raise LookupError(f"no API key matches {shown} (give a key id, a whole key, or its prefix as listed)")
     if len(rows) > 1:
         raise LookupError(f"{len(rows)} keys share the prefix {ref!r}; give the key id instead")
     return rows[0]

@@ -129,8 +129,12 @@ def delete_job(job: TenantJob, session: SessionDep, storage: StorageDep) -> Resp
         raise ProblemError(409, "job_active", f"job {job.id} is {job.status}; cancel it first, then delete it")
     session.delete(job)
     session.commit()
-    remove_tree(storage.job_dir(job.id))
-    log.info("deleted job %s", job.id)
+    job_dir = storage.job_dir(job.id)
+    remove_tree(job_dir)
+    if job_dir.exists():
+        log.warning("deleted job %s, but could not remove all of %s; remove it by hand", job.id, job_dir)
+    else:
+        log.info("deleted job %s", job.id)
     return Response(status_code=204)
 
 

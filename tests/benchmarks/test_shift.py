@@ -48,7 +48,7 @@ def test_aggregates_summary_and_report(tmp_path):
 def test_grid_flag_parses_and_rejects_bad_values():
     assert parse_grid("full=3e-5,1e-4:10,20") == ("full", ((3e-5, 1e-4), (10, 20)))
     for bad, why in (("dense=1e-4:10", "method must be one of"), ("full=1e-4", "expected METHOD="),
-                     ("full=1e-4:0", "must be positive"), ("full=fast:10", "could not convert")):
+                     ("full=1e-4:0", "must be positive"), ("full=nan:10", "must be positive"), ("full=fast:10", "could not convert")):
         with pytest.raises(ValueError, match=why):
             parse_grid(bad)
 

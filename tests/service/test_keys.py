@@ -36,7 +36,9 @@ def test_create_list_and_revoke_a_key(stack: Stack) -> None:
             return c.get("/v1/jobs").status_code
 
     assert status(first) == 200 and status(second) == 200
-    out = keys_cli(stack, "revoke", first[:11])  # by the prefix the list shows
+    plain = keys_cli(stack, "list", "--tenant", tenant)
+    assert plain.returncode == 0 and f"{first[:11]}..." in plain.stdout and first not in plain.stdout
+    out = keys_cli(stack, "revoke", f"{first[:11]}...")  # by the prefix, pasted as the list shows it
     assert out.returncode == 0 and f"revoked {rows[0]['id']}" in out.stdout, out.stderr
     assert status(first) == 401 and status(second) == 200  # at once, and only that key
     rows = listed(stack, tenant)
@@ -47,4 +49,8 @@ def test_create_list_and_revoke_a_key(stack: Stack) -> None:
     assert whole.returncode == 0 and status(second) == 401
     missing = keys_cli(stack, "revoke", "key_does_not_exist")
     assert missing.returncode == 2 and "no API key matches 'key_does_not_exist'" in missing.stderr
+    wrong = "saft_" + "x" * (len(second) - 5)  # a whole key that is not ours: refused, and not echoed
+    refused = keys_cli(stack, "revoke", wrong)
+    assert refused.returncode == 2 and "no API key matches the key given" in refused.stderr
+    assert wrong not in refused.stderr
     assert status(stack.keys["alpha"]) == 200  # other tenants' keys are untouched

@@ -1,8 +1,10 @@
 import json
+import os
+import signal
 
 import pytest
 
-from saft_core.data import load_dataset, sample_shots, split_validation
+from saft_core.data import load_dataset, make_loader, sample_shots, split_validation
 from saft_core.errors import DataError
 
 from .conftest import draw_image
@@ -82,3 +84,33 @@ def test_shots_and_split_are_seeded_and_stratified(shapes_dir):
     assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
     _, empty = split_validation(ds, 0.0, seed=0)
     assert len(empty) == 0
+
+
+def _to_tensor(image):
+    import torchvision.transforms.functional as TF
+
+    return TF.to_tensor(image.resize((16, 16)))
+
+
+def _die(image):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_reads_the_same_with_and_without_loader_workers(shapes_dir, tmp_path, workers):
+    ds = load_dataset(shapes_dir)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"not an image")
+    ds.samples[1] = (str(victim), ds.samples[1][1])  # goes bad after loading, as a file on a shared disk can
+    with pytest.raises(DataError) as exc:
+        for _ in make_loader(ds, _to_tensor, 4, num_workers=workers):
+            pass
+    assert exc.value.code == "invalid_dataset"
+    assert exc.value.message.startswith(f"cannot read image {victim}") and "Traceback" not in exc.value.message
+
+
+def test_a_killed_loader_worker_is_a_clear_error(shapes_dir):
+    with pytest.raises(DataError, match="data-loader worker process died.*shared memory") as exc:
+        for _ in make_loader(load_dataset(shapes_dir), _die, 4, num_workers=1):
+            pass
+    assert exc.value.code == "data_loader_failed"

@@ -36,6 +36,7 @@ _STATUS_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
 }
@@ -152,6 +153,9 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: problem_doc("The resource is not in a state that allows this.")
 }
 TOO_LARGE: dict[int | str, dict[str, Any]] = {413: problem_doc("The upload is over a size or count limit.")}
+TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: problem_doc("The tenant is at a quota (e.g. active jobs); `Retry-After` says when to try again.")
+}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: problem_doc("A dependency (database, queue, model) is unavailable.")
 }

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         64 * MiB, ge=1, description="Largest body of any other request (classify)."
     )
     max_classify_images: int = Field(64, ge=1, description="Most images in one classify request.")
+    max_active_jobs: int = Field(
+        20, ge=1, description="Most queued and running jobs one tenant may have; more answer 429."
+    )
 
     # Classify in the API process.
     classifier_cache_size: int = Field(4, ge=1, description="Models kept loaded for classify (LRU).")

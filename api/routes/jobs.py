@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
@@ -23,7 +23,7 @@ from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob
 from ..pagination import newest_first_page
-from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ProblemError
+from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_MANY, UNAVAILABLE, ProblemError
 from ..schemas import (
     EvaluationPublic,
     EvaluationsPublic,
@@ -46,7 +46,7 @@ SAFETENSORS = "application/octet-stream"
     "",
     response_model=JobPublic,
     status_code=201,
-    responses={**INVALID, **UNAVAILABLE},
+    responses={**INVALID, **TOO_MANY, **UNAVAILABLE},
     summary="Start a fine-tuning job",
 )
 def create_job(
@@ -63,7 +63,22 @@ def create_job(
         raise ProblemError(
             422, "unknown_model", f"model: {body.model!r} is not a known model; see GET /v1/models"
         )
-    # 2. The row first (the truth), then the message; a message that cannot be sent fails the job.
+    # 2. The tenant's quota of queued and running jobs (checked here, so two requests racing can each pass
+    # with one slot left: a soft limit that keeps one tenant from filling the queue).
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant.id, Job.status.in_([s.value for s in jobs.ACTIVE]))
+    )
+    if active >= settings.max_active_jobs:
+        raise ProblemError(
+            429,
+            "too_many_active_jobs",
+            f"this tenant has {active} queued or running jobs, the most allowed (SAFT_MAX_ACTIVE_JOBS); "
+            "wait for one to finish or cancel one",
+            headers={"Retry-After": "30"},
+        )
+    # 3. The row first (the truth), then the message; a message that cannot be sent fails the job.
     job = jobs.create(
         session, tenant_id=tenant.id, dataset_id=body.dataset_id, spec=body.model_dump(mode="json")
     )

@@ -461,9 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             grids.update([parse_grid(item)])
         except ValueError as e:
             ap.error(f"--grid {item!r}: {e}")
-    # The sweep searches the wide SWEEP_LRS, unless SAFT's grid was given (then that one) or is a single point.
-    saft_given = any(item.startswith("saft=") for item in args.grid)
-    sweep_lrs = () if saft_given or len(grids["saft"][0]) == 1 else SWEEP_LRS
+    # The sweep searches the wide SWEEP_LRS with the default grids; a given (or --quick) SAFT grid otherwise.
+    sweep_lrs = SWEEP_LRS if grids["saft"] is GRIDS["saft"] else ()
     plan = Plan(
         model=ModelSpec(args.model, args.pretrained), train_domain=args.train_domain, shots=args.shots,
         seeds=list(range(1 if args.quick else args.seeds)),

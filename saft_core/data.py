@@ -205,7 +205,10 @@ class _Loader(torch.utils.data.DataLoader):
             except StopIteration:
                 return
             except SaftError as e:
-                raise type(e)(_worker_message(e.message), code=e.code) from None
+                original = _worker_message(e.message)
+                if original == e.message:  # raised in this process: as it is
+                    raise
+                raise type(e)(original, code=e.code) from None
             except RuntimeError as e:
                 if "DataLoader worker" not in str(e):
                     raise
@@ -235,8 +238,8 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader (errors in worker processes read as in the main process) whose shuffle order (and, with ``num_workers``, the workers' random augmentations) depends
-    only on ``seed`` and ``num_workers``."""
+    """A DataLoader whose shuffle order (and, with ``num_workers``, the workers' random augmentations) depends
+    only on ``seed`` and ``num_workers``; errors in worker processes read as they would in this one."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return _Loader(
         TorchImageDataset(dataset, transform),

@@ -5,7 +5,6 @@ core's ``FinetuneConfig``. The API validates requests with ``JobSpec``; the work
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,17 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from saft_core.config import (
     DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATES,
     DataConfig,
     FinetuneConfig,
     ModelSpec,
     ScoringConfig,
     TrainConfig,
-)
-
-# The core's default weights (for saft-tiny its bundled pretrained tag); None would mean a seeded random init.
-DEFAULT_PRETRAINED: str | None = next(
-    f.default for f in dataclasses.fields(ModelSpec) if f.name == "pretrained"
 )
 
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from saft_core.config import DEFAULT_MODEL, ModelSpec
+from saft_core.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
 from saft_service.jobs import JobStatus
-from saft_service.jobspec import DEFAULT_PRETRAINED, JobSpec
+from saft_service.jobspec import JobSpec
 from saft_service.tables import Job
 
 from ..classify import ClassifierCache, decode_image, parse_labels

@@ -261,10 +261,8 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         worker_pids = children(proc.popen.pid)
         proc.stop()
     # Stopping `saft serve` stops its worker too (no stray job processes).
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() for pid in worker_pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert worker_pids and not any(Path(f"/proc/{pid}").exists() for pid in worker_pids)
+    gone = wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in worker_pids), timeout=30)
+    assert worker_pids and gone
 
 
 @pytest.fixture(params=["postgres+redis", "embedded"], scope="session")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from saft_core.config import DataConfig, ModelSpec, ScoringConfig, TrainConfig
-from saft_service.jobspec import DEFAULT_PRETRAINED, JobSpec, to_finetune_config
+from saft_core.config import DEFAULT_PRETRAINED, DataConfig, ModelSpec, ScoringConfig, TrainConfig
+from saft_service.jobspec import JobSpec, to_finetune_config
 
 
 def test_defaults_are_the_cores() -> None:

@@ -144,6 +144,30 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SnapshotConfig:
+    """Snapshots of the training state, so that a run cut off resumes instead of starting again."""
+
+    dir: str | None = _help(
+        "Folder for snapshots of the training state (and SAFT's mask); a run started again with the same folder "
+        "and configuration resumes from its last snapshot. None: no snapshots.",
+        default=None,
+    )
+    interval_s: float = _help(
+        "Least seconds between two snapshots of SAFT's state (k deltas and 2k optimizer floats: cheap).",
+        default=30.0,
+    )
+    dense_interval_s: float = _help(
+        "Least seconds between two snapshots of full fine-tuning's state (every weight and twice as many "
+        "optimizer floats).",
+        default=300.0,
+    )
+
+    def __post_init__(self) -> None:
+        if not (self.interval_s >= 0.0 and self.dense_interval_s >= 0.0):
+            raise ConfigError("snapshot intervals must be >= 0 seconds")
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     """A whole fine-tuning run: model, data, scoring, training, output."""
 
@@ -153,6 +177,7 @@ class FinetuneConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     device: str | None = _help("'cpu', 'cuda', 'cuda:1'; None picks CUDA when available.", default=None)
     evaluate_zero_shot: bool = _help("Also evaluate the base model (the zero-shot baseline).", default=True)
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

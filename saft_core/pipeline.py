@@ -5,20 +5,22 @@ Each stage is a function of its own module; this file only wires them and report
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 import torch
 
-from .checkpoint import checkpoint_metadata, save_delta, save_mask
+from .checkpoint import checkpoint_metadata, load_mask, read_metadata, save_delta, save_mask
 from .config import FinetuneConfig
 from .data import ImageDataset, load_dataset, make_loader, sample_shots, split_validation
 from .evaluation import evaluate_dataset
-from .masking import select_topk
+from .masking import Mask, select_topk
 from .models import load_model
 from .results import Callbacks, EvalScore, FinetuneResult
 from .scoring import score_parameters
+from .snapshot import Snapshots, fingerprint
 from .training import DenseUpdate, SparseUpdate, train
 from .zeroshot import Prompts
 
@@ -37,6 +39,35 @@ def _load_data(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset | None, 
         train_set = sample_shots(train_set, data.shots, cfg.train.seed)
     evals = {name: load_dataset(path) for name, path in data.eval.items()}
     return train_set, (val_set if len(val_set) else None), evals
+
+
+def _saved_mask(snapshots: Snapshots | None) -> Mask | None:
+    """The mask an earlier attempt of this run chose, if it saved one for this configuration."""
+    if snapshots is None or not snapshots.mask_path.is_file():
+        return None
+    try:
+        meta = read_metadata(snapshots.mask_path)
+        if meta.get("fingerprint") != snapshots.fingerprint:
+            return None
+        numel: dict[str, int] = json.loads(meta["numel"])  # the model's parameter order
+        loaded = load_mask(snapshots.mask_path)  # safetensors sorts names: restore the model's order
+        indices = {name: loaded[name] for name in numel if name in loaded}
+        return Mask(indices, numel, int(meta["k"]), float(meta["ratio"]))
+    except Exception as e:  # unreadable: score again rather than fail
+        log.warning("ignoring the saved mask %s: %s", snapshots.mask_path, e)
+        return None
+
+
+def _save_mask_for_resume(snapshots: Snapshots | None, mask: Mask) -> None:
+    if snapshots is None:
+        return
+    meta = {"fingerprint": snapshots.fingerprint, "numel": json.dumps(mask.numel), "k": str(mask.k),
+            "ratio": repr(mask.ratio)}
+    try:
+        snapshots.dir.mkdir(parents=True, exist_ok=True)
+        save_mask(snapshots.mask_path, mask.indices, meta)
+    except OSError as e:
+        log.warning("could not save the mask for resuming to %s: %s", snapshots.dir, e)
 
 
 def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | None = None) -> FinetuneResult:
@@ -74,9 +105,17 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     num_params = sum(p.numel() for p in model.parameters())
     loader_opts = {"num_workers": cfg.data.workers, "pin_memory": torch.device(device).type == "cuda"}
 
-    # 2) scoring and 3) masking (SAFT only)
-    mask = None
-    if cfg.train.method == "saft":
+    # 2) scoring and 3) masking (SAFT only); a resumed run takes the mask its first attempt chose
+    snap = cfg.snapshot
+    snapshots = None
+    if snap.dir is not None:
+        interval = snap.interval_s if cfg.train.method == "saft" else snap.dense_interval_s
+        snapshots = Snapshots(snap.dir, fingerprint(cfg), interval)
+    mask = _saved_mask(snapshots) if cfg.train.method == "saft" else None
+    if mask is not None:
+        cb.on_message("info", f"resuming: the mask of an earlier attempt ({mask.k} entries) is reused")
+        update: SparseUpdate | DenseUpdate = SparseUpdate(model, mask)
+    elif cfg.train.method == "saft":
         stage("scoring")
         score_loader = make_loader(train_set, loaded.preprocess_eval, cfg.scoring.batch_size, **loader_opts)
         scores = score_parameters(
@@ -86,7 +125,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         stage("masking")
         mask = select_topk(scores, cfg.train.ratio)
         del scores
-        update: SparseUpdate | DenseUpdate = SparseUpdate(model, mask)
+        _save_mask_for_resume(snapshots, mask)
+        update = SparseUpdate(model, mask)
     else:
         update = DenseUpdate(model)
 
@@ -95,7 +135,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     transform = loaded.preprocess_train if cfg.train.augment else loaded.preprocess_eval
     loader = make_loader(train_set, transform, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
                          **loader_opts)
-    stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb)
+    stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb, snapshots=snapshots)
     deltas = update.deltas()
 
     # 5) evaluating: fine-tuned, then the base (zero-shot baseline) by switching the weights back

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .masking import Mask
 from .results import Callbacks, Progress
+from .snapshot import Snapshots, TrainState, rng_state, set_rng_state
 from .zeroshot import Prompts, clip_logits
 
 
@@ -70,6 +71,17 @@ class SparseUpdate:
             value = self.base[name] + self.delta[name] if fine_tuned else self.base[name]
             p.view(-1)[idx] = value.to(p.dtype)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The trainable state for a snapshot: {name: delta} (fp32, on the CPU)."""
+        return {name: d.detach().cpu().clone() for name, d in self.delta.items()}
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``state()`` and write the weights it gives."""
+        for name, d in self.delta.items():
+            d.copy_(state[name].to(d.device))
+        self.after_step()
+
     @torch.no_grad()
     def deltas(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
         """{name: (idx, fine-tuned minus pre-trained at idx)} in fp32, on the CPU."""
@@ -98,6 +110,15 @@ class DenseUpdate:
 
     def after_step(self) -> None:
         return None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every weight, for a snapshot (on the CPU)."""
+        return {n: p.detach().cpu().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        for n, p in self.params.items():
+            p.copy_(state[n].to(p.device))
 
     @torch.no_grad()
     def set_weights(self, fine_tuned: bool) -> None:
@@ -145,22 +166,48 @@ def train(
     *,
     device: torch.device,
     callbacks: Callbacks | None = None,
+    snapshots: Snapshots | None = None,
 ) -> TrainStats:
-    """Run ``cfg.epochs`` epochs of cross-entropy on zero-shot logits; the text tower stays in the graph."""
+    """Run ``cfg.epochs`` epochs of cross-entropy on zero-shot logits; the text tower stays in the graph.
+
+    With ``snapshots``, the state is saved every ``snapshots.interval_s`` seconds and after the last step, and a
+    saved state of the same configuration is resumed: the result is the uninterrupted run's (see snapshot.py).
+    """
     cb = callbacks or Callbacks()
     steps_per_epoch = len(loader) if isinstance(loader, Sized) else 0
     total = cfg.epochs * steps_per_epoch
+    generator: torch.Generator | None = getattr(loader, "generator", None)
     torch.manual_seed(cfg.seed)  # augmentation randomness, if any
     opt = torch.optim.AdamW(update.trainable(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total))
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
-    model.train()
     step, first, last, epoch_losses = 0, float("nan"), float("nan"), []
-    for _ in range(cfg.epochs):
-        epoch_losses = []
-        for images, labels in loader:
+    start_epoch, skip = 0, 0
+    resumed = snapshots.load() if snapshots else None
+    if resumed is not None:
+        # 0) resume: the trainable and optimizer state, then the epoch's random state (see snapshot.py)
+        update.load_state(resumed.update)
+        opt.load_state_dict(resumed.optimizer)
+        sched.load_state_dict(resumed.scheduler)
+        step, first, start_epoch, skip = resumed.step, resumed.first_loss, resumed.epoch, resumed.batches_done
+        epoch_losses = list(resumed.epoch_losses)
+        last = epoch_losses[-1] if epoch_losses else first
+        cb.on_message("info", f"resumed training from its snapshot at step {step} of {total}")
+        cb.on_progress(Progress("training", step, total, loss=last, lr=opt.param_groups[0]["lr"]))
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        if resumed is not None and epoch == resumed.epoch:
+            set_rng_state(resumed.epoch_rng, generator)
+            epoch_rng = resumed.epoch_rng
+        else:
+            epoch_rng, epoch_losses, skip = rng_state(generator), [], 0
+        for batch_index, (images, labels) in enumerate(loader):
+            if batch_index < skip:  # done before the snapshot: drawn again (same randomness), not trained on
+                if batch_index == skip - 1 and resumed is not None:
+                    set_rng_state(resumed.rng, None)
+                continue
             cb.check_cancel()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast:
@@ -181,6 +228,12 @@ def train(
             last = float(loss.detach())
             first = last if step == 1 else first
             epoch_losses.append(last)
+            if snapshots is not None and snapshots.due(last_step=step == total):
+                snapshots.save(TrainState(
+                    step=step, epoch=epoch, batches_done=batch_index + 1, first_loss=first,
+                    epoch_losses=list(epoch_losses), update=update.state(), optimizer=opt.state_dict(),
+                    scheduler=sched.state_dict(), epoch_rng=epoch_rng, rng=rng_state(None),
+                ))
             cb.on_progress(Progress("training", step, total, loss=last, lr=lr))
     model.eval()
     mean_last = sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from saft_service import __version__
 from saft_service.logs import setup_logging
+from saft_service.reaper import Reaper
 from saft_service.settings import Settings, get_settings
 from saft_service.storage import Storage
 
@@ -35,11 +38,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The API application for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
     Storage(settings).ensure()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = Reaper(settings) if settings.run_reaper else None
+        if reaper:
+            reaper.start()
+        try:
+            yield
+        finally:
+            if reaper:
+                reaper.stop()
+
     app = FastAPI(
         title="SAFT service",
         version=__version__,
         description=DESCRIPTION,
         max_body_size=settings.max_request_bytes,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.classifiers = ClassifierCache(settings.classifier_cache_size, settings.api_device)

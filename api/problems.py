@@ -17,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saft_core.errors import SaftError
@@ -126,6 +128,16 @@ async def _saft_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, status, exc.code, exc.message)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database is unreachable or busy (an outage, a failover, a full pool, a lock): 503, retry soon."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    retry_after = getattr(request.app.state.settings, "retry_after_seconds", 5)
+    return problem_response(
+        request, 503, "database_unavailable", "the database is unavailable; try again shortly",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
@@ -138,6 +150,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(SaftError, _saft_error)
+    for database_error in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 

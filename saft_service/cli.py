@@ -185,8 +185,8 @@ def _print_banner(settings: Settings, host: str, port: int, key: str | None) -> 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
     """Stop the worker: TERM to its main process (Celery's warm shutdown lets a running job finish), then,
-    after ``grace`` seconds, KILL its whole process group. A job cut off that way is failed as
-    ``worker_lost`` by the next ``saft serve`` (see ``jobs.recover_after_restart``)."""
+    after ``grace`` seconds, KILL its whole process group. A job cut off that way goes back to the queue at
+    the next ``saft serve`` and resumes from its last snapshot (see ``jobs.recover_after_restart``)."""
     if proc.poll() is not None:
         return
     try:
@@ -208,7 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from . import db, jobs, keys
-    from .queue import enqueue_job
+    from .submission import send
 
     settings = _settings()
     # 1. Schema, a key for the default tenant, and jobs a previous run left behind.
@@ -217,7 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key = None
         if args.new_key or not keys.tenant_has_keys(session, DEFAULT_TENANT):
             _, key = keys.create_key(session, tenant_name=DEFAULT_TENANT)
-        queued = jobs.recover_after_restart(session)
+        queued = jobs.recover_after_restart(session, max_attempts=settings.max_attempts)
     # 2. One worker process (its own process group, so stopping it also stops its pool child).
     worker = subprocess.Popen(
         [sys.executable, "-m", "saft_service.cli", "worker", "--pool", args.pool],
@@ -225,7 +225,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stdout=sys.stderr,  # keep stdout for the banner (URL and key)
     )
     for job_id in queued:
-        enqueue_job(job_id, settings)
+        with db.session_scope(settings) as session:
+            send(session, settings, job_id)
     # 3. The API in this process; if the worker dies, the service stops rather than queueing forever.
     from api.main import create_app
 

@@ -1,19 +1,26 @@
 """The job state machine. Every change of a job's status or stage goes through this module.
 
     queued --> running --> succeeded
-       |          |  \\--> failed
-       |          \\-----> cancelled
+       |  ^       |  \\--> failed
+       |  \\-------|  \\--> cancelled
        \\--> failed | cancelled
 
-``running -> running`` is a restart after a lost worker. Transitions are compare-and-set updates
-(``UPDATE ... WHERE status IN (allowed sources)``), so the API cancelling a queued job and a worker claiming it
-cannot both win. Each transition writes a ``JobEvent`` in the same transaction. Callers own the transaction
-(commit after the call).
+``running -> queued`` is a requeue after the job's worker was lost (the reaper: no heartbeat); ``running ->
+running`` a restart by a worker that knows the previous process is dead. Transitions are compare-and-set
+updates (``UPDATE ... WHERE status IN (allowed sources)``), so the API cancelling a queued job and a worker
+claiming it cannot both win. Each transition writes a ``JobEvent`` in the same transaction. Callers own the
+transaction (commit after the call).
+
+Fencing: ``attempts`` counts the starts of a job and is the lease of the process running it. Every write a
+worker makes about its job (heartbeat, stage, progress, its end) carries the attempt it claimed and applies only
+while the job is still ``running`` in that attempt, so a process that lost its job (requeued because its
+heartbeat went stale, cancelled while its worker was gone) can never overwrite what a later attempt does.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -41,7 +48,7 @@ ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+        {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
     ),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
@@ -79,20 +86,33 @@ def add_event(
 
 
 def _transition(
-    session: Session, job_id: str, target: JobStatus, sources: Iterable[JobStatus], **values: Any
+    session: Session,
+    job_id: str,
+    target: JobStatus,
+    sources: Iterable[JobStatus],
+    *,
+    attempt: int | None = None,
+    **values: Any,
 ) -> bool:
-    """Compare-and-set ``status`` to ``target`` if it is one of ``sources``. Returns whether it applied."""
+    """Compare-and-set ``status`` to ``target`` if it is one of ``sources`` (and, given ``attempt``, the job is
+    still in that attempt). Returns whether it applied."""
     sources = list(sources)
     for s in sources:
         if target not in TRANSITIONS[s]:
-            raise AssertionError(f"transition {s} -> {target} is not in the state machine")
+            raise IllegalTransition(job_id, s, target)
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_([s.value for s in sources]))
+    if attempt is not None:
+        stmt = stmt.where(Job.attempts == attempt)
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([s.value for s in sources]))
-        .values(status=target.value, **values)
-        .execution_options(synchronize_session=False)
+        stmt.values(status=target.value, **values).execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def _running(job_id: str, attempt: int | None) -> Any:
+    """The WHERE clause of a worker's write: the job is running (in ``attempt``, when given)."""
+    clause = (Job.id == job_id) & (Job.status == JobStatus.RUNNING.value)
+    return clause & (Job.attempts == attempt) if attempt is not None else clause
 
 
 def create(session: Session, *, tenant_id: str, dataset_id: str, spec: dict[str, Any]) -> Job:
@@ -115,21 +135,41 @@ def create(session: Session, *, tenant_id: str, dataset_id: str, spec: dict[str,
     return job
 
 
+def _worker_process_gone(recorded: str | None, worker: str) -> bool:
+    """Whether the process that ran a job (``recorded``: ``node/pid``) is known to be dead: it ran under this
+    worker's node (so on this host) and its pid no longer exists. Anything else is not known."""
+    if not recorded or "/" not in recorded or "/" not in worker:
+        return False
+    node, _, pid = recorded.rpartition("/")
+    if node != worker.rpartition("/")[0] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def claim(
     session: Session,
     job_id: str,
     *,
     worker: str,
     redelivered: bool = False,
-    heartbeat_timeout: float = 300.0,
-    max_attempts: int = 2,
+    heartbeat_timeout: float = 60.0,
+    max_attempts: int = 3,
 ) -> Job | None:
     """Take a job for running: ``queued -> running``, or restart a ``running`` job whose worker was lost.
 
-    A message is a duplicate (and ``None`` is returned) when the job is already finished, or running with a
-    live worker. A running job counts as lost when the broker says the message was redelivered (the worker
-    process died before acking) or its heartbeat is older than ``heartbeat_timeout``. After ``max_attempts``
-    starts, a lost job fails with ``worker_lost`` instead of starting again.
+    ``worker`` is ``node/pid`` of the calling process. A message is a duplicate (and ``None`` is returned) when
+    the job is finished, or running with a live worker. A running job counts as lost when its heartbeat is
+    older than ``heartbeat_timeout``, or when the broker redelivered the message and the process that ran the
+    job, on this worker's node, is gone (a pool process killed under a live worker). A redelivery alone is not
+    enough: a broker also redelivers when a live worker's connection drops. After ``max_attempts`` starts, a
+    lost job fails with ``worker_lost`` instead of starting again. The returned job's ``attempts`` is the
+    caller's lease (see the module docstring).
     """
     job = session.get(Job, job_id)
     if job is None:
@@ -140,24 +180,28 @@ def claim(
         worker=worker, heartbeat_at=now, stage=None, step=0, total_steps=0, attempts=job.attempts + 1
     )
     if job.status == JobStatus.QUEUED:
-        if not _transition(session, job_id, JobStatus.RUNNING, [JobStatus.QUEUED], started_at=now, **values):
+        if job.attempts >= max_attempts:
+            fail(session, job_id, "worker_lost", lost_message(job.attempts))
             return None
-        add_event(session, job_id, "status", "job started", data={"status": "running", "worker": worker})
+        if not _transition(
+            session, job_id, JobStatus.RUNNING, [JobStatus.QUEUED], attempt=job.attempts,
+            started_at=job.started_at or now, **values,
+        ):
+            return None
+        text = "job started" if job.attempts == 0 else f"job resumed (attempt {job.attempts + 1} of {max_attempts})"
+        add_event(
+            session, job_id, "status", text,
+            data={"status": "running", "worker": worker, "attempt": job.attempts + 1},
+        )
     elif job.status == JobStatus.RUNNING:
         stale = job.heartbeat_at is None or now - job.heartbeat_at > timedelta(seconds=heartbeat_timeout)
-        if not (redelivered or stale):
+        if not (stale or (redelivered and _worker_process_gone(job.worker, worker))):
             log.info("job %s is running on %s; dropping a duplicate message", job_id, job.worker)
             return None
         if job.attempts >= max_attempts:
-            fail(
-                session,
-                job_id,
-                "worker_lost",
-                f"the worker running this job stopped {job.attempts} times (out of memory or killed?); "
-                "try a smaller batch_size or model",
-            )
+            fail(session, job_id, "worker_lost", lost_message(job.attempts))
             return None
-        if not _transition(session, job_id, JobStatus.RUNNING, [JobStatus.RUNNING], **values):
+        if not _transition(session, job_id, JobStatus.RUNNING, [JobStatus.RUNNING], attempt=job.attempts, **values):
             return None
         add_event(
             session,
@@ -174,15 +218,67 @@ def claim(
     return job
 
 
-def set_stage(session: Session, job_id: str, stage: str) -> None:
-    """A running job enters ``stage``; its step counter restarts."""
-    session.execute(
+def lost_message(attempts: int) -> str:
+    return (
+        f"the worker running this job was lost {attempts} times (killed, out of memory, or its machine went "
+        "down); try a smaller batch_size or model, or ask the operator to check the workers"
+    )
+
+
+def cancel_lost(session: Session, job: Job, reason: str) -> bool:
+    """A running job whose cancellation was asked for and whose worker is lost: cancelled now."""
+    if not _transition(
+        session, job.id, JobStatus.CANCELLED, [JobStatus.RUNNING], attempt=job.attempts, finished_at=utcnow()
+    ):
+        return False
+    add_event(session, job.id, "status", f"job cancelled ({reason})", data={"status": "cancelled"})
+    return True
+
+
+def heartbeat(session: Session, job_id: str, attempt: int) -> bool:
+    """The running process of ``attempt`` is alive. False: the job is no longer its own (stop working on it)."""
+    result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        .where(_running(job_id, attempt))
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def requeue(session: Session, job: Job, reason: str) -> bool:
+    """``running -> queued`` for a job whose worker is lost; the next attempt resumes from its snapshot."""
+    if not _transition(
+        session, job.id, JobStatus.QUEUED, [JobStatus.RUNNING], attempt=job.attempts,
+        stage=None, worker=None, enqueued_at=None,
+    ):
+        return False
+    add_event(
+        session, job.id, "status", f"{reason}; requeued (attempt {job.attempts} of the job was lost)",
+        level="warning", data={"status": "queued", "attempt": job.attempts},
+    )
+    return True
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    """The broker took the job's message now (the reaper re-sends a queued job's message only after a while)."""
+    session.execute(
+        update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()).execution_options(synchronize_session=False)
+    )
+
+
+def set_stage(session: Session, job_id: str, stage: str, *, attempt: int | None = None) -> bool:
+    """A running job enters ``stage``; its step counter restarts."""
+    result = session.execute(
+        update(Job)
+        .where(_running(job_id, attempt))
         .values(stage=stage, step=0, total_steps=0, heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:
+        return False
     add_event(session, job_id, "stage", f"stage {stage}", data={"stage": stage})
+    return True
 
 
 def report_progress(
@@ -194,22 +290,26 @@ def report_progress(
     total: int,
     metrics: dict[str, float] | None = None,
     event: bool = True,
-) -> None:
+    attempt: int | None = None,
+) -> bool:
     """Record progress (and the heartbeat) of a running job; ``event`` also appends a progress event."""
     values: dict[str, Any] = dict(step=step, total_steps=total, heartbeat_at=utcnow())
     if metrics:
         job = session.get(Job, job_id)
         if job is not None:
             values["metrics"] = {**(job.metrics or {}), **metrics}
-    session.execute(
+    result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        .where(_running(job_id, attempt))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:
+        return False
     if event:
         data: dict[str, Any] = {"stage": stage, "step": step, "total_steps": total, **(metrics or {})}
         add_event(session, job_id, "progress", f"{stage} {step}/{total}", data=data)
+    return True
 
 
 def add_message(session: Session, job_id: str, level: str, text: str) -> None:
@@ -217,16 +317,26 @@ def add_message(session: Session, job_id: str, level: str, text: str) -> None:
     add_event(session, job_id, "message", text, level="warning" if level == "warning" else "info")
 
 
-def request_cancel(session: Session, job: Job) -> Job:
-    """Cancel a job: a queued one at once, a running one cooperatively (the worker checks between steps).
+def request_cancel(session: Session, job: Job, *, heartbeat_timeout: float = 60.0) -> Job:
+    """Cancel a job: a queued one at once, a running one cooperatively (the worker checks between steps), a
+    running one whose heartbeat is older than ``heartbeat_timeout`` (its worker is gone) at once.
 
     Raises ``IllegalTransition`` if the job already finished.
     """
     now = utcnow()
+    silent = job.heartbeat_at is None or now - job.heartbeat_at > timedelta(seconds=heartbeat_timeout)
     if _transition(
         session, job.id, JobStatus.CANCELLED, [JobStatus.QUEUED], finished_at=now, cancel_requested=True
     ):
         add_event(session, job.id, "status", "job cancelled before it started", data={"status": "cancelled"})
+    elif job.status == JobStatus.RUNNING and silent and _transition(
+        session, job.id, JobStatus.CANCELLED, [JobStatus.RUNNING], attempt=job.attempts,
+        finished_at=now, cancel_requested=True,
+    ):
+        add_event(
+            session, job.id, "status", "job cancelled (its worker had stopped sending heartbeats)",
+            data={"status": "cancelled"},
+        )
     else:
         result = session.execute(
             update(Job)
@@ -248,21 +358,26 @@ def cancel_requested(session: Session, job_id: str) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def mark_cancelled(session: Session, job_id: str) -> bool:
+def mark_cancelled(session: Session, job_id: str, *, attempt: int | None = None) -> bool:
     """The worker stopped a running job on request."""
-    if not _transition(session, job_id, JobStatus.CANCELLED, [JobStatus.RUNNING], finished_at=utcnow()):
+    if not _transition(
+        session, job_id, JobStatus.CANCELLED, [JobStatus.RUNNING], attempt=attempt, finished_at=utcnow()
+    ):
         return False
     add_event(session, job_id, "status", "job cancelled", data={"status": "cancelled"})
     return True
 
 
-def fail(session: Session, job_id: str, code: str, message: str) -> bool:
-    """End a queued or running job as failed with a stable ``code`` and a message the user can act on."""
+def fail(session: Session, job_id: str, code: str, message: str, *, attempt: int | None = None) -> bool:
+    """End a queued or running job as failed with a stable ``code`` and a message the user can act on.
+    With ``attempt`` (a worker failing its own job), only a job still running in that attempt."""
+    sources = [JobStatus.RUNNING] if attempt is not None else [JobStatus.QUEUED, JobStatus.RUNNING]
     if not _transition(
         session,
         job_id,
         JobStatus.FAILED,
-        [JobStatus.QUEUED, JobStatus.RUNNING],
+        sources,
+        attempt=attempt,
         finished_at=utcnow(),
         error_code=code,
         error_message=message,
@@ -281,6 +396,7 @@ def succeed(
     mask: Mask | None,
     evaluations: list[Evaluation],
     training_steps: int = 0,
+    attempt: int | None = None,
 ) -> bool:
     """End a running job as succeeded and store what it produced, in one transaction. Its progress then shows
     the ``training_steps`` it took."""
@@ -290,6 +406,7 @@ def succeed(
         job_id,
         JobStatus.SUCCEEDED,
         [JobStatus.RUNNING],
+        attempt=attempt,
         finished_at=finished,
         metrics=metrics,
         stage=None,
@@ -307,12 +424,18 @@ def succeed(
     return True
 
 
-def recover_after_restart(session: Session) -> list[str]:
+def recover_after_restart(session: Session, *, max_attempts: int = 3) -> list[str]:
     """For a single-worker deployment (``saft serve``) starting up: no job can be running, so ``running`` rows
-    were left by a process that died; fail them (``worker_lost``). Returns the ids of queued jobs, which the
-    caller sends to the queue again (a duplicate message is dropped by ``claim``)."""
-    for job_id in session.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING.value)):
-        fail(
-            session, job_id, "worker_lost", "the service stopped while this job was running; submit it again"
-        )
+    were left by a process that died with the service. Each goes back to the queue and resumes from its last
+    snapshot (or fails ``worker_lost`` after ``max_attempts`` starts). Returns the ids of the queued jobs, which
+    the caller sends to the queue again (a duplicate message is dropped by ``claim``)."""
+    for job in session.scalars(select(Job).where(Job.status == JobStatus.RUNNING.value)).all():
+        if job.cancel_requested:
+            if _transition(session, job.id, JobStatus.CANCELLED, [JobStatus.RUNNING], finished_at=utcnow()):
+                add_event(session, job.id, "status", "job cancelled (the service stopped while it ran)",
+                          data={"status": "cancelled"})
+        elif job.attempts >= max_attempts:
+            fail(session, job.id, "worker_lost", lost_message(job.attempts))
+        else:
+            requeue(session, job, "the service stopped while this job was running")
     return list(session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED.value)))

@@ -11,6 +11,8 @@ Messages carry only a job id; the job row is the truth. Delivery settings (why e
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from functools import lru_cache
 
@@ -28,9 +30,7 @@ class QueueUnavailable(Exception):
 
 
 def broker_url(settings: Settings) -> str:
-    if settings.broker_url:
-        return settings.broker_url
-    return f"sqla+sqlite:///{settings.resolved_data_dir / 'broker.sqlite'}"
+    return settings.celery_broker_url
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,6 +44,7 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a worker outlives a broker outage: reconnect for ever
         broker_connection_timeout=5,
         task_default_queue=settings.queue_name,
         task_serializer="json",
@@ -92,3 +93,64 @@ def ping_broker(settings: Settings | None = None, timeout: float = 2.0) -> None:
     app = _producer_app() if settings is get_settings() else make_celery(settings)
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
+
+
+# kombu's Redis transport keeps a queue's waiting messages in a list named after the queue (one more list per
+# priority step, named queue + SEP + step), delivered-but-unacked ones in a hash; the SQLAlchemy transport in
+# rows with visible = true. Only the waiting ones count as "held": an unacked message belongs to a worker, and
+# if that worker is gone the job's heartbeat says so.
+_REDIS_PRIORITY_SEP = "\x06\x16"
+_REDIS_PRIORITY_STEPS = (3, 6, 9)
+
+
+def _job_id_of(payload: str | bytes) -> str | None:
+    """The job id a kombu message (JSON, with a base64 or plain body of Celery's protocol 2) carries."""
+    try:
+        msg = json.loads(payload)
+        body = msg["body"]
+        if msg.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def pending_job_ids(settings: Settings) -> set[str] | None:
+    """Job ids of the messages waiting in the broker's queue, or None for a broker this cannot inspect.
+    Raises when the broker cannot be reached."""
+    url = broker_url(settings)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            keys = [settings.queue_name] + [
+                f"{settings.queue_name}{_REDIS_PRIORITY_SEP}{p}" for p in _REDIS_PRIORITY_STEPS
+            ]
+            payloads = [m for k in keys for m in client.lrange(k, 0, -1)]
+        finally:
+            client.close()
+    elif url.startswith("sqla+"):
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.exc import OperationalError
+
+        engine = create_engine(url.removeprefix("sqla+"))
+        try:
+            with engine.connect() as conn:
+                payloads = list(
+                    conn.scalars(
+                        text(
+                            "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                            "WHERE q.name = :name AND m.visible"
+                        ),
+                        {"name": settings.queue_name},
+                    )
+                )
+        except OperationalError:  # the tables do not exist before the first message
+            payloads = []
+        finally:
+            engine.dispose()
+    else:
+        return None
+    return {job_id for p in payloads if (job_id := _job_id_of(p))}

@@ -1,7 +1,7 @@
 """The one settings object of the service. Every value comes from an environment variable ``SAFT_<NAME>``.
 
 With neither ``SAFT_DATABASE_URL`` nor ``SAFT_BROKER_URL`` set, the service runs on the *embedded default*:
-SQLite and a file-system message broker, both under ``SAFT_DATA_DIR``, so it needs no other server.
+SQLite for the store and for the job queue (kombu's SQLAlchemy transport), both under ``SAFT_DATA_DIR``, so it needs no other server.
 Point the two variables at Postgres and Redis for production.
 """
 
@@ -28,7 +28,7 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL (postgresql+psycopg://...); unset: SQLite in the data dir."
     )
     broker_url: str | None = Field(
-        None, description="Celery broker URL (redis://...); unset: file-system broker."
+        None, description="Celery broker URL (redis://...); unset: a SQLite queue in the data dir."
     )
     queue_name: str = Field(
         "saft-jobs", description="Celery queue the API sends jobs to and workers consume."
@@ -58,8 +58,42 @@ class Settings(BaseSettings):
         0, ge=0, description="Data-loader processes per job that transform images (0: in the job's process)."
     )
     job_time_limit: int = Field(24 * 3600, ge=60, description="Hard time limit of one job.")
-    heartbeat_timeout: int = Field(300, ge=10, description="A running job silent this long is presumed lost.")
-    max_attempts: int = Field(2, ge=1, description="Times a job is started before a lost worker fails it.")
+
+    # Liveness: the job row is the truth (see saft_service/reaper.py).
+    heartbeat_interval: float = Field(
+        10.0, gt=0, description="Seconds between two heartbeats of a running job's process."
+    )
+    heartbeat_timeout: float = Field(
+        60.0, gt=0, description="A running job without a heartbeat this long is presumed lost and requeued."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Times a job is started; a job whose worker is lost this often fails worker_lost."
+    )
+    run_reaper: bool = Field(
+        True, description="Run the reaper in this API process (on Postgres one process acts per pass)."
+    )
+    reaper_interval: float = Field(
+        15.0, gt=0, description="Seconds between two passes of the reaper (run by the API process)."
+    )
+    requeue_after: float = Field(
+        60.0,
+        gt=0,
+        description="A queued job whose message the broker does not hold is sent again after this long.",
+    )
+    snapshot_interval: float = Field(
+        30.0, ge=0, description="Least seconds between two snapshots of a SAFT job's training state."
+    )
+    dense_snapshot_interval: float = Field(
+        300.0, ge=0, description="The same for full fine-tuning (its state is every weight)."
+    )
+    db_retry_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a worker keeps retrying a database write that records a job's end.",
+    )
+    retry_after_seconds: int = Field(
+        5, ge=1, description="Retry-After of a 503 answered while the database is unreachable."
+    )
     progress_interval: float = Field(1.0, ge=0.0, description="Least time between two progress writes.")
     worker_max_tasks_per_child: int | None = Field(
         None, ge=1, description="Recycle the worker's job process after this many jobs (frees GPU memory)."
@@ -87,13 +121,8 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.resolved_data_dir / 'saft.db'}"
 
     @property
-    def broker_folder(self) -> Path:
-        """Where the embedded file-system broker keeps its messages."""
-        return self.resolved_data_dir / "broker"
-
-    @property
     def celery_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "sqla+sqlite:///" + str(self.resolved_data_dir / "broker.sqlite")
 
     @property
     def visibility_timeout(self) -> int:

@@ -1,20 +1,34 @@
 """Run one job: claim the row, map it onto the core's config, call ``saft_core.pipeline.finetune`` with
 callbacks that write progress and events, and record the outcome through the job state machine.
 
-Nothing half-written survives: outputs go to the job's own directory, which is deleted unless the job
+Nothing half-written survives: outputs go to the attempt's own directory, which is deleted unless the attempt
 succeeds, and the success row (checkpoint, mask, evaluations, status) is one transaction.
+
+Liveness (see saft_service/reaper.py): while the job runs, a thread writes its heartbeat every
+``heartbeat_interval`` seconds, fenced by the attempt number the claim returned. When a heartbeat finds the job
+no longer its own (requeued after a stall, cancelled while its worker seemed gone), the run stops at the next
+step and touches neither the row nor the files of the attempt that took over. The core snapshots the training
+state into ``<job dir>/resume``, so a requeued job resumes where it was. A database that is down makes progress
+writes skip (they are best effort) and the writes that end a job retry for ``db_retry_seconds``; after that the
+job is left running and the reaper requeues it once its heartbeat is stale.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
 
 from saft_core.checkpoint import read_metadata
+from saft_core.config import SnapshotConfig
 from saft_core.errors import Cancelled, SaftError
 from saft_core.results import Callbacks, FinetuneResult, Progress
 from saft_service import jobs
@@ -25,6 +39,64 @@ from saft_service.storage import Storage, remove_tree, sha256_file
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, Mask, MaskTensor, utcnow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RESUME_DIR = "resume"
+
+
+class LeaseLost(Exception):
+    """The job is no longer this process's attempt (requeued or ended by someone else)."""
+
+
+def with_db_retry(what: str, fn: Callable[[], T], *, seconds: float) -> T:
+    """Call ``fn`` until it does not fail with a database error, backing off, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except DBAPIError as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database error (%s); retrying in %.1f s", what, type(e).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+class Heartbeat:
+    """A daemon thread that writes the job's heartbeat every ``settings.heartbeat_interval`` seconds.
+
+    ``lost`` becomes true when a heartbeat finds the job no longer running in ``attempt``. Database errors are
+    logged and retried at the next beat: the reaper decides, from the row, when silence means a lost worker.
+    """
+
+    def __init__(self, job_id: str, attempt: int, settings: Settings) -> None:
+        self.job_id, self.attempt, self.settings = job_id, attempt, settings
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        try:
+            with session_scope(self.settings) as s:
+                if not jobs.heartbeat(s, self.job_id, self.attempt):
+                    self.lost = True
+        except DBAPIError as e:
+            log.warning("job %s: heartbeat not written (%s)", self.job_id, type(e).__name__)
+
+    def _run(self) -> None:
+        while not self.lost and not self._stop.wait(self.settings.heartbeat_interval):
+            self.beat()
+        if self.lost:
+            log.warning("job %s: attempt %s is no longer the job's; stopping it", self.job_id, self.attempt)
 
 
 class JobReporter:
@@ -34,19 +106,28 @@ class JobReporter:
     progress event at most every ``10 * progress_interval``; the cancellation flag is read at most once a second.
     """
 
-    def __init__(self, job_id: str, settings: Settings) -> None:
+    def __init__(self, job_id: str, settings: Settings, attempt: int, heartbeat: Heartbeat | None = None) -> None:
         self.job_id = job_id
         self.settings = settings
+        self.attempt = attempt
+        self.heartbeat = heartbeat
         self._last_row = 0.0
         self._last_event = 0.0
         self._last_cancel_check = 0.0
         self._cancel = False
         self.training_steps = 0
 
+    def _write(self, what: str, fn: Callable[[object], object]) -> None:
+        """A best-effort write about the running job: skipped (and logged) while the database is down."""
+        try:
+            with session_scope(self.settings) as s:
+                fn(s)
+        except DBAPIError as e:
+            log.warning("job %s: %s not recorded (%s)", self.job_id, what, type(e).__name__)
+
     def on_stage(self, stage: str) -> None:
         log.info("job %s: stage %s", self.job_id, stage)
-        with session_scope(self.settings) as s:
-            jobs.set_stage(s, self.job_id, stage)
+        self._write("stage", lambda s: jobs.set_stage(s, self.job_id, stage, attempt=self.attempt))
         self._last_row = self._last_event = 0.0
 
     def on_progress(self, p: Progress) -> None:
@@ -62,25 +143,32 @@ class JobReporter:
             metrics["train_loss"] = float(p.loss)
         if p.lr is not None:
             metrics["learning_rate"] = float(p.lr)
-        with session_scope(self.settings) as s:
-            jobs.report_progress(
-                s, self.job_id, stage=p.stage, step=p.step, total=p.total, metrics=metrics, event=event
-            )
+        self._write(
+            "progress",
+            lambda s: jobs.report_progress(
+                s, self.job_id, stage=p.stage, step=p.step, total=p.total, metrics=metrics, event=event,
+                attempt=self.attempt,
+            ),
+        )
         self._last_row = now
         if event:
             self._last_event = now
 
     def on_message(self, level: str, text: str) -> None:
         log.log(logging.WARNING if level == "warning" else logging.INFO, "job %s: %s", self.job_id, text)
-        with session_scope(self.settings) as s:
-            jobs.add_message(s, self.job_id, level, text)
+        self._write("message", lambda s: jobs.add_message(s, self.job_id, level, text))
 
     def should_cancel(self) -> bool:
+        if self.heartbeat is not None and self.heartbeat.lost:
+            return True  # the core raises Cancelled; run_job tells the two apart by ``heartbeat.lost``
         now = time.monotonic()
         if not self._cancel and now - self._last_cancel_check >= 1.0:
             self._last_cancel_check = now
-            with session_scope(self.settings) as s:
-                self._cancel = jobs.cancel_requested(s, self.job_id)
+            try:
+                with session_scope(self.settings) as s:
+                    self._cancel = jobs.cancel_requested(s, self.job_id)
+            except DBAPIError as e:
+                log.warning("job %s: cancellation not checked (%s)", self.job_id, type(e).__name__)
         return self._cancel
 
     def callbacks(self) -> Callbacks:
@@ -92,19 +180,32 @@ class JobReporter:
         )
 
 
-def _end(job_id: str, out_dir: Path, settings: Settings, code: str, message: str) -> None:
-    remove_tree(out_dir)
-    with session_scope(settings) as s:
-        if code == "cancelled":
-            jobs.mark_cancelled(s, job_id)
-        else:
-            jobs.fail(s, job_id, code, message)
-    log.info("job %s ended: %s (%s)", job_id, code, message)
+def _end(job_id: str, attempt: int, job_dir: Path, settings: Settings, code: str, message: str) -> None:
+    """End the attempt's job as failed (``code``) or cancelled; its files (snapshots included) go."""
+
+    def write() -> bool:
+        with session_scope(settings) as s:
+            if code == "cancelled":
+                return jobs.mark_cancelled(s, job_id, attempt=attempt)
+            return jobs.fail(s, job_id, code, message, attempt=attempt)
+
+    try:
+        owned = with_db_retry(f"job {job_id}: recording its end", write, seconds=settings.db_retry_seconds)
+    except DBAPIError:
+        log.error("job %s: could not record its end (%s); the reaper will requeue it", job_id, code)
+        return
+    if owned:
+        remove_tree(job_dir)
+        log.info("job %s ended: %s (%s)", job_id, code, message)
+    else:
+        log.warning("job %s: attempt %s no longer owns the job; its end (%s) is not recorded", job_id, attempt, code)
 
 
 def _record_success(
-    job_id: str, result: FinetuneResult, storage: Storage, settings: Settings, training_steps: int
-) -> None:
+    job_id: str, attempt: int, result: FinetuneResult, storage: Storage, settings: Settings, training_steps: int
+) -> bool:
+    """Store the attempt's outputs and end the job as succeeded, in one transaction. False: the job is no
+    longer this attempt's (nothing was stored)."""
     ckpt = Path(result.checkpoint_path)
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
@@ -160,12 +261,16 @@ def _record_success(
             mask=mask,
             evaluations=evaluations,
             training_steps=training_steps,
+            attempt=attempt,
         ):
-            raise RuntimeError(f"job {job_id} was no longer running when it finished")
+            s.rollback()
+            return False
+    return True
 
 
 def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Settings | None = None) -> None:
-    """Run job ``job_id`` to its end (succeeded, failed or cancelled). Never raises for a job's own failure."""
+    """Run job ``job_id`` to its end (succeeded, failed or cancelled). Never raises for a job's own failure;
+    raises a database error only before the job was claimed (the task then retries the message)."""
     settings = settings or get_settings()
     storage = Storage(settings)
     # 1. Claim the row; a duplicate or stale message is dropped here.
@@ -180,24 +285,39 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
         )
         if job is None:
             return
+        attempt = job.attempts
         spec = JobSpec.model_validate(job.spec)
         ids = [spec.dataset_id, *spec.eval_dataset_ids]
         rows = {
             d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == job.tenant_id)
         }
-    out_dir = storage.job_dir(job_id)
-    remove_tree(out_dir)  # leftovers of an attempt whose worker was lost
-    missing = [i for i in ids if i not in rows]
+    job_dir = storage.job_dir(job_id)
+    out_dir = job_dir / f"attempt-{attempt}"
+    for leftover in job_dir.glob("attempt-*"):  # outputs of attempts whose worker was lost
+        remove_tree(leftover)
+    with Heartbeat(job_id, attempt, settings) as heartbeat:
+        _run_claimed(job_id, attempt, spec, rows, job_dir, out_dir, storage, settings, heartbeat)
+
+
+def _run_claimed(
+    job_id: str,
+    attempt: int,
+    spec: JobSpec,
+    rows: dict[str, Dataset],
+    job_dir: Path,
+    out_dir: Path,
+    storage: Storage,
+    settings: Settings,
+    heartbeat: Heartbeat,
+) -> None:
+    def end(code: str, message: str) -> None:
+        _end(job_id, attempt, job_dir, settings, code, message)
+
+    missing = [i for i in [spec.dataset_id, *spec.eval_dataset_ids] if i not in rows]
     if missing:
-        _end(
-            job_id,
-            out_dir,
-            settings,
-            "dataset_missing",
-            f"dataset(s) {', '.join(missing)} were deleted before the job ran; upload them again",
-        )
+        end("dataset_missing", f"dataset(s) {', '.join(missing)} were deleted before the job ran; upload them again")
         return
-    # 2. Map the spec onto the core's config, once.
+    # 2. Map the spec onto the core's config, once; snapshots go where the next attempt will look.
     try:
         cfg = to_finetune_config(
             spec,
@@ -207,60 +327,71 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
             workers=settings.data_workers,
         )
     except SaftError as e:
-        _end(job_id, out_dir, settings, e.code, e.message)
+        end(e.code, e.message)
         return
+    cfg = replace(
+        cfg,
+        snapshot=SnapshotConfig(
+            dir=str(job_dir / RESUME_DIR),
+            interval_s=settings.snapshot_interval,
+            dense_interval_s=settings.dense_snapshot_interval,
+        ),
+    )
     # 3. Hand the work to the core (imported here, so CUDA is first touched in the process running the job).
     out_dir.mkdir(parents=True, exist_ok=True)
-    reporter = JobReporter(job_id, settings)
+    reporter = JobReporter(job_id, settings, attempt, heartbeat)
     started = time.monotonic()
     try:
         from saft_core.pipeline import finetune
 
         result = finetune(cfg, out_dir, reporter.callbacks())
     except Cancelled:
-        _end(job_id, out_dir, settings, "cancelled", "cancelled by request")
+        if heartbeat.lost:  # another attempt (or a cancel of a lost job) owns the row and the job dir now
+            remove_tree(out_dir)
+            return
+        end("cancelled", "cancelled by request")
         return
     except SoftTimeLimitExceeded:
-        _end(
-            job_id,
-            out_dir,
-            settings,
+        end(
             "time_limit",
             f"the job ran longer than the {settings.job_time_limit} s limit; use fewer epochs or a smaller dataset",
         )
         return
     except SaftError as e:
-        _end(job_id, out_dir, settings, e.code, e.message)
+        end(e.code, e.message)
         return
     except MemoryError:
-        _end(job_id, out_dir, settings, "out_of_memory", "the worker ran out of memory; lower batch_size")
+        end("out_of_memory", "the worker ran out of memory; lower batch_size")
         return
     except Exception as e:
-        if (
-            type(e).__name__ == "OutOfMemoryError"
-        ):  # torch.cuda.OutOfMemoryError, without importing torch here
-            _end(
-                job_id,
-                out_dir,
-                settings,
-                "out_of_memory",
-                "the GPU ran out of memory; lower batch_size or scoring_batch_size",
-            )
+        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+            end("out_of_memory", "the GPU ran out of memory; lower batch_size or scoring_batch_size")
             return
         log.exception("job %s crashed", job_id)
-        _end(
-            job_id,
-            out_dir,
-            settings,
+        end(
             "internal_error",
-            f"unexpected error in the worker ({type(e).__name__}: {e}); please report it with the job id",
+            f"unexpected error in the worker ({type(e).__name__}); please report it with the job id",
         )
         return
-    # 4. Record the outcome in one transaction.
+    # 4. Record the outcome in one transaction (retried while the database is down).
     try:
-        _record_success(job_id, result, storage, settings, reporter.training_steps)
-    except Exception as e:
-        log.exception("job %s: could not record its result", job_id)
-        _end(job_id, out_dir, settings, "internal_error", f"could not store the job's result: {e}")
+        owned = with_db_retry(
+            f"job {job_id}: recording its result",
+            lambda: _record_success(job_id, attempt, result, storage, settings, reporter.training_steps),
+            seconds=settings.db_retry_seconds,
+        )
+    except DBAPIError:
+        # Still unreachable: leave the job running. Its heartbeat goes stale, the reaper requeues it, and the
+        # next attempt resumes from the final snapshot (training is not done again).
+        log.error("job %s: could not record its result; it will be requeued and resumed", job_id)
         return
-    log.info("job %s succeeded in %.1f s", job_id, time.monotonic() - started)
+    except Exception:
+        log.exception("job %s: could not record its result", job_id)
+        end("internal_error", "could not store the job's result; please report it with the job id")
+        return
+    if not owned:
+        remove_tree(out_dir)
+        log.warning("job %s: attempt %s finished, but the job is no longer its own; result dropped", job_id, attempt)
+        return
+    remove_tree(job_dir / RESUME_DIR)
+    log.info("job %s succeeded in %.1f s (attempt %s)", job_id, time.monotonic() - started, attempt)

@@ -6,6 +6,7 @@ import multiprocessing
 import socket
 
 from celery.signals import worker_init, worker_process_init
+from sqlalchemy.exc import DBAPIError
 
 from saft_service.queue import RUN_JOB_TASK
 
@@ -13,7 +14,17 @@ from . import runner
 from .app import app
 
 
-@app.task(name=RUN_JOB_TASK, bind=True)
+@app.task(
+    name=RUN_JOB_TASK,
+    bind=True,
+    # The database unreachable before the job was claimed: send the message again later rather than ack it
+    # away (a retry publishes a copy, then acks this one). Errors of the job itself never reach here.
+    autoretry_for=(DBAPIError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=None,
+)
 def run_job(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
     """Run fine-tuning job ``job_id``. The job row says what to do; this message only says which job."""
     delivery = self.request.delivery_info or {}

@@ -11,14 +11,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
 from saft_service import jobs
 from saft_service.db import session_factory
-from saft_service.queue import QueueUnavailable, enqueue_job
 from saft_service.storage import remove_tree
+from saft_service.submission import QuotaExceeded, SubmissionRefused, submit_job
 from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob
@@ -52,47 +52,23 @@ SAFETENSORS = "application/octet-stream"
 def create_job(
     body: JobCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep
 ) -> JobPublic:
-    """Queue a job. Poll `GET /v1/jobs/{id}` or stream `GET /v1/jobs/{id}/events/stream` to follow it."""
-    # 1. Every referenced dataset must be this tenant's.
-    for field, ids in (("dataset_id", [body.dataset_id]), ("eval_dataset_ids", body.eval_dataset_ids)):
-        for ds_id in ids:
-            ds = session.get(Dataset, ds_id)
-            if ds is None or ds.tenant_id != tenant.id:
-                raise ProblemError(422, "dataset_not_found", f"{field}: no dataset {ds_id} in this tenant")
+    """Queue a job. Poll `GET /v1/jobs/{id}` or stream `GET /v1/jobs/{id}/events/stream` to follow it.
+
+    The job is stored before it is sent to the queue: if the queue is down it stays `queued` (an event says so)
+    and is sent when the queue is back. Past the tenant's quota of active jobs: 429 with `Retry-After`."""
     if not known_model(body.model):
         raise ProblemError(
             422, "unknown_model", f"model: {body.model!r} is not a known model; see GET /v1/models"
         )
-    # 2. The tenant's quota of queued and running jobs (checked here, so two requests racing can each pass
-    # with one slot left: a soft limit that keeps one tenant from filling the queue).
-    active = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.tenant_id == tenant.id, Job.status.in_([s.value for s in jobs.ACTIVE]))
-    )
-    if active >= settings.max_active_jobs:
-        raise ProblemError(
-            429,
-            "too_many_active_jobs",
-            f"this tenant has {active} queued or running jobs, the most allowed (SAFT_MAX_ACTIVE_JOBS); "
-            "wait for one to finish or cancel one",
-            headers={"Retry-After": "30"},
-        )
-    # 3. The row first (the truth), then the message; a message that cannot be sent fails the job.
-    job = jobs.create(
-        session, tenant_id=tenant.id, dataset_id=body.dataset_id, spec=body.model_dump(mode="json")
-    )
-    session.commit()
     try:
-        enqueue_job(job.id, settings)
-    except QueueUnavailable as e:
-        jobs.fail(session, job.id, "queue_unavailable", "the job queue is unavailable; try again later")
-        session.commit()
-        raise ProblemError(
-            503, "queue_unavailable", f"the job queue is unavailable; try again later ({e})"
-        ) from e
-    session.refresh(job)
-    log.info("tenant %s queued job %s", tenant.name, job.id)
+        job = submit_job(
+            session, settings, tenant=tenant, dataset_id=body.dataset_id,
+            eval_dataset_ids=list(body.eval_dataset_ids), spec=body.model_dump(mode="json"),
+        )
+    except QuotaExceeded as e:
+        raise ProblemError(429, e.code, e.message, headers={"Retry-After": "30"}) from e
+    except SubmissionRefused as e:
+        raise ProblemError(422, e.code, e.message) from e
     return JobPublic.of(job)
 
 
@@ -121,11 +97,12 @@ def get_job(job: TenantJob) -> JobPublic:
 @router.post(
     "/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, summary="Cancel a job"
 )
-def cancel_job(job: TenantJob, session: SessionDep) -> JobPublic:
+def cancel_job(job: TenantJob, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """A queued job is cancelled at once; a running one stops at its next step (status stays `running` with
-    `cancel_requested: true` until then). A finished job answers 409 job_finished."""
+    `cancel_requested: true` until then); a running one whose worker stopped sending heartbeats is cancelled
+    at once. A finished job answers 409 job_finished."""
     try:
-        jobs.request_cancel(session, job)
+        jobs.request_cancel(session, job, heartbeat_timeout=settings.heartbeat_timeout)
     except jobs.IllegalTransition as e:
         session.rollback()
         raise ProblemError(409, "job_finished", f"job {job.id} already {e.status}; nothing to cancel") from e

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -95,18 +98,72 @@ def test_a_duplicate_message_does_not_run_a_job_twice(session: Session) -> None:
     assert job.worker == "w1" and job.attempts == 1
 
 
-def test_a_redelivered_job_restarts_then_fails_as_worker_lost(session: Session) -> None:
+def test_a_redelivery_alone_does_not_restart_a_live_job(session: Session) -> None:
+    """Brokers also redeliver when a live worker's connection drops: the heartbeat decides, not the flag."""
     job = new_job(session)
-    jobs.claim(session, job.id, worker="w1", max_attempts=2)
+    jobs.claim(session, job.id, worker=f"saft@h/{os.getpid()}")  # this process: alive
     session.commit()
-    again = jobs.claim(session, job.id, worker="w2", redelivered=True, max_attempts=2)
+    assert jobs.claim(session, job.id, worker="saft@h/1", redelivered=True) is None
+    session.refresh(job)
+    assert job.attempts == 1 and job.worker == f"saft@h/{os.getpid()}"
+
+
+def test_a_redelivered_job_whose_process_died_restarts_then_fails_as_worker_lost(session: Session) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer exists
+    job = new_job(session)
+    jobs.claim(session, job.id, worker=f"saft@h/{dead.pid}", max_attempts=2)
     session.commit()
-    assert again is not None and again.attempts == 2 and again.worker == "w2"
-    assert jobs.claim(session, job.id, worker="w3", redelivered=True, max_attempts=2) is None
+    again = jobs.claim(session, job.id, worker=f"saft@h/{os.getpid()}", redelivered=True, max_attempts=2)
+    session.commit()
+    assert again is not None and again.attempts == 2 and again.worker == f"saft@h/{os.getpid()}"
+    # Another node cannot tell whether the process lives: only a stale heartbeat lets it take over.
+    assert jobs.claim(session, job.id, worker="saft@other/1", redelivered=True, max_attempts=2) is None
+    job.heartbeat_at = utcnow() - timedelta(seconds=600)
+    session.commit()
+    assert jobs.claim(session, job.id, worker="saft@other/1", max_attempts=2, heartbeat_timeout=60) is None
     session.commit()
     session.refresh(job)
     assert job.status == "failed" and job.error_code == "worker_lost"
-    assert "stopped 2 times" in (job.error_message or "")
+    assert "lost 2 times" in (job.error_message or "")
+
+
+def test_writes_of_a_lost_attempt_are_fenced_off(session: Session) -> None:
+    """Attempt 1 stalls, the reaper requeues the job, attempt 2 claims it: attempt 1 can change nothing."""
+    job = new_job(session)
+    first = jobs.claim(session, job.id, worker="saft@a/1")
+    session.commit()
+    assert first is not None and first.attempts == 1
+    assert jobs.heartbeat(session, job.id, 1)
+    assert jobs.requeue(session, first, "no heartbeat for 90 s")
+    session.commit()
+    session.refresh(job)
+    assert job.status == "queued" and job.attempts == 1
+    assert not jobs.heartbeat(session, job.id, 1)  # the old process learns it lost the job
+    second = jobs.claim(session, job.id, worker="saft@b/2")
+    session.commit()
+    assert second is not None and second.attempts == 2
+    assert not jobs.heartbeat(session, job.id, 1)
+    assert not jobs.set_stage(session, job.id, "training", attempt=1)
+    assert not jobs.report_progress(session, job.id, stage="training", step=5, total=9, attempt=1)
+    assert not jobs.fail(session, job.id, "internal_error", "late", attempt=1)
+    assert not jobs.mark_cancelled(session, job.id, attempt=1)
+    assert jobs.set_stage(session, job.id, "training", attempt=2)
+    session.commit()
+    session.refresh(job)
+    assert (job.status, job.attempts, job.stage, job.step) == ("running", 2, "training", 0)
+    assert "job resumed (attempt 2 of 3)" in events(session, job.id)
+
+
+def test_cancelling_a_job_whose_worker_is_gone_is_immediate(session: Session) -> None:
+    job = new_job(session)
+    jobs.claim(session, job.id, worker="saft@a/1")
+    job.heartbeat_at = utcnow() - timedelta(seconds=600)
+    session.commit()
+    jobs.request_cancel(session, job, heartbeat_timeout=60)
+    session.commit()
+    session.refresh(job)
+    assert job.status == "cancelled" and jobs.is_terminal(job.status)
 
 
 def test_a_silent_running_job_counts_as_lost(session: Session) -> None:
@@ -154,10 +211,14 @@ def test_finished_jobs_cannot_change(session: Session) -> None:
     assert job.status == "cancelled" and job.error_code is None
 
 
-def test_every_transition_is_in_the_table() -> None:
-    for source, targets in jobs.TRANSITIONS.items():
-        if source in jobs.TERMINAL:
-            assert not targets
-        for t in targets:
-            assert t in jobs.JobStatus
-    assert jobs.JobStatus.QUEUED not in set().union(*jobs.TRANSITIONS.values())  # nothing goes back to queued
+def test_the_state_machine_refuses_an_edge_its_table_does_not_have(session: Session) -> None:
+    job = new_job(session)
+    jobs.request_cancel(session, job)
+    session.commit()
+    with pytest.raises(jobs.IllegalTransition):  # cancelled -> queued is not an edge
+        jobs._transition(session, job.id, jobs.JobStatus.QUEUED, [jobs.JobStatus.CANCELLED])
+    assert not jobs.requeue(session, job, "test")  # running -> queued is, but the job is not running
+    with pytest.raises(jobs.IllegalTransition):  # nor queued -> succeeded
+        jobs._transition(session, job.id, jobs.JobStatus.SUCCEEDED, [jobs.JobStatus.QUEUED])
+    session.refresh(job)
+    assert job.status == "cancelled"

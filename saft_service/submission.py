@@ -1,0 +1,97 @@
+"""Job submission: one function that the API route calls (and anything else that submits jobs).
+
+The row first, then the message (a transactional outbox): a job is committed ``queued`` before its message is
+sent, and a message the broker does not take now is sent by the reaper once the broker is back, so a job is
+never lost between the two and never fails because the queue blinked.
+
+The tenant's quota of active jobs holds under concurrent submissions: each submission first takes a write lock
+on the tenant's row (a row lock on Postgres; SQLite's database write lock), so a tenant's submissions count and
+insert one at a time, while other tenants' submissions go on in parallel on Postgres.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from . import jobs
+from .queue import QueueUnavailable, enqueue_job
+from .settings import Settings
+from .tables import Dataset, Job, Tenant
+
+log = logging.getLogger(__name__)
+
+
+class SubmissionRefused(Exception):
+    """A job that cannot be submitted; ``code`` is the API's problem code, ``field`` the request field."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field, self.extra = code, message, field, extra
+
+
+class DatasetNotFound(SubmissionRefused):
+    pass
+
+
+class QuotaExceeded(SubmissionRefused):
+    pass
+
+
+def submit_job(
+    session: Session, settings: Settings, *, tenant: Tenant, dataset_id: str, eval_dataset_ids: list[str],
+    spec: dict[str, Any],
+) -> Job:
+    """Check, store and enqueue a job for ``tenant``; ``spec`` is the validated request as JSON. Commits.
+
+    Raises ``DatasetNotFound`` or ``QuotaExceeded`` (nothing stored). The returned job is ``queued``.
+    """
+    # 1. One submission per tenant at a time from here to the commit (see the module docstring).
+    session.execute(update(Tenant).where(Tenant.id == tenant.id).values(name=Tenant.name))
+    # 2. Every referenced dataset must be this tenant's.
+    for field, ids in (("dataset_id", [dataset_id]), ("eval_dataset_ids", eval_dataset_ids)):
+        for ds_id in ids:
+            ds = session.get(Dataset, ds_id)
+            if ds is None or ds.tenant_id != tenant.id:
+                session.rollback()
+                raise DatasetNotFound("dataset_not_found", f"{field}: no dataset {ds_id} in this tenant", field=field)
+    # 3. The tenant's quota of queued and running jobs.
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant.id, Job.status.in_([s.value for s in jobs.ACTIVE]))
+    )
+    if active >= settings.max_active_jobs:
+        session.rollback()
+        raise QuotaExceeded(
+            "too_many_active_jobs",
+            f"this tenant has {active} queued or running jobs, the most allowed (SAFT_MAX_ACTIVE_JOBS); "
+            "wait for one to finish or cancel one",
+        )
+    # 4. The row (the truth), committed; then the message.
+    job = jobs.create(session, tenant_id=tenant.id, dataset_id=dataset_id, spec=spec)
+    session.commit()
+    send(session, settings, job.id)
+    session.refresh(job)
+    log.info("tenant %s queued job %s", tenant.name, job.id)
+    return job
+
+
+def send(session: Session, settings: Settings, job_id: str) -> bool:
+    """Send a queued job's message and record when; a broker that refuses leaves it to the reaper."""
+    try:
+        enqueue_job(job_id, settings)
+    except QueueUnavailable:
+        jobs.add_event(
+            session, job_id, "message",
+            "the job queue is unavailable; the job stays queued and is sent when the queue is back",
+            level="warning",
+        )
+        session.commit()
+        return False
+    jobs.mark_enqueued(session, job_id)
+    session.commit()
+    return True

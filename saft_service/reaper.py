@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -84,15 +85,16 @@ def lost_queued(session: Session, settings: Settings, now: datetime, pending: se
     ]
 
 
-def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
-    """One pass of the reaper (both steps); messages are sent after the row changes are committed."""
+def reap_once(settings: Settings, now: datetime | None = None, *, judge_heartbeats: bool = True) -> ReapReport:
+    """One pass of the reaper (both steps); messages are sent after the row changes are committed.
+    ``judge_heartbeats=False`` skips step 1 (see ``Reaper``)."""
     now = now or utcnow()
     with session_scope(settings) as session:
         if not settings.embedded_database and not session.scalar(
             text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY}
         ):
             return ReapReport(skipped=True)
-        report = reap_stale(session, settings, now)
+        report = reap_stale(session, settings, now) if judge_heartbeats else ReapReport()
         try:
             pending = pending_job_ids(settings)
         except Exception as e:  # the broker is down: nothing can be sent now anyway
@@ -120,12 +122,19 @@ def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
 
 
 class Reaper:
-    """Runs ``reap_once`` every ``settings.reaper_interval`` seconds in a daemon thread until ``stop()``."""
+    """Runs ``reap_once`` every ``settings.reaper_interval`` seconds in a daemon thread until ``stop()``.
+
+    Heartbeats are judged only once the reaper has seen the database for ``heartbeat_timeout`` seconds without
+    a break: after the process starts, or after a database outage (during which no worker could write a
+    heartbeat either), the workers first get a full timeout to beat again, so an outage does not requeue every
+    running job.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="saft-reaper", daemon=True)
+        self._healthy_since: float | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -136,7 +145,12 @@ class Reaper:
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.reaper_interval):
+            now = time.monotonic()
+            if self._healthy_since is None:
+                self._healthy_since = now
+            judge = now - self._healthy_since >= self.settings.heartbeat_timeout
             try:
-                reap_once(self.settings)
+                reap_once(self.settings, judge_heartbeats=judge)
             except Exception as e:  # the database is down, most likely: the next pass tries again
                 log.warning("reaper pass failed: %s", e)
+                self._healthy_since = None

@@ -1,0 +1,317 @@
+"""Fault tests with real processes: a worker killed as a whole, Redis restarted without persistence, Postgres
+stopped mid-job, a crashed ``saft serve``, and a quota raced by concurrent clients.
+
+The stack here has its own Postgres cluster and its own Redis server (both on free ports, in temporary
+folders), so stopping them does not disturb anything else. Liveness settings are scaled down (heartbeat every
+0.5 s, stale after 5 s, a reaper pass every 0.5 s, a snapshot after every step) so each fault resolves in seconds;
+the printed timings are from fault to the job running again and to its end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from safetensors.torch import load as load_safetensors
+
+from .conftest import (
+    REPO,
+    Proc,
+    Stack,
+    base_env,
+    create_key,
+    free_port,
+    saft,
+    wait_for_job,
+    wait_ready,
+    wait_until,
+    zip_dir,
+)
+
+LIVENESS = {
+    "SAFT_HEARTBEAT_INTERVAL": "0.5",
+    "SAFT_HEARTBEAT_TIMEOUT": "5",
+    "SAFT_REAPER_INTERVAL": "0.5",
+    "SAFT_REQUEUE_AFTER": "2",
+    "SAFT_SNAPSHOT_INTERVAL": "0",
+    "SAFT_DB_RETRY_SECONDS": "120",
+    "SAFT_MAX_ACTIVE_JOBS": "5",
+}
+# 72 training steps: long enough to be cut off mid-training, short enough for the suite.
+LONG_JOB = {"hyperparameters": {"epochs": 8, "batch_size": 2, "seed": 3}}
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class PrivatePostgres:
+    """A throw-away Postgres cluster on a free port (run as the ``postgres`` user when we are root)."""
+
+    def __init__(self) -> None:
+        bindir = _pg_bin()
+        if bindir is None:
+            pytest.skip("no initdb: cannot start a private Postgres for the fault tests")
+        self.bin = bindir
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="saft-pg-"))
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "saft")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/saft"
+
+    def _run(self, tool: str, *args: str) -> None:
+        out = subprocess.run([*self.as_user, str(self.bin / tool), *args], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, f"{tool} failed: {out.stdout}\n{out.stderr}"
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-o", opts, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m",
+                        "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PrivateRedis:
+    """A Redis server on a free port that keeps nothing on disk: a restart loses every message."""
+
+    def __init__(self) -> None:
+        if not shutil.which("redis-server"):
+            pytest.skip("no redis-server: cannot start a private Redis for the fault tests")
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        assert wait_until(lambda: _pings(redis.Redis(port=self.port)), timeout=20), "private Redis did not start"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _pings(client: object) -> bool:
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except Exception:
+        return False
+
+
+@dataclass
+class FaultStack:
+    stack: Stack
+    pg: PrivatePostgres
+    redis: PrivateRedis
+
+    def worker(self) -> Proc:
+        return next(p for p in self.stack.procs if p.name == "worker" and p.popen.poll() is None)
+
+    def start_worker(self) -> Proc:
+        proc = Proc.start("worker", saft("worker"), self.stack.env)
+        self.stack.procs.append(proc)
+        return proc
+
+    def kill_worker(self) -> None:
+        """kill -9 of the worker's whole process group: main process, pool child, loaders."""
+        for p in self.stack.procs:
+            if p.name == "worker" and p.popen.poll() is None:
+                os.killpg(p.popen.pid, signal.SIGKILL)
+                p.popen.wait()
+
+
+@pytest.fixture(scope="module")
+def fault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    pg, rd = PrivatePostgres(), None
+    procs: list[Proc] = []
+    try:
+        rd = PrivateRedis()
+        data_dir = tmp_path_factory.mktemp("fault-data")
+        env = base_env(data_dir, SAFT_DATABASE_URL=pg.url, SAFT_BROKER_URL=rd.url, **LIVENESS)
+        migrate = subprocess.run(saft("migrate"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert migrate.returncode == 0, migrate.stderr
+        keys = {"alpha": create_key(env, "alpha")}
+        port = free_port()
+        procs += [
+            Proc.start("worker", saft("worker"), env),
+            Proc.start("api", saft("api", "--host", "127.0.0.1", "--port", str(port)), env),
+        ]
+        stack = Stack("fault", f"http://127.0.0.1:{port}", data_dir, keys, procs, env)
+        wait_ready(stack)
+        yield FaultStack(stack, pg, rd)
+    finally:
+        for p in procs:
+            p.stop()
+        if rd:
+            rd.stop()
+        pg.destroy()
+
+
+@pytest.fixture(scope="module")
+def fault_dataset(fault: FaultStack, shapes_dir: Path) -> str:
+    with fault.stack.client() as c:
+        r = c.post("/v1/datasets", data={"name": "shapes"}, files={"file": ("s.zip", zip_dir(shapes_dir))})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+
+def events(c: httpx.Client, job_id: str) -> list[dict]:
+    return c.get(f"/v1/jobs/{job_id}/events").json()["data"]
+
+
+def checkpoint_tensors(c: httpx.Client, job_id: str) -> dict:
+    r = c.get(f"/v1/jobs/{job_id}/checkpoint")
+    assert r.status_code == 200, r.text
+    return load_safetensors(r.content)
+
+
+def training_step(c: httpx.Client, job_id: str, at_least: int, timeout: float = 120) -> int:
+    def reached() -> int | None:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] in ("queued", "running"), job
+        step = job["progress"]["step"] if job["stage"] == "training" else 0
+        return step if step >= at_least else None
+
+    step = wait_until(reached, timeout=timeout, interval=0.1)
+    assert step, f"job {job_id} never reached training step {at_least}"
+    return step
+
+
+def test_a_worker_killed_as_a_whole_resumes_from_its_snapshot_on_a_new_worker(
+    fault: FaultStack, fault_dataset: str
+) -> None:
+    with fault.stack.client() as c:
+        body = {"dataset_id": fault_dataset, **LONG_JOB}
+        whole = c.post("/v1/jobs", json=body).json()
+        assert wait_for_job(c, whole["id"], until={"succeeded", "failed"}, timeout=240)["status"] == "succeeded"
+
+        job = c.post("/v1/jobs", json=body).json()
+        step = training_step(c, job["id"], at_least=10)
+        fault.kill_worker()
+        killed = time.monotonic()
+        # No worker at all: the job is still "running" until the reaper finds its heartbeat stale.
+        requeued = wait_until(lambda: c.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued", timeout=30)
+        assert requeued, fault.stack.logs()
+        to_queued = time.monotonic() - killed
+        fault.start_worker()
+        running = wait_until(lambda: c.get(f"/v1/jobs/{job['id']}").json()["status"] == "running", timeout=60)
+        to_running = time.monotonic() - killed
+        done = wait_for_job(c, job["id"], until={"succeeded", "failed", "cancelled"}, timeout=240)
+        to_done = time.monotonic() - killed
+        assert running and done["status"] == "succeeded", f"{done}\n{fault.stack.logs()}"
+        print(f"\nkill -9 of the worker at step {step}: requeued after {to_queued:.1f} s, running again after "
+              f"{to_running:.1f} s (incl. the new worker's start), succeeded after {to_done:.1f} s")
+        assert done["attempts"] == 2
+        log = events(c, job["id"])
+        resumed = [e["message"] for e in log if e["message"].startswith("resumed training from its snapshot")]
+        assert len(resumed) == 1 and int(resumed[0].split("step ")[1].split()[0]) >= step - 1, resumed
+        assert sum(e["message"] == "job succeeded" for e in log) == 1  # exactly once
+        # The resumed job's checkpoint is the uninterrupted job's, tensor for tensor.
+        a, b = checkpoint_tensors(c, whole["id"]), checkpoint_tensors(c, job["id"])
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert not list((fault.stack.data_dir / "jobs" / job["id"]).glob("resume")), "snapshots left behind"
+
+
+def test_jobs_queued_when_redis_restarts_without_persistence_all_run(fault: FaultStack, fault_dataset: str) -> None:
+    import redis
+
+    fault.kill_worker()  # nobody consumes: the messages wait in Redis
+    queue = fault.stack.env.get("SAFT_QUEUE_NAME", "saft-jobs")
+    with fault.stack.client() as c:
+        ids = [c.post("/v1/jobs", json={"dataset_id": fault_dataset, "hyperparameters": {"epochs": 1}}).json()["id"]
+               for _ in range(3)]
+        assert redis.Redis(port=fault.redis.port).llen(queue) == 3
+        fault.redis.stop()
+        fault.redis.start()
+        restarted = time.monotonic()
+        assert redis.Redis(port=fault.redis.port).llen(queue) == 0  # every message is gone
+        fault.start_worker()
+        done = [wait_for_job(c, i, until={"succeeded", "failed", "cancelled"}, timeout=240) for i in ids]
+        took = time.monotonic() - restarted
+        assert [d["status"] for d in done] == ["succeeded"] * 3, fault.stack.logs()
+        print(f"\n3 jobs whose messages Redis lost: all succeeded {took:.1f} s after the restart")
+        for i in ids:
+            assert sum(e["message"] == "job started" for e in events(c, i)) == 1  # each ran once
+
+
+def test_postgres_stopped_mid_job_answers_503_and_the_job_still_succeeds(fault: FaultStack, fault_dataset: str) -> None:
+    with fault.stack.client() as c:
+        job = c.post("/v1/jobs", json={"dataset_id": fault_dataset, **LONG_JOB}).json()
+        training_step(c, job["id"], at_least=10)
+        fault.pg.stop()
+        stopped = time.monotonic()
+        try:
+            r = c.post("/v1/jobs", json={"dataset_id": fault_dataset})
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["code"] == "database_unavailable" and int(r.headers["retry-after"]) > 0
+            r = c.get(f"/v1/jobs/{job['id']}")
+            assert r.status_code == 503 and r.json()["code"] == "database_unavailable"
+            time.sleep(max(0.0, 15 - (time.monotonic() - stopped)))
+        finally:
+            fault.pg.start()
+        done = wait_for_job(c, job["id"], until={"succeeded", "failed", "cancelled"}, timeout=240)
+        took = time.monotonic() - stopped
+        assert done["status"] == "succeeded", f"{done}\n{fault.stack.logs()}"
+        print(f"\nPostgres down for 15 s mid-job: the job succeeded {took:.1f} s after the stop "
+              f"(attempts: {done['attempts']})")
+        assert sum(e["message"] == "job succeeded" for e in events(c, job["id"])) == 1
+
+
+def test_the_quota_holds_under_concurrent_submissions(fault: FaultStack, fault_dataset: str) -> None:
+    fault.kill_worker()  # jobs stay queued, so each one holds its slot
+    try:
+        with fault.stack.client() as c:
+            for j in c.get("/v1/jobs", params={"status": "queued", "limit": 100}).json()["data"]:
+                c.post(f"/v1/jobs/{j['id']}/cancel")
+
+            def submit(_: int) -> int:
+                with fault.stack.client() as own:
+                    return own.post("/v1/jobs", json={"dataset_id": fault_dataset}).status_code
+
+            with concurrent.futures.ThreadPoolExecutor(12) as pool:
+                codes = list(pool.map(submit, range(12)))
+            assert sorted(codes) == [201] * 5 + [429] * 7, codes
+            queued = c.get("/v1/jobs", params={"status": "queued", "limit": 100}).json()["data"]
+            assert len(queued) == 5
+            for j in queued:
+                assert c.post(f"/v1/jobs/{j['id']}/cancel").json()["status"] == "cancelled"
+    finally:
+        fault.start_worker()

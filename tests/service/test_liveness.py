@@ -315,3 +315,47 @@ def test_the_quota_holds_under_concurrent_submissions(fault: FaultStack, fault_d
                 assert c.post(f"/v1/jobs/{j['id']}/cancel").json()["status"] == "cancelled"
     finally:
         fault.start_worker()
+
+
+def test_a_job_cut_off_by_a_crashed_saft_serve_resumes_at_the_next_start(
+    tmp_path: Path, shapes_dir: Path
+) -> None:
+    """The embedded default: `saft serve` and its worker killed with -9, then started again on the same data."""
+    data_dir = tmp_path / "var"
+    env = base_env(data_dir, **LIVENESS)
+    port = free_port()
+
+    def serve() -> Stack:
+        proc = Proc.start("serve", saft("serve", "--port", str(port)), env)
+        stack = Stack("embedded", f"http://127.0.0.1:{port}", data_dir, {}, [proc], env)
+        wait_ready(stack)
+        return stack
+
+    first = serve()
+    key = next(ln for ln in first.procs[0].lines if ln.startswith("API key")).split()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=first.base_url, headers=headers, timeout=60) as c:
+        ds = c.post("/v1/datasets", data={"name": "s"}, files={"file": ("s.zip", zip_dir(shapes_dir))}).json()
+        job = c.post("/v1/jobs", json={"dataset_id": ds["id"], **LONG_JOB}).json()
+        step = training_step(c, job["id"], at_least=10)
+    serve_pid = first.procs[0].popen.pid
+    worker_pids = [int(p) for p in Path(f"/proc/{serve_pid}/task/{serve_pid}/children").read_text().split()]
+    for pid in [serve_pid, *worker_pids]:
+        os.killpg(pid, signal.SIGKILL)  # the API's and the worker's process groups: a crash, no clean-up
+    first.procs[0].popen.wait()
+    crashed = time.monotonic()
+
+    second = serve()
+    try:
+        with httpx.Client(base_url=second.base_url, headers=headers, timeout=60) as c:
+            done = wait_for_job(c, job["id"], until={"succeeded", "failed", "cancelled"}, timeout=240)
+            took = time.monotonic() - crashed
+            assert done["status"] == "succeeded", f"{done}\n{second.logs()}"
+            assert done["attempts"] == 2
+            log = [e["message"] for e in events(c, job["id"])]
+            assert any(m.startswith("the service stopped while this job was running") for m in log), log
+            resumed = [m for m in log if m.startswith("resumed training from its snapshot")]
+            assert len(resumed) == 1 and int(resumed[0].split("step ")[1].split()[0]) >= step - 1, resumed
+        print(f"\nsaft serve killed at step {step}: the job succeeded {took:.1f} s later, after a restart")
+    finally:
+        second.procs[0].stop()

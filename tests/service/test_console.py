@@ -62,6 +62,7 @@ class Session:
         )
 
     def shot(self, name: str) -> None:
+        self.page.evaluate("window.scrollTo(0, 0)")  # the top bar is sticky: keep it at the top of the picture
         self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
     def goto(self, fragment: str) -> None:
@@ -158,6 +159,8 @@ def test_upload_datasets_and_see_counts_and_thumbnails(ui: Session, archives: di
         sync_api.expect(page.locator("#ds-name")).to_have_value(name)
         page.click("#upload-btn")
         sync_api.expect(page.locator("#datasets-table tr", has_text=name)).to_be_visible()
+        sync_api.expect(page.locator("#upload-progress .label")).to_contain_text(f"uploaded {name}")
+        assert page.eval_on_selector("#upload-progress .bar", "b => b.style.width") == "100.0%"
     with ui.api() as c:
         listed = {d["name"]: d for d in c.get("/v1/datasets").json()["data"]}
     ui.ids["train"], ui.ids["eval"] = listed["shapes"]["id"], listed["shifted"]["id"]
@@ -203,8 +206,8 @@ def test_a_saft_job_runs_live_to_succeeded(ui: Session) -> None:
     page = ui.page
     page.check(f'[name="eval"][value="{ui.ids["eval"]}"]')
     page.fill('[name="validation_fraction"]', "0.25")
-    page.fill('[name="hyperparameters.epochs"]', "12")
-    page.fill('[name="hyperparameters.batch_size"]', "4")
+    page.fill('[name="hyperparameters.epochs"]', "4")
+    page.fill('[name="hyperparameters.batch_size"]', "6")
     page.fill('[name="hyperparameters.learning_rate"]', "0.002")
     ui.shot("05-new-job")
     page.click("#submit")
@@ -260,7 +263,6 @@ def test_mask_chart_and_evaluation_bars_show_the_apis_numbers(ui: Session) -> No
             assert bars["datasets"][series]["data"][i] == pytest.approx(top1 * 100)
             row = page.locator(f'#eval-table tr:has-text("{name}")')
             sync_api.expect(row).to_contain_text(f"{top1 * 100:.1f} %")
-    page.locator("#evaluations").scroll_into_view_if_needed()
     ui.shot("07-job-succeeded")
     assert ui.take_errors() == []
 
@@ -280,7 +282,6 @@ def test_classify_base_and_fine_tuned_side_by_side(ui: Session, archives: dict[s
     sync_api.expect(first_tuned).to_contain_text(tuned["label"])
     sync_api.expect(first_tuned).to_contain_text(f"{tuned['score'] * 100:.1f} %")
     sync_api.expect(page.locator("#pred-base li").first).to_contain_text(f"{base['score'] * 100:.1f} %")
-    page.locator("#try").scroll_into_view_if_needed()
     ui.shot("08-try-it")
     # The slider at 0 is the base model: the right column then equals the left one.
     page.eval_on_selector("#alpha", "el => { el.value = 0; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }")
@@ -374,3 +375,19 @@ def test_offline_the_console_and_the_docs_render_fully(ui: Session, browser: Any
         context.close()
     assert outside == []
     assert errors == []
+
+
+def test_delete_the_job_and_a_dataset(ui: Session) -> None:
+    page = ui.page
+    page.on("dialog", lambda d: d.accept())  # the page asks before deleting
+    ui.goto(f"/jobs/{ui.ids['job']}")
+    page.click("#delete")
+    page.wait_for_url("**/console#/jobs")
+    sync_api.expect(page.locator(".empty")).to_contain_text("No jobs yet")
+    ui.goto("/datasets")
+    page.click(f'[data-delete="{ui.ids["eval"]}"]')
+    sync_api.expect(page.locator("#datasets-table tbody tr")).to_have_count(1)
+    with ui.api() as c:
+        assert c.get(f"/v1/jobs/{ui.ids['job']}").status_code == 404
+        assert [d["id"] for d in c.get("/v1/datasets").json()["data"]] == [ui.ids["train"]]
+    assert ui.take_errors() == []

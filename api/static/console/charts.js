@@ -69,7 +69,7 @@ export function maskChart(canvas, tower, title, yMax) {
     },
     options: {
       plugins: { title: { display: true, text: title }, legend: { position: "bottom", labels: { boxWidth: 12 } } },
-      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, max: yMax, title: { display: true, text: "selected entries" } } },
+      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, suggestedMax: yMax, title: { display: true, text: "selected entries" } } },
     },
   });
 }
@@ -98,7 +98,7 @@ export function lossChart(canvas) {
     type: "line",
     data: {
       datasets: [
-        { label: "training loss", borderColor: COLORS.blue, backgroundColor: COLORS.blue, data: [], yAxisID: "y", pointRadius: 2, tension: 0.2 },
+        { label: "training loss", borderColor: COLORS.blue, backgroundColor: COLORS.blue, data: [], yAxisID: "y", pointRadius: 2, cubicInterpolationMode: "monotone" },
         { label: "learning rate", borderColor: COLORS.orange, backgroundColor: COLORS.orange, data: [], yAxisID: "lr", pointRadius: 0, borderDash: [4, 3] },
       ],
     },
@@ -108,7 +108,7 @@ export function lossChart(canvas) {
       scales: {
         x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 } },
         y: { title: { display: true, text: "loss" } },
-        lr: { position: "right", grid: { drawOnChartArea: false }, title: { display: true, text: "learning rate" }, ticks: { callback: (v) => Number(v).toExponential(0) } },
+        lr: { position: "right", grid: { drawOnChartArea: false }, title: { display: true, text: "learning rate" }, ticks: { callback: (v) => Number(v).toExponential(1) } },
       },
     },
   });

@@ -12,7 +12,7 @@ export async function datasetsView(view) {
     <div class="page-head"><h1>Datasets</h1></div>
     <section class="card upload">
       <div class="dropzone" id="drop" tabindex="0" role="button" aria-label="Upload a dataset archive">
-        <strong>Drop a dataset archive here</strong> or click to choose one
+        <span><strong>Drop a dataset archive here</strong> or click to choose one</span>
         <span class="muted">.zip, .tar or .tar.gz of an ImageFolder: one folder per class (optional classes.json)</span>
       </div>
       <input type="file" id="file" accept="${ACCEPT}" hidden>
@@ -33,6 +33,7 @@ export async function datasetsView(view) {
     $("#ds-name").value = file.name.replace(/\.(zip|tar|tar\.gz|tgz)$/i, "");
     $("#file-label").textContent = `${file.name} · ${fmt.bytes(file.size)}`;
     $("#upload-msg").innerHTML = "";
+    $("#upload-progress").hidden = true;
   });
   $("#upload-btn").addEventListener("click", async () => {
     if (!file) return;
@@ -41,6 +42,7 @@ export async function datasetsView(view) {
     form.append("file", file);
     const bar = $("#upload-progress");
     bar.hidden = false;
+    bar.classList.remove("succeeded");
     $("#upload-btn").disabled = true;
     $("#upload-msg").innerHTML = "";
     const show = (f, text) => {
@@ -49,16 +51,16 @@ export async function datasetsView(view) {
     };
     try {
       const ds = await upload("/v1/datasets", form, (f) => show(f, f < 1 ? `uploading ${Math.round(f * 100)} %` : "checking images…"));
-      show(1, "done");
-      toast(`Uploaded ${ds.name}: ${ds.num_images} images, ${ds.classes.length} classes`, "ok");
+      show(1, `uploaded ${ds.name}: ${ds.num_images} images, ${ds.classes.length} classes`);
+      bar.classList.add("succeeded");
       file = null;
       $("#upload-row").hidden = true;
       await renderList(view);
     } catch (err) {
+      bar.hidden = true;
       if (err.status === 401) return fail(err, view);
       $("#upload-msg").innerHTML = problemBox(err);
     } finally {
-      bar.hidden = true;
       $("#upload-btn").disabled = false;
     }
   });
@@ -80,8 +82,8 @@ async function renderList(view) {
           <td><a href="#/datasets/${esc(d.id)}">${esc(d.name)}</a><div class="sub mono">${esc(d.id)}</div></td>
           <td class="num">${fmt.int(d.num_images)}</td><td class="num">${d.classes.length}</td>
           <td class="num">${fmt.bytes(d.size_bytes)}</td><td>${fmt.date(d.created_at)}</td>
-          <td class="actions"><a class="button small" href="#/new?dataset=${esc(d.id)}">Train</a>
-            <button class="ghost small danger" data-delete="${esc(d.id)}">Delete</button></td>
+          <td><div class="actions end"><a class="button small" href="#/new?dataset=${esc(d.id)}">Train</a>
+            <button class="ghost small danger" data-delete="${esc(d.id)}">Delete</button></div></td>
         </tr>`).join("")}</tbody>
     </table>`;
   for (const b of list.querySelectorAll("[data-delete]")) {

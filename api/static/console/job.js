@@ -99,7 +99,8 @@ export async function jobView(view, id) {
     }
     const time = new Date(e.created_at).toLocaleTimeString();
     const li = document.createElement("li");
-    li.className = `${e.kind} ${e.level}`;
+    li.dataset.kind = e.kind;
+    li.dataset.level = e.level;
     li.innerHTML = `<time>${esc(time)}</time><span class="kind">${esc(e.kind)}</span><span>${esc(e.message)}</span>`;
     log.append(li);
     log.scrollTop = log.scrollHeight;
@@ -146,10 +147,8 @@ async function showResults(box, job) {
     api(`/v1/jobs/${job.id}/mask`).catch((err) => (err.code === "mask_not_available" ? null : Promise.reject(err))),
   ]);
   box.innerHTML = `
-    <div class="grid two">
-      <section class="card" id="evaluations"><h2>Zero-shot vs fine-tuned</h2></section>
-      <section class="card" id="try"><h2>Try it</h2></section>
-    </div>
+    <section class="card" id="evaluations"><h2>Zero-shot vs fine-tuned</h2></section>
+    <section class="card" id="try"><h2>Try it</h2></section>
     <section class="card" id="mask"><h2>Where SAFT put its budget</h2></section>
     <section class="card" id="downloads"><h2>Downloads</h2></section>`;
   showEvaluations(box.querySelector("#evaluations"), evals.data);
@@ -166,10 +165,11 @@ function showEvaluations(card, rows) {
     if (!s) sets.push((s = { id: r.dataset, name: r.dataset_name, n: r.n }));
     s[r.model === "zero-shot" ? "zero" : "tuned"] = r;
   }
-  card.insertAdjacentHTML("beforeend", `
+  card.insertAdjacentHTML("beforeend", `<div class="grid eval-layout">
     <div class="chart" style="height:240px"><canvas id="eval-chart"></canvas></div>
+    <div><p class="small muted">Top-1 accuracy of the base model (zero-shot) and the fine-tuned one; top-5 as zero-shot → fine-tuned.</p>
     <table class="table compact" id="eval-table">
-      <thead><tr><th>Set</th><th class="num">Images</th><th class="num">Zero-shot top-1</th><th class="num">Fine-tuned top-1</th><th class="num">Change</th><th class="num">Top-5 (zs → ft)</th></tr></thead>
+      <thead><tr><th>Set</th><th class="num">Images</th><th class="num">Zero-shot</th><th class="num">Fine-tuned</th><th class="num">Change</th><th class="num">Top-5</th></tr></thead>
       <tbody>${sets.map((s) => {
         const delta = s.zero && s.tuned ? (s.tuned.top1 - s.zero.top1) * 100 : null;
         return `<tr data-set="${esc(s.id)}"><td>${esc(s.name)}</td><td class="num">${s.n}</td>
@@ -178,7 +178,7 @@ function showEvaluations(card, rows) {
           <td class="num ${delta > 0 ? "up" : delta < 0 ? "down" : ""}">${delta == null ? "–" : `${delta > 0 ? "+" : ""}${delta.toFixed(1)}`}</td>
           <td class="num">${fmt.pct(s.zero?.top5)} → ${fmt.pct(s.tuned?.top5)}</td></tr>`;
       }).join("")}</tbody>
-    </table>`);
+    </table></div></div>`);
   const chart = evaluationChart(card.querySelector("#eval-chart"), sets);
   onLeave(() => chart.destroy());
 }
@@ -244,7 +244,7 @@ function showDownloads(card, job, mask) {
 }
 
 function showTry(card, job) {
-  card.insertAdjacentHTML("beforeend", `
+  card.insertAdjacentHTML("beforeend", `<div class="try-layout"><div>
     <div class="try">
       <div class="dropzone small" id="try-drop" tabindex="0" role="button" aria-label="Choose an image to classify">
         <img id="try-preview" alt="" hidden><span id="try-hint"><strong>Drop an image</strong> or click to choose one</span>
@@ -253,11 +253,11 @@ function showTry(card, job) {
       <label class="alpha">α <input type="range" id="alpha" min="0" max="1" step="0.05" value="1">
         <output id="alpha-out">1.00</output><small class="hint">0 = base model, 1 = fine-tuned</small></label>
     </div>
-    <div id="try-problem"></div>
+    <div id="try-problem"></div></div>
     <div class="grid two preds">
-      <div><h3>Base (zero-shot)</h3><ol class="bars" id="pred-base"></ol></div>
-      <div><h3 id="tuned-title">Fine-tuned</h3><ol class="bars" id="pred-tuned"></ol></div>
-    </div>`);
+      <div><h3>Base (zero-shot)</h3><ol class="bars" id="pred-base"><li class="placeholder">drop an image to see its classes</li></ol></div>
+      <div><h3 id="tuned-title">Fine-tuned</h3><ol class="bars" id="pred-tuned"><li class="placeholder">&nbsp;</li></ol></div>
+    </div></div>`);
   const $ = (s) => card.querySelector(s);
   let image = null;
   const classify = async (alpha) => {

@@ -160,7 +160,7 @@ def test_upload_datasets_and_see_counts_and_thumbnails(ui: Session, archives: di
         page.click("#upload-btn")
         sync_api.expect(page.locator("#datasets-table tr", has_text=name)).to_be_visible()
         sync_api.expect(page.locator("#upload-progress .label")).to_contain_text(f"uploaded {name}")
-        assert page.eval_on_selector("#upload-progress .bar", "b => b.style.width") == "100.0%"
+        assert page.eval_on_selector("#upload-progress .bar", "b => b.style.width") == "100%"
     with ui.api() as c:
         listed = {d["name"]: d for d in c.get("/v1/datasets").json()["data"]}
     ui.ids["train"], ui.ids["eval"] = listed["shapes"]["id"], listed["shifted"]["id"]
@@ -234,7 +234,8 @@ def test_a_saft_job_runs_live_to_succeeded(ui: Session) -> None:
     assert samples[-1][2] == "succeeded", samples[-12:]
     running = [s for s in samples if s[2] == "running"]
     assert any(0 < w < 100 for w, _, _ in running), "the progress bar never showed a partial step"
-    assert max(p for _, p, _ in running) >= 2 and samples[-1][1] > min(p for _, p, _ in running), samples
+    # The curve grew while the page watched (from the polled job row and the stream's progress events).
+    assert samples[-1][1] >= 2 and samples[-1][1] > min(p for _, p, _ in running), samples
     sync_api.expect(page.locator("#progress .label")).to_have_text("done")
     log = page.locator("#log")
     sync_api.expect(log).to_contain_text("job succeeded")

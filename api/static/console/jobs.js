@@ -164,6 +164,11 @@ export async function newJobView(view, query) {
     view.querySelector("#saft-more").hidden = !isSaft;
   };
   form.querySelectorAll('[name="method.type"]').forEach((r) => r.addEventListener("change", toggleMethod));
+  form.addEventListener("input", (e) => { // an edited field drops its old message
+    const box = e.target.closest("[data-field]");
+    box?.classList.remove("invalid");
+    box?.querySelectorAll("[data-error-for]").forEach((el) => { el.textContent = ""; });
+  });
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearErrors(form);

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Stack, create_key, render, tar_gz_dir, zip_dir
+from .conftest import Stack, create_key, render, tar_gz_dir, wait_for_job, zip_dir
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -306,18 +306,37 @@ def test_download_the_checkpoint_and_its_sha256_matches(ui: Session, tmp_path: P
     assert ui.take_errors() == []
 
 
-def test_jobs_list_filters_by_status(ui: Session) -> None:
+def test_jobs_list_filters_by_status_and_pages(ui: Session) -> None:
     page = ui.page
+    with ui.api() as c:  # two more jobs, cancelled at once (cheap), for a second page
+        for _ in range(2):
+            job = c.post("/v1/jobs", json={"dataset_id": ui.ids["train"], "hyperparameters": {"epochs": 1000}}).json()
+            c.post(f"/v1/jobs/{job['id']}/cancel")
+        for job in c.get("/v1/jobs", params={"limit": 2}).json()["data"]:
+            wait_for_job(c, job["id"], until={"cancelled", "failed", "succeeded"}, timeout=120)
+        tuned = [e["top1"] for e in c.get(f"/v1/jobs/{ui.ids['job']}/evaluations").json()["data"]
+                 if e["model"] == "fine-tuned"]
     ui.goto("/jobs")
     row = page.locator(f'#jobs-table tr[data-id="{ui.ids["job"]}"]')
     sync_api.expect(row).to_contain_text("succeeded")
     sync_api.expect(row).to_contain_text("SAFT 1 %")
-    sync_api.expect(row.locator(".best")).to_contain_text("%")
+    sync_api.expect(row.locator(".best")).to_contain_text(f"{max(tuned) * 100:.1f} %")
     ui.shot("09-jobs")
+    ui.goto("/jobs?size=2")  # pages of two: the newest two, then the first job alone
+    rows = page.locator("#jobs-table tbody tr")
+    sync_api.expect(rows).to_have_count(2)
+    sync_api.expect(row).to_have_count(0)
+    page.click("#next")
+    sync_api.expect(rows).to_have_count(1)
+    sync_api.expect(row).to_be_visible()
+    assert page.locator("#next").count() == 0
+    page.click("#prev")
+    sync_api.expect(rows).to_have_count(2)
     page.select_option("#status-filter", "failed")
     sync_api.expect(page.locator(".empty")).to_contain_text("No failed jobs")
     page.select_option("#status-filter", "succeeded")
-    sync_api.expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
+    sync_api.expect(rows).to_have_count(1)
+    sync_api.expect(row).to_be_visible()
     assert ui.take_errors() == []
 
 
@@ -384,7 +403,8 @@ def test_delete_the_job_and_a_dataset(ui: Session) -> None:
     ui.goto(f"/jobs/{ui.ids['job']}")
     page.click("#delete")
     page.wait_for_url("**/console#/jobs")
-    sync_api.expect(page.locator(".empty")).to_contain_text("No jobs yet")
+    sync_api.expect(page.locator("#jobs-table")).to_be_visible()
+    sync_api.expect(page.locator(f'#jobs-table tr[data-id="{ui.ids["job"]}"]')).to_have_count(0)
     ui.goto("/datasets")
     page.click(f'[data-delete="{ui.ids["eval"]}"]')
     sync_api.expect(page.locator("#datasets-table tbody tr")).to_have_count(1)

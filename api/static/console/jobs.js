@@ -12,12 +12,13 @@ export async function jobsView(view, query) {
   const status = query.get("status") || "";
   const cursor = query.get("cursor") || "";
   const back = query.get("back") || ""; // cursors of the previous pages, comma-separated
-  const params = new URLSearchParams({ limit: PAGE_SIZE });
+  const size = Math.min(Math.max(Number(query.get("size")) || PAGE_SIZE, 1), 100); // the API's page limit
+  const params = new URLSearchParams({ limit: size });
   if (status) params.set("status", status);
   if (cursor) params.set("cursor", cursor);
   const [page, datasets] = await Promise.all([api(`/v1/jobs?${params}`), api("/v1/datasets?limit=100")]);
   const names = Object.fromEntries(datasets.data.map((d) => [d.id, d.name]));
-  const link = (q) => `#/jobs?${new URLSearchParams(Object.entries(q).filter(([, v]) => v))}`;
+  const link = (q) => `#/jobs?${new URLSearchParams(Object.entries({ ...q, size: size === PAGE_SIZE ? "" : size }).filter(([, v]) => v))}`;
   const backs = back ? back.split(",") : [];
   const prev = backs.length ? link({ status, cursor: backs.at(-1) === "-" ? "" : backs.at(-1), back: backs.slice(0, -1).join(",") }) : null;
   const next = page.next_cursor ? link({ status, cursor: page.next_cursor, back: [...backs, cursor || "-"].join(",") }) : null;

@@ -106,9 +106,9 @@ export function lossChart(canvas) {
       parsing: false,
       plugins: { legend: { position: "bottom" } },
       scales: {
-        x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 } },
+        x: { type: "linear", min: 0, title: { display: true, text: "step" }, ticks: { precision: 0 } },
         y: { title: { display: true, text: "loss" } },
-        lr: { position: "right", grid: { drawOnChartArea: false }, title: { display: true, text: "learning rate" }, ticks: { callback: (v) => Number(v).toExponential(1) } },
+        lr: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "learning rate" }, ticks: { callback: (v) => Number(v).toExponential(1) } },
       },
     },
   });

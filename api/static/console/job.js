@@ -44,8 +44,9 @@ export async function jobView(view, id) {
   const stageStart = {}; // stage -> {t, step}: where its rate (for the ETA) is measured from
   let resultsShown = false;
 
-  const addPoint = (step, loss, lr) => {
-    if (loss == null || points.has(step)) return;
+  const addPoint = (step, loss, lr, total) => {
+    if (total && chart.options.scales.x.max !== total) chart.options.scales.x.max = total; // grows left to right
+    if (loss == null || !(step >= 1) || points.has(step)) return; // training steps count from 1
     points.set(step, { loss, lr });
     const sorted = [...points.entries()].sort((a, b) => a[0] - b[0]);
     chart.data.datasets[0].data = sorted.map(([x, p]) => ({ x, y: p.loss }));
@@ -83,7 +84,7 @@ export async function jobView(view, id) {
       if (rate > 0 && step < total) eta = `about ${fmt.seconds((total - step) / rate)} left in ${stage}`;
     }
     $("#eta").textContent = eta;
-    if (stage === "training") addPoint(step, job.metrics.train_loss, job.metrics.learning_rate);
+    if (stage === "training") addPoint(step, job.metrics.train_loss, job.metrics.learning_rate, total);
     $("#job-problem").innerHTML = job.error ? problemBox(new ApiError(422, { detail: job.error.message, code: job.error.code })) : "";
     if (done && !resultsShown) {
       resultsShown = true;
@@ -94,7 +95,7 @@ export async function jobView(view, id) {
   const log = $("#log");
   const logEvent = (e) => {
     if (e.kind === "progress") {
-      addPoint(e.data.step, e.data.train_loss, e.data.learning_rate);
+      if (e.data.stage === "training") addPoint(e.data.step, e.data.train_loss, e.data.learning_rate, e.data.total_steps);
       if (e.data.stage !== "training") return;
     }
     const time = new Date(e.created_at).toLocaleTimeString();

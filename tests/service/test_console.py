@@ -120,6 +120,7 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_root_redirects_and_a_wrong_key_is_refused_with_the_apis_message(ui: Session) -> None:
     page = ui.page
+    assert f"Console: {ui.stack.base_url}/console" in ui.stack.procs[0].lines  # what `make run` prints
     page.goto(ui.stack.base_url + "/")
     assert page.url == f"{ui.stack.base_url}/console"
     page.fill("#key", "saft_not-a-real-key")

@@ -145,7 +145,8 @@ export async function jobView(view, id) {
 async function showResults(box, job) {
   const [evals, mask] = await Promise.all([
     api(`/v1/jobs/${job.id}/evaluations`),
-    api(`/v1/jobs/${job.id}/mask`).catch((err) => (err.code === "mask_not_available" ? null : Promise.reject(err))),
+    // Full fine-tuning has no mask; asking would only log a 404 in the browser's console.
+    job.method.type === "saft" ? api(`/v1/jobs/${job.id}/mask`) : null,
   ]);
   box.innerHTML = `
     <section class="card" id="evaluations"><h2>Zero-shot vs fine-tuned</h2></section>

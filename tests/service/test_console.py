@@ -79,11 +79,17 @@ def watch(page: Any, sink: list[str]) -> None:
     page.on("pageerror", lambda e: sink.append(f"uncaught: {e}"))
 
 
+if chromium_path() is None:  # checked before any fixture starts a stack
+    pytest.skip(
+        "no chromium on this machine: `apt-get install chromium` (.ci/run does it) to run the console tests",
+        allow_module_level=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     path = chromium_path()
-    if path is None:
-        pytest.skip("no chromium on this machine: `apt-get install chromium` (.ci/run does it) to run the console tests")
+    assert path is not None
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b

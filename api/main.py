@@ -17,7 +17,7 @@ from saft_service.storage import Storage
 from . import problems
 from .classify import ClassifierCache
 from .limits import ContentLengthLimit
-from .routes import classify, datasets, health, jobs, models
+from .routes import classify, console, datasets, health, jobs, models, thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         max_body_size=settings.max_request_bytes,
         lifespan=lifespan,
+        docs_url=None,  # served by console.install from vendored assets (works offline)
+        redoc_url=None,  # ReDoc would load its script from a CDN
     )
     app.state.settings = settings
     app.state.classifiers = ClassifierCache(settings.classifier_cache_size, settings.api_device)
@@ -70,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router, max_body_size=settings.max_upload_bytes)
     app.include_router(jobs.router)
     app.include_router(classify.router)
+    app.include_router(thumbnails.router)
+    console.install(app)
     return app
 
 

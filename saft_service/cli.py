@@ -171,6 +171,7 @@ def _print_banner(settings: Settings, host: str, port: int, key: str | None) -> 
         else f"database {_safe_url(settings.sqlalchemy_url)}, broker {_safe_url(settings.celery_broker_url)}"
     )
     print(f"SAFT service on the {where}", flush=True)
+    print(f"Console: {url}/console", flush=True)
     print(f"OpenAPI docs: {url}/docs", flush=True)
     if key is None:
         print(

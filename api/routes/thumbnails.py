@@ -1,0 +1,57 @@
+"""Small previews of a dataset's images, for people (the console's dataset page)."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from PIL import Image, UnidentifiedImageError
+
+from saft_core.data import IMAGE_EXTENSIONS
+
+from ..deps import StorageDep, TenantDataset
+from ..problems import AUTH_RESPONSES, NOT_FOUND, ProblemError
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESPONSES)
+
+MAX_THUMBNAIL_PX = 256
+
+
+@router.get(
+    "/{dataset_id}/thumbnails/{class_id}/{index}",
+    response_class=Response,
+    responses={**NOT_FOUND, 200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail."}},
+    summary="A thumbnail of one image of a dataset",
+)
+def thumbnail(
+    dataset: TenantDataset,
+    storage: StorageDep,
+    class_id: Annotated[str, Path(max_length=300, description="A class folder name (`classes`).")],
+    index: Annotated[int, Path(ge=0, description="The image's position in its class (files by name).")],
+    size: Annotated[int, Query(ge=16, le=MAX_THUMBNAIL_PX, description="Longest side in pixels.")] = 128,
+) -> Response:
+    """The `index`-th image of class `class_id` (0 .. counts[class_id] - 1), scaled down to at most `size`
+    pixels on its longest side, as JPEG. Private to the tenant; cacheable by the browser."""
+    # The class must be one of the stored row's: a name from the URL never becomes a path on its own.
+    if class_id not in dataset.classes:
+        raise ProblemError(404, "class_not_found", f"dataset {dataset.id} has no class {class_id!r}")
+    folder = storage.absolute(dataset.path) / class_id
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    ) if folder.is_dir() else []
+    if index >= len(files):
+        raise ProblemError(
+            404, "image_not_found", f"class {class_id!r} has {len(files)} image(s); index {index} is past the end"
+        )
+    try:
+        with Image.open(files[index]) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, cheaper for big photos
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=85)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        raise ProblemError(410, "artifact_missing", f"image {index} of {class_id!r} cannot be read: {e}") from e
+    return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

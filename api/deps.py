@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from saft_service import keys
 from saft_service.db import session_factory
+from saft_service.limits import ID_PATTERN
 from saft_service.settings import Settings
 from saft_service.storage import Storage
 from saft_service.tables import Dataset, Job, Tenant
@@ -45,25 +47,47 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `saft keys create` (or `saft serve`).")
 
 
+MISSING_KEY = ("unauthorized", "send an API key as 'Authorization: Bearer <key>'")
+INVALID_KEY = ("invalid_api_key", "the API key is unknown or revoked")
+
+
 def get_current_tenant(
     session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Tenant:
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
-        raise ProblemError(
-            401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'", headers=challenge
-        )
+        raise ProblemError(401, *MISSING_KEY, headers=challenge)
     tenant = keys.authenticate(session, credentials.credentials)
     if tenant is None:
-        raise ProblemError(401, "invalid_api_key", "the API key is unknown or revoked", headers=challenge)
+        raise ProblemError(401, *INVALID_KEY, headers=challenge)
     return tenant
+
+
+def key_checker(settings: Settings) -> Callable[[str | None], tuple[str, str] | None]:
+    """For ``limits.AuthenticateFirst``: an ``Authorization`` header value -> None if its key is valid, else
+    the (code, detail) of the 401. A failing database lets the request through: the route then answers."""
+    factory = session_factory(settings)
+    log = logging.getLogger(__name__)
+
+    def check(authorization: str | None) -> tuple[str, str] | None:
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return MISSING_KEY
+        try:
+            with factory() as session:
+                return None if keys.authenticate(session, key.strip()) is not None else INVALID_KEY
+        except Exception as e:  # the route's own error handling answers (503 etc.)
+            log.warning("could not check an API key before reading the body: %s", type(e).__name__)
+            return None
+
+    return check
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
 
 
 def get_tenant_dataset(
-    session: SessionDep, tenant: CurrentTenant, dataset_id: Annotated[str, Path(max_length=40)]
+    session: SessionDep, tenant: CurrentTenant, dataset_id: Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 ) -> Dataset:
     ds = session.get(Dataset, dataset_id)
     if ds is None or ds.tenant_id != tenant.id:
@@ -75,7 +99,7 @@ TenantDataset = Annotated[Dataset, Depends(get_tenant_dataset)]
 
 
 def get_tenant_job(
-    session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path(max_length=40)]
+    session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 ) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.tenant_id != tenant.id:

@@ -1,4 +1,5 @@
-"""Refuse a request whose declared ``Content-Length`` is over its limit before reading a byte of it.
+"""ASGI middlewares that refuse a request before the framework reads its body: a declared ``Content-Length``
+over its limit (413), a body without a valid API key (401), a JSON body too large or too deep (413, 422).
 
 FastAPI's ``max_body_size`` (set per router in ``main.py``) also counts the bytes of bodies without a length
 (chunked), and its 413 goes through our problem handler; for a declared length Starlette answers in plain
@@ -7,9 +8,14 @@ text, so this middleware answers first, as ``application/problem+json``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import anyio
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from saft_service.limits import json_depth_exceeds
 
 from .problems import problem_response
 
@@ -43,3 +49,108 @@ class ContentLengthLimit:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+_BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _has_body(headers: Headers) -> bool:
+    length = headers.get("content-length")
+    return (length is not None and length != "0") or "transfer-encoding" in headers
+
+
+class AuthenticateFirst:
+    """ASGI middleware: a ``/v1`` request that carries a body answers 401 before a byte of the body is read
+    unless its API key is valid, so an unauthenticated client cannot make the API read (or spool to disk) a
+    large upload. The route authenticates again through its ``CurrentTenant`` dependency as usual."""
+
+    def __init__(self, app: ASGIApp, *, check: Callable[[str | None], tuple[str, str] | None]) -> None:
+        self.app = app
+        self.check = check  # header value -> None when valid, else (code, detail); runs in a thread
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in _BODY_METHODS and scope["path"].startswith("/v1/"):
+            headers = Headers(scope=scope)
+            if _has_body(headers):
+                refused = await anyio.to_thread.run_sync(self.check, headers.get("authorization"))
+                if refused is not None:
+                    code, detail = refused
+                    response = problem_response(
+                        Request(scope),
+                        401,
+                        code,
+                        detail,
+                        headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+class JsonBodyLimit:
+    """ASGI middleware: a JSON request body is read (at most ``max_bytes``: 413 beyond) and its nesting depth
+    checked (422 ``json_too_deep`` beyond ``max_depth``) before the framework parses it, because Python's JSON
+    parser recurses and a deep enough body would otherwise end in a 500."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_depth: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        content_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+        if not (content_type == "application/json" or content_type.endswith("+json")):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                response = problem_response(
+                    Request(scope),
+                    413,
+                    "request_too_large",
+                    f"the JSON body is over the limit of {self.max_bytes} bytes (SAFT_MAX_JSON_BODY_BYTES)",
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")  # JSON is UTF-8 (RFC 8259); the framework would answer anything else 400
+        except UnicodeDecodeError:
+            response = problem_response(
+                Request(scope), 422, "validation_error", "the JSON body is not valid UTF-8"
+            )
+            await response(scope, receive, send)
+            return
+        if json_depth_exceeds(body, self.max_depth):
+            response = problem_response(
+                Request(scope),
+                422,
+                "json_too_deep",
+                f"the JSON body nests deeper than {self.max_depth} levels (SAFT_MAX_JSON_DEPTH)",
+            )
+            await response(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from PIL import Image
 
 from saft_service import __version__
 from saft_service.logs import setup_logging
@@ -16,7 +18,8 @@ from saft_service.storage import Storage
 
 from . import problems
 from .classify import ClassifierCache
-from .limits import ContentLengthLimit
+from .deps import key_checker
+from .limits import AuthenticateFirst, ContentLengthLimit, JsonBodyLimit
 from .routes import classify, console, datasets, health, jobs, models, thumbnails
 
 log = logging.getLogger(__name__)
@@ -54,26 +57,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="SAFT service",
         version=__version__,
         description=DESCRIPTION,
-        max_body_size=settings.max_request_bytes,
         lifespan=lifespan,
         docs_url=None,  # served by console.install from vendored assets (works offline)
         redoc_url=None,  # ReDoc would load its script from a CDN
     )
     app.state.settings = settings
+    # PIL's own decompression-bomb check at our limit, as an error rather than a warning (uploads and classify
+    # also check each image's size from its header before decoding it).
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
     app.state.classifiers = ClassifierCache(settings.classifier_cache_size, settings.api_device)
     problems.install(app)
+    # Middlewares run outermost last-added: the API key, then the declared length, then JSON size and depth;
+    # none of them reads a body it then refuses.
+    app.add_middleware(
+        JsonBodyLimit, max_bytes=settings.max_json_body_bytes, max_depth=settings.max_json_depth
+    )
     app.add_middleware(
         ContentLengthLimit,
         default=settings.max_request_bytes,
-        by_prefix={"/v1/datasets": settings.max_upload_bytes},
+        by_prefix={"/v1/datasets": settings.max_upload_bytes, "/v1/jobs": settings.max_json_body_bytes},
     )
+    app.add_middleware(AuthenticateFirst, check=key_checker(settings))
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(datasets.router, max_body_size=settings.max_upload_bytes)
-    app.include_router(jobs.router)
-    app.include_router(classify.router)
+    # Body limits per router, not on the app: the app-level check answers a declared length in plain text
+    # before any middleware of ours could answer it as a problem (ContentLengthLimit does that instead).
+    app.include_router(jobs.router, max_body_size=settings.max_json_body_bytes)
+    app.include_router(classify.router, max_body_size=settings.max_request_bytes)
     app.include_router(thumbnails.router)
     console.install(app)
+    problems.document_problems(app)
     return app
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
+from saft_service.limits import ID_PATTERN
+
 from .problems import ProblemError
+
+_ID = re.compile(ID_PATTERN)
 
 Row = TypeVar("Row")
 
@@ -23,9 +28,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), row_id
+        at = datetime.fromisoformat(stamp)
     except (ValueError, binascii.Error, UnicodeDecodeError) as e:
         raise ProblemError(422, "invalid_cursor", "cursor is not one this API returned") from e
+    # Only what encode_cursor makes: an aware time the database can compare, an id of id characters.
+    if at.utcoffset() is None or not _ID.fullmatch(row_id):
+        raise ProblemError(422, "invalid_cursor", "cursor is not one this API returned")
+    try:
+        at = at.astimezone(UTC)
+    except OverflowError as e:  # an offset that moves the time out of datetime's range
+        raise ProblemError(422, "invalid_cursor", "cursor is not one this API returned") from e
+    return at, row_id
 
 
 def newest_first_page(

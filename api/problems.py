@@ -22,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saft_core.errors import SaftError
+from saft_service.limits import LIMIT_CODES, LimitError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
     detail = f"{where}: {first['msg']}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
-    return problem_response(request, 422, "validation_error", detail, errors=errors)
+    # A value refused by one of the service's limits keeps the code that names the limit.
+    code = first.get("type") if first.get("type") in LIMIT_CODES else "validation_error"
+    return problem_response(request, 422, str(code), detail, errors=errors)
+
+
+async def _limit_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LimitError)
+    return problem_response(request, exc.status, exc.code, exc.message)
 
 
 async def _saft_error(request: Request, exc: Exception) -> JSONResponse:
@@ -152,6 +160,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(SaftError, _saft_error)
     for database_error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(database_error, _database_error)
+    app.add_exception_handler(LimitError, _limit_error)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -173,3 +182,46 @@ TOO_MANY: dict[int | str, dict[str, Any]] = {
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: problem_doc("A dependency (database, queue, model) is unavailable.")
 }
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the API answers: every error is ``application/problem+json``.
+
+    FastAPI documents its own 422 as ``application/json`` with its ``HTTPValidationError`` body; ours is a
+    problem document (with ``errors``). Every operation may also answer 422 for a bad parameter, every
+    operation that takes a body 413 (over a size limit) or 400 (unparseable), and every ``/v1`` operation 401."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        problem = {"$ref": "#/components/schemas/Problem"}
+        content = {PROBLEM_MEDIA_TYPE: {"schema": problem}}
+        for path, item in doc.get("paths", {}).items():
+            for operation in item.values():
+                responses = operation.setdefault("responses", {})
+                if path.startswith("/v1/"):
+                    responses.setdefault("401", {"description": "Missing or invalid API key.", "content": content})
+                has_params = bool(operation.get("parameters")) or "requestBody" in operation
+                if has_params:
+                    said = responses.get("422", {}).get("description")
+                    if not said or said == "Validation Error":  # FastAPI's own
+                        said = "The request is invalid; `errors` says where."
+                    responses["422"] = {"description": said, "content": content}
+                if "requestBody" in operation:
+                    responses.setdefault(
+                        "413", {"description": "The body is over a size or count limit.", "content": content}
+                    )
+                    responses.setdefault(
+                        "400", {"description": "The body cannot be parsed (e.g. multipart without its boundary).",
+                                "content": content},
+                    )
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from saft_service.allowed_models import check_model
 from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod
+from saft_service.limits import LimitError, check_json_value, check_name
+from saft_service.settings import get_settings
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask
 
 # --- datasets ---------------------------------------------------------------------------------------------
@@ -49,8 +54,57 @@ class DatasetsPublic(BaseModel):
 # --- jobs -------------------------------------------------------------------------------------------------
 
 
+def _refused(e: LimitError) -> PydanticCustomError:
+    """A limit's refusal as a validation error whose type is the limit's code (the problem's ``code``)."""
+    return PydanticCustomError(e.code, "{message}", {"message": e.message})
+
+
 class JobCreate(JobSpec):
-    """A fine-tuning request. Unknown fields are refused (422)."""
+    """A fine-tuning request. Unknown fields are refused (422); the service's limits (settings) apply here,
+    when a job is submitted, and not to stored jobs, so lowering a limit never makes old jobs unreadable."""
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_within_limits(cls, templates: list[str]) -> list[str]:
+        settings = get_settings()
+        try:
+            if len(templates) > settings.max_templates:
+                raise LimitError(
+                    "too_many_templates",
+                    f"{len(templates)} templates; the limit is {settings.max_templates} (SAFT_MAX_TEMPLATES)",
+                )
+            for i, t in enumerate(templates):
+                check_name(
+                    t, max_chars=settings.max_template_chars, what=f"template {i}", code="template_too_long"
+                )
+        except LimitError as e:
+            raise _refused(e) from e
+        return templates
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_within_limits(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        settings = get_settings()
+        try:
+            check_json_value(metadata, max_depth=settings.max_json_depth, what="metadata")
+            size = len(json.dumps(metadata).encode())
+            if size > settings.max_metadata_bytes:
+                raise LimitError(
+                    "metadata_too_large",
+                    f"metadata is {size} bytes of JSON; the limit is {settings.max_metadata_bytes} "
+                    "(SAFT_MAX_METADATA_BYTES)",
+                )
+        except LimitError as e:
+            raise _refused(e) from e
+        return metadata
+
+    @model_validator(mode="after")
+    def _model_allowed(self) -> JobCreate:
+        try:
+            check_model(self.model, self.pretrained, get_settings())
+        except LimitError as e:
+            raise _refused(e) from e
+        return self
 
     model_config = {
         **JobSpec.model_config,

@@ -23,6 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from saft_core.data import CLASS_NAMES_FILE, IMAGE_EXTENSIONS
+from saft_service.limits import LimitError, check_name, loads_bounded
+from saft_service.settings import Settings
+from saft_service.storage import is_storage_full
 
 _JUNK_DIRS = {"__MACOSX"}
 _JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -38,8 +41,25 @@ class UploadError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
+    """What one upload may hold (``Limits.of(settings)``); bytes, counts and characters."""
+
     max_members: int
     max_bytes: int
+    max_classes: int = 10_000
+    max_classes_json_bytes: int = 1 << 20
+    max_class_name_chars: int = 200
+    max_json_depth: int = 16
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            max_members=settings.max_archive_members,
+            max_bytes=settings.max_extracted_bytes,
+            max_classes=settings.max_classes,
+            max_classes_json_bytes=settings.max_classes_json_bytes,
+            max_class_name_chars=settings.max_class_name_chars,
+            max_json_depth=settings.max_json_depth,
+        )
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,8 @@ def _plan(
         if parts is None or is_dir or not parts:
             continue
         declared += size
+        if parts[-1:] == (CLASS_NAMES_FILE,) and size > limits.max_classes_json_bytes:
+            raise _classes_file_too_large(limits)
         if declared > limits.max_bytes:
             raise UploadError(
                 "archive_too_large", f"the archive extracts to more than {limits.max_bytes} bytes", status=413
@@ -185,6 +207,53 @@ def _copy_limited(src: BinaryIO, dst: Path, budget: int, where: str) -> int:
     return written
 
 
+def _classes_file_too_large(limits: Limits) -> UploadError:
+    return UploadError(
+        "classes_file_too_large",
+        f"{CLASS_NAMES_FILE} is over the limit of {limits.max_classes_json_bytes} bytes "
+        "(SAFT_MAX_CLASSES_JSON_BYTES)",
+        status=413,
+    )
+
+
+def _check_names(name: str, what: str, limits: Limits) -> None:
+    try:
+        check_name(name, max_chars=limits.max_class_name_chars, what=what, code="class_name_too_long")
+    except LimitError as e:
+        raise UploadError(e.code, e.message, status=e.status) from e
+
+
+def check_classes(root: Path, limits: Limits) -> None:
+    """Bound what the dataset row will hold: the number of classes, each folder name, and ``classes.json``
+    (size, JSON depth, an object of strings, each name bounded, no control characters)."""
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if len(folders) > limits.max_classes:
+        raise UploadError(
+            "too_many_classes",
+            f"the archive has {len(folders)} classes; the limit is {limits.max_classes} (SAFT_MAX_CLASSES)",
+            status=413,
+        )
+    for folder in folders:
+        _check_names(folder, f"class folder {folder[:50]!r}", limits)
+    path = root / CLASS_NAMES_FILE
+    if not path.is_file():
+        return
+    if path.stat().st_size > limits.max_classes_json_bytes:  # the header's size may have lied
+        raise _classes_file_too_large(limits)
+    try:
+        mapping = loads_bounded(path.read_bytes(), max_depth=limits.max_json_depth, what=CLASS_NAMES_FILE)
+    except LimitError as e:
+        raise UploadError(e.code, e.message, status=e.status) from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UploadError("invalid_dataset", f"{CLASS_NAMES_FILE} is not valid JSON: {e}") from e
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise UploadError(
+            "invalid_dataset", f"{CLASS_NAMES_FILE} must be a JSON object mapping folder names to class names"
+        )
+    for key, value in mapping.items():
+        _check_names(value, f"{CLASS_NAMES_FILE} name of {key[:50]!r}", limits)
+
+
 def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
     """Check the archive in ``fileobj`` and extract it into ``dest`` (created; must not exist).
 
@@ -192,9 +261,9 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
     caller deletes.
     """
     kind = _archive_kind(fileobj)
-    dest.mkdir(parents=True, exist_ok=False)
     budget = limits.max_bytes
     try:
+        dest.mkdir(parents=True, exist_ok=False)
         if kind == "zip":
             with zipfile.ZipFile(fileobj) as zf:
                 entries = _plan(_zip_entries(zf, limits), limits)
@@ -216,9 +285,15 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
                         )
                     with src:
                         budget -= _copy_limited(src, target, budget, "/".join(e.parts))
+    except OSError as e:
+        if is_storage_full(e):
+            raise UploadError(
+                "storage_full", "the service's storage is full; try again later", status=507
+            ) from e
+        raise UploadError("corrupt_archive", f"the archive cannot be read: {e}") from e
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise UploadError("corrupt_archive", f"the archive is damaged or truncated: {e}") from e
-    except (OSError, RuntimeError, zlib.error, NotImplementedError) as e:  # bad CRC, unsupported compression
+    except (RuntimeError, zlib.error, NotImplementedError) as e:  # bad CRC, unsupported compression
         raise UploadError("corrupt_archive", f"the archive cannot be read: {e}") from e
     # Make sure every path is inside dest (defence in depth; names were checked above).
     root = dest.resolve()
@@ -226,4 +301,5 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
         if p.is_symlink() or not p.resolve().is_relative_to(root):
             shutil.rmtree(dest, ignore_errors=True)
             raise UploadError("unsafe_archive", f"entry {p.name!r} escaped the archive folder")
+    check_classes(dest, limits)
     return limits.max_bytes - budget

@@ -16,10 +16,24 @@ DEFAULT_PRETRAINED = "default"
 # The tag "default" resolves to these; a model not listed gets its first open_clip tag (see models.py).
 DEFAULT_TAGS: dict[str, str] = {DEFAULT_MODEL: "world"}
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+PLACEHOLDER = "{}"
 
 ScoreReduction = Literal["abs", "abs_sum", "squared"]
 Tower = Literal["image", "text", "all"]
 Method = Literal["saft", "full"]
+
+
+def check_template(template: str) -> None:
+    """A prompt template is plain text with exactly one ``{}`` where the class name goes."""
+    if template.count(PLACEHOLDER) != 1:
+        raise ConfigError(f"template {template!r} must contain exactly one '{{}}' for the class name")
+
+
+def fill_template(template: str, class_name: str) -> str:
+    """Put ``class_name`` where the template's ``{}`` is. Plain substitution, never ``str.format``: any other
+    brace in the template is text, so a template cannot ask for padding, indexing or attribute lookups."""
+    before, after = template.split(PLACEHOLDER, 1)
+    return before + class_name + after
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -139,8 +153,7 @@ class DataConfig:
         if not self.templates:
             raise ConfigError("at least one prompt template is needed")
         for t in self.templates:
-            if t.count("{}") != 1:
-                raise ConfigError(f"template {t!r} must contain exactly one '{{}}' for the class name")
+            check_template(t)
 
 
 @dataclass(frozen=True)

@@ -101,21 +101,42 @@ def _scan_manifest(path: Path) -> ImageDataset:
                         [(p, index[label]) for p, label in rows])
 
 
-def verify_images(dataset: ImageDataset) -> None:
-    """Decode every image once; raise DataError naming the files that are not readable images."""
+def check_image_size(im: Image.Image, max_pixels: int | None) -> None:
+    """Refuse an opened (not yet decoded) image over ``max_pixels`` (width x height, read from its header)."""
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise DataError(
+            f"the image is {w} x {h} = {w * h} pixels; the limit is {max_pixels}", code="image_too_large"
+        )
+
+
+def verify_images(dataset: ImageDataset, max_pixels: int | None = None) -> None:
+    """Decode every image once; raise DataError naming the files that are not readable images.
+
+    An image over ``max_pixels`` is refused from its header, before it is decoded (code ``image_too_large``);
+    so is one PIL itself calls a decompression bomb (where its warning is made an error, as the service does).
+    """
     bad: list[str] = []
     for path, _ in dataset.samples:
+        where = path.relative_to(dataset.root) if path.is_relative_to(dataset.root) else path
         try:
             with Image.open(path) as im:
+                check_image_size(im, max_pixels)
                 im.convert("RGB").load()
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-            bad.append(f"{path.relative_to(dataset.root) if path.is_relative_to(dataset.root) else path} ({e})")
+        except DataError as e:
+            raise DataError(f"{where}: {e.message}", code=e.code) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(f"{where}: {e}", code="image_too_large") from None
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            bad.append(f"{where} ({e})")
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise DataError(f"{len(bad)} file(s) are not readable images: {'; '.join(bad[:3])}{more}")
 
 
-def load_dataset(path: str | Path, *, verify: bool = True, min_classes: int = 2) -> ImageDataset:
+def load_dataset(
+    path: str | Path, *, verify: bool = True, min_classes: int = 2, max_pixels: int | None = None
+) -> ImageDataset:
     """Load an ImageFolder directory or a CSV manifest. Raises DataError on anything a user must fix."""
     p = Path(path)
     if p.is_dir():
@@ -135,7 +156,7 @@ def load_dataset(path: str | Path, *, verify: bool = True, min_classes: int = 2)
     if len(populated) < min_classes:
         raise DataError(f"{p} has images of {len(populated)} class(es); at least {min_classes} are needed")
     if verify:
-        verify_images(ds)
+        verify_images(ds, max_pixels)
     return ds
 
 

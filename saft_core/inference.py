@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import SparseDelta, apply_delta, load_delta
-from .config import DEFAULT_TEMPLATES, ModelSpec
+from .config import DEFAULT_TEMPLATES, ModelSpec, check_template
 from .errors import CheckpointError, ConfigError
 from .models import LoadedModel, load_model
 from .zeroshot import build_head, clip_logits
@@ -49,6 +49,8 @@ class Classifier:
     def head(self, labels: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         key = (tuple(labels), tuple(templates))
         if key not in self._heads:
+            for t in templates:  # a checkpoint's templates are checked like a caller's
+                check_template(t)
             self._heads[key] = build_head(
                 self.loaded.model, self.loaded.tokenizer, labels, templates, self.loaded.device
             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,16 @@ _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "available_models", "load_model", "resolve_device", "weights_sha256"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LoadedModel",
+    "available_models",
+    "is_architecture",
+    "load_model",
+    "pretrained_tags",
+    "resolve_device",
+    "weights_sha256",
+]
 
 
 @dataclass
@@ -188,10 +198,23 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None, *, cac
         tokenizer = open_clip.get_tokenizer(spec.name, cache_dir=cache_dir)
     except ModelError:
         raise
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
+    except (RuntimeError, ValueError, OSError, KeyError, EOFError, pickle.UnpicklingError) as e:  # not weights
         raise ModelError(f"cannot load model {spec.name!r} with pretrained {spec.pretrained!r}: {e}") from e
     model.eval()
     return LoadedModel(model, pre_train, pre_eval, tokenizer, asked, weights_sha256(model), dev)
+
+
+def is_architecture(name: str) -> bool:
+    """Whether ``name`` is an architecture open_clip can create (the project's own included)."""
+    return name in open_clip.list_models()
+
+
+def pretrained_tags(name: str) -> list[str]:
+    """The pretrained tags of architecture ``name``: bundled ones first, then open_clip's ([] if unknown)."""
+    if name not in open_clip.list_models():
+        return []
+    bundled = [tag for (arch, tag), path in BUNDLED_WEIGHTS.items() if arch == name and path.is_file()]
+    return bundled + list(open_clip.list_pretrained_tags_by_model(name))
 
 
 def available_models() -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import open_clip
 import torch
 
+from .config import fill_template
+
 
 def build_head(
     model: torch.nn.Module,
@@ -21,10 +23,17 @@ def build_head(
     templates: Sequence[str],
     device: torch.device | str,
 ) -> torch.Tensor:
-    """Zero-shot classifier weights, shape [embed_dim, num_classes], columns L2-normalised. No gradient."""
+    """Zero-shot classifier weights, shape [embed_dim, num_classes], columns L2-normalised. No gradient.
+
+    Templates reach open_clip as callables: given strings, it would run them through ``str.format``."""
+    fillers = [_filler(t) for t in templates]
     return open_clip.build_zero_shot_classifier(
-        model, tokenizer, list(class_names), list(templates), num_classes_per_batch=64, device=device
+        model, tokenizer, list(class_names), fillers, num_classes_per_batch=64, device=device
     )
+
+
+def _filler(template: str) -> Callable[[str], str]:
+    return lambda class_name: fill_template(template, class_name)
 
 
 @dataclass
@@ -43,7 +52,7 @@ class Prompts:
         templates: Sequence[str],
         device: torch.device | str,
     ) -> Prompts:
-        texts = [t.format(c) for c in class_names for t in templates]
+        texts = [fill_template(t, c) for c in class_names for t in templates]
         return cls(tokenizer(texts).to(device), len(class_names), len(templates))
 
     def head(self, model: torch.nn.Module) -> torch.Tensor:

@@ -5,7 +5,6 @@ core's ``FinetuneConfig``. The API validates requests with ``JobSpec``; the work
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,13 +19,16 @@ from saft_core.config import (
     ModelSpec,
     ScoringConfig,
     TrainConfig,
+    check_template,
 )
+
+from .limits import ID_PATTERN
 
 
 class SaftMethod(BaseModel):
     """Sparse fine-tuning: train the ``ratio`` fraction of parameters with the largest gradient scores."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["saft"] = "saft"
     ratio: float = Field(0.001, gt=0.0, lt=1.0, description="Fraction of eligible parameters to fine-tune.")
     towers: Literal["all", "image", "text"] = Field("all", description="Which towers are eligible.")
@@ -51,7 +53,7 @@ Method = Annotated[SaftMethod | FullMethod, Field(discriminator="type")]
 class Hyperparameters(BaseModel):
     """The training loop. Defaults are the core's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     epochs: int = Field(10, ge=1, le=1000)
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
     batch_size: int = Field(32, ge=1, le=4096)
@@ -67,9 +69,9 @@ class Hyperparameters(BaseModel):
 class JobSpec(BaseModel):
     """A fine-tuning request."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
-    dataset_id: str = Field(..., min_length=1, max_length=40, description="Training dataset.")
+    dataset_id: str = Field(..., min_length=1, max_length=40, pattern=ID_PATTERN, description="Training dataset.")
     model: str = Field(
         DEFAULT_MODEL, min_length=1, max_length=200, description="Base model (see GET /v1/models)."
     )
@@ -81,23 +83,26 @@ class JobSpec(BaseModel):
     )
     method: Method = Field(default_factory=SaftMethod)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    eval_dataset_ids: list[str] = Field(
+    eval_dataset_ids: list[Annotated[str, Field(min_length=1, max_length=40, pattern=ID_PATTERN)]] = Field(
         default_factory=list, max_length=16, description="Extra evaluation sets."
     )
     validation_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Held-out fraction of each class.")
-    templates: list[Annotated[str, Field(min_length=3, max_length=300)]] = Field(
-        default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1, max_length=100
+    templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
+        min_length=1,
+        description="Prompt templates: plain text with exactly one '{}' where the class name goes (no other "
+        "brace is interpreted). Count and length are limited (SAFT_MAX_TEMPLATES, SAFT_MAX_TEMPLATE_CHARS).",
     )
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Free-form, echoed back (at most 8 KiB)."
+        default_factory=dict,
+        description="Free-form, echoed back (at most SAFT_MAX_METADATA_BYTES of JSON, 8 KiB by default).",
     )
 
     @field_validator("templates")
     @classmethod
     def _one_placeholder(cls, templates: list[str]) -> list[str]:
         for t in templates:
-            if t.count("{}") != 1:
-                raise ValueError(f"template {t!r} must contain exactly one '{{}}' for the class name")
+            check_template(t)
         return templates
 
     @field_validator("eval_dataset_ids")
@@ -106,13 +111,6 @@ class JobSpec(BaseModel):
         if len(set(ids)) != len(ids):
             raise ValueError("eval_dataset_ids must not repeat")
         return ids
-
-    @field_validator("metadata")
-    @classmethod
-    def _small(cls, metadata: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(metadata)) > 8192:
-            raise ValueError("metadata must serialize to at most 8 KiB of JSON")
-        return metadata
 
     @model_validator(mode="after")
     def _core_accepts(self) -> JobSpec:

@@ -48,6 +48,37 @@ class Settings(BaseSettings):
         20, ge=1, description="Most queued and running jobs one tenant may have; more answer 429."
     )
 
+    # Bounded work per request (each refused with a problem ``code`` named in the README's Limits table).
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest image (width x height) decoded, in uploads and classify."
+    )
+    max_json_body_bytes: int = Field(1 * MiB, ge=1, description="Largest JSON request body (job submission).")
+    max_json_depth: int = Field(
+        16, ge=2, le=200, description="Deepest nesting of JSON in request bodies, labels and classes.json."
+    )
+    max_classes_json_bytes: int = Field(1 * MiB, ge=1, description="Largest classes.json in an upload.")
+    max_classes: int = Field(10_000, ge=2, description="Most classes in a dataset.")
+    max_class_name_chars: int = Field(
+        200, ge=1, description="Longest class name (folder or classes.json value) and classify label."
+    )
+    max_labels: int = Field(1000, ge=1, description="Most labels in one classify request.")
+    max_templates: int = Field(100, ge=1, description="Most prompt templates in one job.")
+    max_template_chars: int = Field(300, ge=3, description="Longest prompt template.")
+    max_metadata_bytes: int = Field(8192, ge=2, description="Largest job metadata, as JSON.")
+
+    # Models the service may load (jobs and classify); anything else is refused before a job is queued.
+    models_dir: Path | None = Field(
+        None, description="Folder of weights files a job's `pretrained` may name (relative to it); unset: none."
+    )
+    allow_hf_hub: bool = Field(
+        False, description="Allow 'hf-hub:' models (the service then downloads from Hugging Face)."
+    )
+
+    # Storage.
+    min_free_bytes: int = Field(
+        1024 * MiB, ge=0, description="/readyz answers 503 when the data dir has less free space than this."
+    )
+
     # Classify in the API process.
     classifier_cache_size: int = Field(4, ge=1, description="Models kept loaded for classify (LRU).")
     api_device: str | None = Field("cpu", description="Device the API classifies on ('cpu', 'cuda', ...).")

@@ -9,7 +9,9 @@ Rows store paths relative to the data dir.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -45,6 +47,10 @@ class Storage:
             raise ValueError(f"stored path {relative!r} leaves the data dir")
         return path
 
+    def free_bytes(self) -> int:
+        """Free space of the file system holding the data dir, in bytes (for non-root users)."""
+        return shutil.disk_usage(self.root).free
+
     def ensure(self) -> None:
         for d in (self.datasets, self.staging, self.root / "jobs"):
             d.mkdir(parents=True, exist_ok=True)
@@ -61,3 +67,36 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def remove_tree(path: Path) -> None:
     """Delete a directory if it exists (errors ignored: a leftover is logged by callers, not fatal)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# Messages of libraries that report a full disk without an OSError (safetensors' Rust writer, torch).
+_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded", "StorageFull")
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the file system is full or over quota."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        if any(m in str(e) for m in _FULL_MESSAGES):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+# An absolute POSIX path: a slash not preceded by a word character, then path characters.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"`,;:()<>]+")
+
+
+def redact_paths(text: str, named: dict[Path | str, str] | None = None, *, max_chars: int = 1000) -> str:
+    """``text`` fit to show a client: each path in ``named`` becomes its label, any other absolute path
+    ``<path>``; control characters are dropped and the text is cut at ``max_chars``."""
+    for path, label in sorted((named or {}).items(), key=lambda kv: -len(str(kv[0]))):
+        text = text.replace(str(path), label)
+    text = _ABSOLUTE_PATH.sub("<path>", text)
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."

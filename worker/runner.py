@@ -32,11 +32,14 @@ from saft_core.config import SnapshotConfig
 from saft_core.errors import Cancelled, SaftError
 from saft_core.results import Callbacks, FinetuneResult, Progress
 from saft_service import jobs
+from saft_service.allowed_models import resolve_pretrained
 from saft_service.db import session_scope
 from saft_service.jobspec import JobSpec, to_finetune_config
 from saft_service.settings import Settings, get_settings
-from saft_service.storage import Storage, remove_tree, sha256_file
+from saft_service.storage import Storage, is_storage_full, remove_tree, sha256_file
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, Mask, MaskTensor, utcnow
+
+from .failures import STORAGE_FULL, client_message, saft_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,7 +159,8 @@ class JobReporter:
 
     def on_message(self, level: str, text: str) -> None:
         log.log(logging.WARNING if level == "warning" else logging.INFO, "job %s: %s", self.job_id, text)
-        self._write("message", lambda s: jobs.add_message(s, self.job_id, level, text))
+        shown = client_message(text, self.settings)
+        self._write("message", lambda s: jobs.add_message(s, self.job_id, level, shown))
 
     def should_cancel(self) -> bool:
         if self.heartbeat is not None and self.heartbeat.lost:
@@ -181,7 +185,9 @@ class JobReporter:
 
 
 def _end(job_id: str, attempt: int, job_dir: Path, settings: Settings, code: str, message: str) -> None:
-    """End the attempt's job as failed (``code``) or cancelled; its files (snapshots included) go."""
+    """End the attempt's job as failed (``code``) or cancelled; its files (snapshots included) go. The message
+    is what the client sees: paths are redacted."""
+    message = client_message(message, settings)
 
     def write() -> bool:
         with session_scope(settings) as s:
@@ -320,7 +326,7 @@ def _run_claimed(
     # 2. Map the spec onto the core's config, once; snapshots go where the next attempt will look.
     try:
         cfg = to_finetune_config(
-            spec,
+            spec.model_copy(update={"pretrained": resolve_pretrained(spec.pretrained, settings)}),
             train_dir=storage.absolute(rows[spec.dataset_id].path),
             eval_dirs={i: storage.absolute(rows[i].path) for i in spec.eval_dataset_ids},
             device=settings.device,
@@ -338,10 +344,10 @@ def _run_claimed(
         ),
     )
     # 3. Hand the work to the core (imported here, so CUDA is first touched in the process running the job).
-    out_dir.mkdir(parents=True, exist_ok=True)
     reporter = JobReporter(job_id, settings, attempt, heartbeat)
     started = time.monotonic()
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
         from saft_core.pipeline import finetune
 
         result = finetune(cfg, out_dir, reporter.callbacks())
@@ -358,7 +364,7 @@ def _run_claimed(
         )
         return
     except SaftError as e:
-        end(e.code, e.message)
+        end(*saft_failure(e, spec))
         return
     except MemoryError:
         end("out_of_memory", "the worker ran out of memory; lower batch_size")
@@ -366,6 +372,10 @@ def _run_claimed(
     except Exception as e:
         if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
             end("out_of_memory", "the GPU ran out of memory; lower batch_size or scoring_batch_size")
+            return
+        if is_storage_full(e):
+            log.error("job %s: the storage is full (%s)", job_id, e)
+            end(*STORAGE_FULL)
             return
         log.exception("job %s crashed", job_id)
         end(
@@ -385,9 +395,10 @@ def _run_claimed(
         # next attempt resumes from the final snapshot (training is not done again).
         log.error("job %s: could not record its result; it will be requeued and resumed", job_id)
         return
-    except Exception:
+    except Exception as e:
         log.exception("job %s: could not record its result", job_id)
-        end("internal_error", "could not store the job's result; please report it with the job id")
+        end(*(STORAGE_FULL if is_storage_full(e) else (
+            "internal_error", "could not store the job's result; please report it with the job id")))
         return
     if not owned:
         remove_tree(out_dir)

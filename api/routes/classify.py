@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from saft_core.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
+from saft_service.allowed_models import check_model, resolve_pretrained
 from saft_service.jobs import JobStatus
 from saft_service.jobspec import JobSpec
+from saft_service.limits import ID_PATTERN, LimitError
 from saft_service.tables import Job
 
 from ..classify import ClassifierCache, decode_image, parse_labels
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
 from ..problems import CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, UNAVAILABLE, ProblemError
 from ..schemas import ClassifyPublic, ImagePredictions, Prediction
-from .models import known_model
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
 
@@ -33,7 +35,9 @@ def classify(
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
-    job_id: Annotated[str | None, Form(max_length=40, description="A succeeded job: use its model.")] = None,
+    job_id: Annotated[
+        str | None, Form(max_length=40, pattern=ID_PATTERN, description="A succeeded job: use its model.")
+    ] = None,
     model: Annotated[str | None, Form(max_length=200, description="Zero-shot with this base model.")] = None,
     pretrained: Annotated[
         str | None, Form(max_length=500, description="Weights of `model` (default: its default weights).")
@@ -52,9 +56,13 @@ def classify(
     saft-tiny) for zero-shot with your `labels`. Scores are probabilities over the labels."""
     if job_id and model:
         raise ProblemError(422, "validation_error", "give job_id or model, not both")
-    if not 1 <= len(images) <= settings.max_classify_images:
-        raise ProblemError(422, "validation_error", f"send 1 to {settings.max_classify_images} images")
-    label_list = parse_labels(labels)
+    if len(images) > settings.max_classify_images:
+        raise LimitError(
+            "too_many_images",
+            f"{len(images)} images; the limit is {settings.max_classify_images} (SAFT_MAX_CLASSIFY_IMAGES)",
+            status=413,
+        )
+    label_list = parse_labels(labels, settings)
     checkpoint = sha = None
     if job_id:
         job = session.get(Job, job_id)
@@ -71,18 +79,16 @@ def classify(
             label_list = list(job.checkpoint.classes)
     else:
         model_spec = ModelSpec(name=model or DEFAULT_MODEL, pretrained=pretrained or DEFAULT_PRETRAINED)
-        if not known_model(model_spec.name):
-            raise ProblemError(
-                422, "unknown_model", f"model: {model_spec.name!r} is not known; see GET /v1/models"
-            )
+        check_model(model_spec.name, model_spec.pretrained, settings)
         if label_list is None:
             raise ProblemError(422, "invalid_labels", "zero-shot classification needs labels (a JSON list)")
         alpha = 1.0
-    pictures = [decode_image(f.file.read(), f.filename, i) for i, f in enumerate(images)]
+    pictures = [decode_image(f.file.read(), f.filename, i, settings.max_image_pixels) for i, f in enumerate(images)]
+    load_spec = replace(model_spec, pretrained=resolve_pretrained(model_spec.pretrained, settings))
     cache: ClassifierCache = request.app.state.classifiers
     k = min(top_k, len(label_list))
     clf, results = cache.run(
-        model_spec, checkpoint, sha, alpha, lambda c: c.classify(pictures, labels=label_list, top_k=k)
+        load_spec, checkpoint, sha, alpha, lambda c: c.classify(pictures, labels=label_list, top_k=k)
     )
     return ClassifyPublic(
         model=model_spec.name,

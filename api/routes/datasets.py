@@ -12,7 +12,8 @@ from saft_core.data import load_dataset
 from saft_core.errors import DataError
 from saft_service.jobs import ACTIVE
 from saft_service.jobspec import JobSpec
-from saft_service.storage import remove_tree
+from saft_service.limits import NO_CONTROL_CHARACTERS
+from saft_service.storage import is_storage_full, redact_paths, remove_tree
 from saft_service.tables import Dataset, Job, new_id, utcnow
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
@@ -30,13 +31,20 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESP
     response_model=DatasetPublic,
     status_code=201,
     summary="Upload a dataset",
-    responses={**INVALID, **TOO_LARGE, 415: problem_doc("The file is not a .zip, .tar or .tar.gz archive.")},
+    responses={
+        **INVALID,
+        **TOO_LARGE,
+        415: problem_doc("The file is not a .zip, .tar or .tar.gz archive."),
+        507: problem_doc("The service's storage is full (`storage_full`); nothing was stored."),
+    },
 )
 def create_dataset(
     file: Annotated[
         UploadFile, File(description="A .zip, .tar or .tar.gz of <class>/<image> (+ classes.json).")
     ],
-    name: Annotated[str, Form(min_length=1, max_length=200, description="A name for people.")],
+    name: Annotated[
+        str, Form(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS, description="A name for people.")
+    ],
     tenant: CurrentTenant,
     session: SessionDep,
     settings: SettingsDep,
@@ -49,10 +57,9 @@ def create_dataset(
     final = None
     try:
         # 1. Check and extract into a private staging folder.
-        limits = Limits(max_members=settings.max_archive_members, max_bytes=settings.max_extracted_bytes)
-        size = extract_archive(file.file, staging, limits)
-        # 2. The core's loader decodes every image and checks classes and classes.json.
-        ds = load_dataset(staging, verify=True)
+        size = extract_archive(file.file, staging, Limits.of(settings))
+        # 2. The core's loader decodes every image (none over the pixel limit) and checks the classes.
+        ds = load_dataset(staging, verify=True, max_pixels=settings.max_image_pixels)
         # 3. Move into place and record it.
         dataset_id = new_id("ds")
         final = storage.dataset_dir(dataset_id)
@@ -74,9 +81,13 @@ def create_dataset(
         session.commit()
         final = None
     except UploadError as e:
-        raise ProblemError(e.status, e.code, e.message) from e
+        raise ProblemError(e.status, e.code, redact_paths(e.message, {staging: "the archive"})) from e
     except DataError as e:
-        raise ProblemError(422, e.code, e.message) from e
+        raise ProblemError(422, e.code, redact_paths(e.message, {staging: "the archive"})) from e
+    except OSError as e:
+        if not is_storage_full(e):
+            raise
+        raise ProblemError(507, "storage_full", "the service's storage is full; try again later") from e
     finally:
         remove_tree(staging)
         if final is not None:  # stored files but no row: undo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 
 from fastapi import APIRouter
 
@@ -19,6 +20,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
+class LowSpace(Exception):
+    """The data dir's file system has less free space than ``SAFT_MIN_FREE_BYTES``."""
+
+
 @router.get("/healthz", response_model=HealthPublic, summary="The process is up")
 def healthz() -> HealthPublic:
     return HealthPublic(status="ok")
@@ -30,18 +35,26 @@ def healthz() -> HealthPublic:
 def readyz(settings: SettingsDep) -> HealthPublic:
     checks: dict[str, str] = {}
     failed: list[str] = []
-    probes = {
+    probes: dict[str, Callable[[], object]] = {
         "database": lambda: ping(settings),
         "broker": lambda: ping_broker(settings),
-        "storage": lambda: tempfile.TemporaryFile(dir=Storage(settings).staging).close(),
     }
+    storage = Storage(settings)
+
+    def storage_probe() -> None:
+        tempfile.TemporaryFile(dir=storage.staging).close()
+        free = storage.free_bytes()
+        if free < settings.min_free_bytes:
+            raise LowSpace(f"low_space: {free} bytes free, under SAFT_MIN_FREE_BYTES={settings.min_free_bytes}")
+
+    probes["storage"] = storage_probe
     for name, probe in probes.items():
         try:
             probe()
             checks[name] = "ok"
         except Exception as e:  # any failure means not ready; say which
             log.warning("readiness check %s failed: %s", name, e)
-            checks[name] = f"failed: {type(e).__name__}"
+            checks[name] = str(e) if isinstance(e, LowSpace) else f"failed: {type(e).__name__}"
             failed.append(name)
     if failed:
         raise ProblemError(503, "not_ready", f"not ready: {', '.join(failed)} unavailable", checks=checks)

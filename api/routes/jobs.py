@@ -17,6 +17,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from saft_service import jobs
 from saft_service.db import session_factory
+from saft_service.limits import MAX_INT64
 from saft_service.storage import remove_tree
 from saft_service.submission import QuotaExceeded, SubmissionRefused, submit_job
 from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
@@ -146,7 +147,7 @@ def _events_after(session: Session, job_id: str, after: int, limit: int = 1000) 
 def list_events(
     job: TenantJob,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64, description="Only events with a larger id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> JobEventsPublic:
     return JobEventsPublic(data=[JobEventPublic.of(e) for e in _events_after(session, job.id, after, limit)])
@@ -167,9 +168,9 @@ def list_events(
 async def stream_events(
     job: TenantJob,
     settings: SettingsDep,
-    after: Annotated[int, Query(ge=0, description="Start after this event id.")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64, description="Start after this event id.")] = 0,
     last_event_id: Annotated[
-        int | None, Header(ge=0, description="Resume after this id (set by EventSource).")
+        int | None, Header(ge=0, le=MAX_INT64, description="Resume after this id (set by EventSource).")
     ] = None,
 ) -> EventSourceResponse:
     job_id = job.id

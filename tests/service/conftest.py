@@ -219,8 +219,9 @@ def pg_stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
     data_dir = tmp_path_factory.mktemp("pg-data")
     queue = f"saft-test-{secrets.token_hex(4)}"
     # Data-loader worker processes inside the Celery pool's child, as a GPU deployment runs them.
+    models_dir = tmp_path_factory.mktemp("pg-models")  # the allow-listed weights folder (empty until a test)
     env = base_env(data_dir, SAFT_DATABASE_URL=postgres_url, SAFT_BROKER_URL=redis_url, SAFT_QUEUE_NAME=queue,
-                   SAFT_DATA_WORKERS="2")
+                   SAFT_DATA_WORKERS="2", SAFT_MODELS_DIR=str(models_dir))
     migrate = subprocess.run(saft("migrate"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
     keys = {t: create_key(env, t) for t in ("alpha", "beta")}

@@ -55,6 +55,7 @@ def job_ids(c: httpx.Client) -> list[str]:
         ({"dataset_id": "ds_doesnotexist"}, "dataset_not_found", None),
         ({"eval_dataset_ids": ["ds_doesnotexist"]}, "dataset_not_found", None),
         ({"model": "no-such-model"}, "unknown_model", None),
+        ({"pretrained": "no-such-tag"}, "model_not_allowed", ["body"]),
     ],
     ids=[
         "ratio-0",
@@ -71,6 +72,7 @@ def job_ids(c: httpx.Client) -> list[str]:
         "dataset",
         "eval-dataset",
         "model",
+        "pretrained",
     ],
 )
 def test_bad_job_requests_are_422_and_create_nothing(
@@ -165,17 +167,23 @@ def test_a_killed_job_process_is_redelivered_and_the_job_restarts(pg_stack: Stac
 
 
 def test_a_job_that_cannot_run_fails_with_an_actionable_error(pg_stack: Stack, dataset_id: str) -> None:
-    """Weights the worker cannot find: the job ends failed, says why, and leaves no outputs."""
-    body = {"dataset_id": dataset_id, "pretrained": "no-such-tag", "hyperparameters": {"epochs": 1}}
+    """Weights in the models folder that are not weights: the job ends failed, says why without the server's
+    path or the file's bytes, and leaves no outputs."""
+    models_dir = Path(pg_stack.env["SAFT_MODELS_DIR"])
+    (models_dir / "broken.bin").write_bytes(b"SECRET-CONTENT " * 100)
+    body = {"dataset_id": dataset_id, "pretrained": "broken.bin", "hyperparameters": {"epochs": 1}}
     with pg_stack.client() as c:
         r = c.post("/v1/jobs", json=body)
         assert r.status_code == 201, r.text
         done = wait_for_job(c, r.json()["id"], until={"succeeded", "failed", "cancelled"}, timeout=120)
         assert done["status"] == "failed"
         assert done["error"]["code"] == "model_unavailable"
-        assert "no-such-tag" in done["error"]["message"]
+        message = done["error"]["message"]
+        assert "broken.bin" in message
+        assert str(models_dir) not in message and "SECRET" not in message and "/" not in message, message
         events = c.get(f"/v1/jobs/{done['id']}/events").json()["data"]
         assert events[-1]["kind"] == "error" and events[-1]["data"]["code"] == "model_unavailable"
+        assert str(models_dir) not in str(events)
     assert not (pg_stack.data_dir / "jobs" / done["id"]).exists()
 
 

@@ -69,9 +69,22 @@ def test_full_finetuning_has_no_ratio() -> None:
         {"hyperparameters": {"shots": 0}},
         {"eval_dataset_ids": ["x", "x"]},
         {"templates": ["{} and {}"]},
-        {"metadata": {"blob": "x" * 9000}},
+        {"hyperparameters": {"learning_rate": float("nan")}},
+        {"dataset_id": "d\x00"},
     ],
 )
 def test_out_of_range_values_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):
         JobSpec.model_validate({"dataset_id": "d", **bad})
+
+
+def test_the_services_limits_apply_at_submission_not_to_stored_jobs() -> None:
+    """A stored spec is trusted when read (a lowered limit never makes old jobs unreadable); the request
+    model applies the limits of the settings, each error typed with the limit's code."""
+    from api.schemas import JobCreate
+
+    big = {"dataset_id": "d", "metadata": {"blob": "x" * 9000}}
+    JobSpec.model_validate(big)
+    with pytest.raises(ValidationError) as e:
+        JobCreate.model_validate(big)
+    assert e.value.errors()[0]["type"] == "metadata_too_large"

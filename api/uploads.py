@@ -45,10 +45,10 @@ class Limits:
 
     max_members: int
     max_bytes: int
-    max_classes: int = 10_000
-    max_classes_json_bytes: int = 1 << 20
-    max_class_name_chars: int = 200
-    max_json_depth: int = 16
+    max_classes: int
+    max_classes_json_bytes: int
+    max_class_name_chars: int
+    max_json_depth: int
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:

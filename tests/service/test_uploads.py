@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from api.uploads import Limits, UploadError, extract_archive
+from saft_service.settings import Settings
 
 from .conftest import Stack, stored_datasets, zip_dir
 
-LIMITS = Limits(max_members=50, max_bytes=1 << 20)
+LIMITS = Limits.of(Settings(max_archive_members=50, max_extracted_bytes=1 << 20))
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # a name-valid entry; decoding is checked later by the core
 
 

@@ -29,13 +29,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+def make_engine(url: str, settings: Settings | None = None) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout.
+
+    The pool is bounded (``SAFT_DB_POOL_SIZE`` + ``SAFT_DB_MAX_OVERFLOW`` connections per process) and a caller
+    waits at most ``SAFT_DB_POOL_TIMEOUT`` seconds for a connection, then gets ``sqlalchemy.exc.TimeoutError``
+    (the API answers 503 database_busy), so a burst queues briefly and then fails loudly instead of piling up.
+    """
+    settings = settings or get_settings()
+    pool = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout,
+    }
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        if ":memory:" in url or url.rstrip("/") == "sqlite:":
+            pool = {}  # an in-memory database lives in one connection; its pool takes no sizes
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def get_engine(settings: Settings | None = None) -> Engine:
@@ -46,7 +59,7 @@ def get_engine(settings: Settings | None = None) -> Engine:
     if key not in _engines:
         if settings.embedded_database:
             settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-        _engines[key] = make_engine(url)
+        _engines[key] = make_engine(url, settings)
     return _engines[key]
 
 

@@ -130,6 +130,31 @@ class Settings(BaseSettings):
         None, ge=1, description="Recycle the worker's job process after this many jobs (frees GPU memory)."
     )
 
+    # Isolation between tenants and safe retries: idempotency keys, the database pool, the classify cache,
+    # event streams.
+    idempotency_ttl: int = Field(
+        24 * 3600, ge=24 * 3600, description="Seconds an Idempotency-Key and its first answer are kept (>= 1 day)."
+    )
+    idempotency_stale_after: int = Field(
+        600,
+        ge=10,
+        description="A request that has held its Idempotency-Key this long without answering is presumed lost; "
+        "a retry then runs again instead of answering 409.",
+    )
+    db_pool_size: int = Field(
+        10, ge=1, description="Database connections each API or worker process keeps open (SQLAlchemy pool)."
+    )
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections a process may open under a burst.")
+    db_pool_timeout: float = Field(
+        10.0, gt=0, description="Seconds a request waits for a free connection before answering 503 database_busy."
+    )
+    classifier_cache_bytes: int = Field(
+        2048 * MiB, ge=1, description="Most bytes of model weights the classify cache keeps loaded (LRU)."
+    )
+    event_poll_interval: float = Field(
+        0.5, gt=0, description="Seconds between the API's checks for new job events (one query for all streams)."
+    )
+
     log_level: str = Field("INFO", description="Logging level of the API and worker.")
 
     @property

@@ -229,3 +229,26 @@ class Evaluation(Base):
     top5: Mapped[float] = mapped_column(Float)
     n: Mapped[int] = mapped_column(Integer)
     num_classes: Mapped[int] = mapped_column(Integer)
+
+
+class IdempotencyKey(Base):
+    """The first answer to a request sent with an ``Idempotency-Key`` (per tenant), replayed to its retries.
+
+    ``state`` is ``processing`` while the first request runs (held by ``token``, so only its owner can finish
+    or release it) and ``done`` once ``status``/``body`` hold its answer. Rows are purged after ``expires_at``.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200))  # "POST /v1/jobs": a key names one request
+    token: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default="processing")
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)  # SHA-256 of the request body
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    locked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -17,13 +17,16 @@ from saft_service.storage import is_storage_full, redact_paths, remove_tree
 from saft_service.tables import Dataset, Job, new_id, utcnow
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
+from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
 from ..schemas import DatasetPublic, DatasetsPublic
 from ..uploads import Limits, UploadError, extract_archive
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESPONSES)
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESPONSES, route_class=IdempotentRoute
+)
 
 
 @router.post(
@@ -34,9 +37,11 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESP
     responses={
         **INVALID,
         **TOO_LARGE,
+        **IDEMPOTENCY_RESPONSES,
         415: problem_doc("The file is not a .zip, .tar or .tar.gz archive."),
         507: problem_doc("The service's storage is full (`storage_full`); nothing was stored."),
     },
+    dependencies=[IDEMPOTENT],
 )
 def create_dataset(
     file: Annotated[

@@ -23,6 +23,7 @@ from saft_service.submission import QuotaExceeded, SubmissionRefused, submit_job
 from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob
+from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_MANY, UNAVAILABLE, ProblemError
 from ..schemas import (
@@ -38,7 +39,7 @@ from ..schemas import (
 from .models import known_model
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES, route_class=IdempotentRoute)
 
 SAFETENSORS = "application/octet-stream"
 
@@ -47,8 +48,9 @@ SAFETENSORS = "application/octet-stream"
     "",
     response_model=JobPublic,
     status_code=201,
-    responses={**INVALID, **TOO_MANY, **UNAVAILABLE},
+    responses={**INVALID, **TOO_MANY, **UNAVAILABLE, **IDEMPOTENCY_RESPONSES},
     summary="Start a fine-tuning job",
+    dependencies=[IDEMPOTENT],
 )
 def create_job(
     body: JobCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep

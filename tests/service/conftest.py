@@ -23,6 +23,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -343,3 +344,18 @@ def stored_datasets(stack: Stack) -> set[str]:
     ds = stack.data_dir / "datasets"
     staging = stack.data_dir / "staging"
     return {p.name for p in ds.iterdir()} | {f"staging/{p.name}" for p in staging.iterdir()}
+
+
+@contextmanager
+def second_api(base: Stack, name: str, **env: str) -> Iterator[Stack]:
+    """Another ``saft api`` process on ``base``'s database and keys, with ``env`` on top (e.g. a queue no worker
+    consumes, so that its jobs stay queued)."""
+    full_env = {**base.env, **env}
+    port = free_port()
+    api = Proc.start(name, saft("api", "--host", "127.0.0.1", "--port", str(port)), full_env)
+    stack = Stack(name, f"http://127.0.0.1:{port}", base.data_dir, dict(base.keys), [api], full_env)
+    try:
+        wait_ready(stack)
+        yield stack
+    finally:
+        api.stop()

@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # also check each image's size from its header before decoding it).
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
-    app.state.classifiers = ClassifierCache(settings.classifier_cache_size, settings.api_device)
+    app.state.classifiers = ClassifierCache(
+        settings.classifier_cache_size, settings.api_device, max_bytes=settings.classifier_cache_bytes
+    )
     problems.install(app)
     # Middlewares run outermost last-added: the API key, then the declared length, then JSON size and depth;
     # none of them reads a body it then refuses.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +18,10 @@ from .zeroshot import build_head, clip_logits
 
 
 class Classifier:
-    """A loaded model, optionally with a checkpoint applied at ``alpha``. Heads are cached per label set."""
+    """A loaded model, optionally with a checkpoint applied at ``alpha``. Heads are cached per label set (the
+    ``max_heads`` most recently used: a head is labels x embedding floats, and callers may send any labels)."""
+
+    max_heads = 16
 
     def __init__(self, loaded: LoadedModel, delta: SparseDelta | None, alpha: float) -> None:
         self.loaded = loaded
@@ -24,7 +29,8 @@ class Classifier:
         self.alpha = alpha
         self.classes: list[str] | None = delta.classes if delta else None
         self.templates: list[str] = (delta.templates if delta and delta.templates else list(DEFAULT_TEMPLATES))
-        self._heads: dict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}
+        self._heads: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = OrderedDict()
+        self._heads_lock = threading.Lock()  # the API classifies on one instance from several threads
 
     @classmethod
     def load(
@@ -48,13 +54,18 @@ class Classifier:
 
     def head(self, labels: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         key = (tuple(labels), tuple(templates))
-        if key not in self._heads:
+        with self._heads_lock:
+            head = self._heads.get(key)
+        if head is None:  # built outside the lock: callers on other label sets do not wait for it
             for t in templates:  # a checkpoint's templates are checked like a caller's
                 check_template(t)
-            self._heads[key] = build_head(
-                self.loaded.model, self.loaded.tokenizer, labels, templates, self.loaded.device
-            )
-        return self._heads[key]
+            head = build_head(self.loaded.model, self.loaded.tokenizer, labels, templates, self.loaded.device)
+        with self._heads_lock:
+            self._heads[key] = head
+            self._heads.move_to_end(key)
+            while len(self._heads) > self.max_heads:
+                self._heads.popitem(last=False)
+        return head
 
     @torch.no_grad()
     def probabilities(

@@ -49,11 +49,14 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `saft keys c
 
 MISSING_KEY = ("unauthorized", "send an API key as 'Authorization: Bearer <key>'")
 INVALID_KEY = ("invalid_api_key", "the API key is unknown or revoked")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_current_tenant(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Tenant:
+def get_current_tenant(session: SessionDep, credentials: Credentials) -> Tenant:
+    return _authenticate(session, credentials)
+
+
+def _authenticate(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
         raise ProblemError(401, *MISSING_KEY, headers=challenge)
@@ -101,6 +104,10 @@ TenantDataset = Annotated[Dataset, Depends(get_tenant_dataset)]
 def get_tenant_job(
     session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 ) -> Job:
+    return _tenant_job(session, tenant, job_id)
+
+
+def _tenant_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.tenant_id != tenant.id:
         raise ProblemError(404, "job_not_found", f"no job {job_id} in this tenant")
@@ -108,3 +115,17 @@ def get_tenant_job(
 
 
 TenantJob = Annotated[Job, Depends(get_tenant_job)]
+
+
+def get_tenant_job_briefly(
+    settings: SettingsDep,
+    credentials: Credentials,
+    job_id: Annotated[str, Path(max_length=40, pattern=ID_PATTERN)],
+) -> Job:
+    """``TenantJob`` read in a session closed before the route runs, for long answers (event streams): the
+    request-long session of ``SessionDep`` would hold a database connection for as long as the answer lasts."""
+    with session_factory(settings)() as session:
+        return _tenant_job(session, _authenticate(session, credentials), job_id)
+
+
+TenantJobBriefly = Annotated[Job, Depends(get_tenant_job_briefly)]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,7 +20,8 @@ from saft_service.storage import remove_tree
 from saft_service.submission import QuotaExceeded, SubmissionRefused, submit_job
 from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
 
-from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob
+from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob, TenantJobBriefly
+from ..event_stream import KEEPALIVE_S, event_watch, job_event_stream
 from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_MANY, UNAVAILABLE, ProblemError
@@ -168,37 +167,18 @@ def list_events(
     summary="Stream a job's events (Server-Sent Events)",
 )
 async def stream_events(
-    job: TenantJob,
+    request: Request,
+    job: TenantJobBriefly,
     settings: SettingsDep,
     after: Annotated[int, Query(ge=0, le=MAX_INT64, description="Start after this event id.")] = 0,
     last_event_id: Annotated[
         int | None, Header(ge=0, le=MAX_INT64, description="Resume after this id (set by EventSource).")
     ] = None,
 ) -> EventSourceResponse:
-    job_id = job.id
+    """The stream holds no database connection while it waits, so many can be open at once."""
+    watch = event_watch(request.app.state, session_factory(settings), settings.event_poll_interval)
     start = max(after, last_event_id or 0)
-    factory = session_factory(settings)
-
-    def poll(cursor: int) -> tuple[list[JobEvent], bool]:
-        with factory() as s:
-            events = _events_after(s, job_id, cursor)
-            status = s.scalar(select(Job.status).where(Job.id == job_id))
-        return events, status is None or jobs.is_terminal(status)
-
-    async def generate() -> AsyncIterator[dict[str, str]]:
-        cursor = start
-        while True:
-            events, finished = await asyncio.to_thread(poll, cursor)
-            for e in events:
-                cursor = e.id
-                yield {"id": str(e.id), "event": e.kind, "data": JobEventPublic.of(e).model_dump_json()}
-            if finished and not events:
-                yield {"event": "end", "data": "{}"}
-                return
-            if not events:
-                await asyncio.sleep(0.5)
-
-    return EventSourceResponse(generate(), ping=15)
+    return EventSourceResponse(job_event_stream(watch, job.id, start), ping=int(KEEPALIVE_S))
 
 
 @router.get(

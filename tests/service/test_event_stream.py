@@ -1,0 +1,87 @@
+"""The event stream ends only after the job's last event: a job that finishes between the two statements of a
+read (status, then events) still has its final event sent before ``event: end``. On SQLite and on Postgres
+(whose read-committed statements each see the newest commits, where the race was)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from api.event_stream import EventWatch, job_event_stream
+from saft_service import db, jobs, keys
+from saft_service.settings import Settings
+from saft_service.tables import Job
+
+from .conftest import PG_HOST, PG_PORT, reachable
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    if request.param == "sqlite":
+        s = Settings(data_dir=tmp_path)
+        db.upgrade(s)
+        yield s
+        db.get_engine(s).dispose()
+        return
+    if not reachable(PG_HOST, PG_PORT):
+        pytest.skip(f"Postgres is not reachable at {PG_HOST}:{PG_PORT}")
+    import psycopg
+
+    name = f"saft_es_{secrets.token_hex(4)}"
+    admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    s = Settings(data_dir=tmp_path, database_url=f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}")
+    try:
+        db.upgrade(s)
+        yield s
+    finally:
+        db.get_engine(s).dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_job_finishing_in_the_middle_of_a_read_still_has_its_last_event_sent(settings: Settings) -> None:
+    factory = db.session_factory(settings)
+    with factory() as s:
+        tenant = keys.get_or_create_tenant(s, "t")
+        job = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"})  # type: ignore[arg-type]
+        s.commit()
+        job_id = job.id
+    armed = False
+
+    def finish_the_job_now(*_: Any) -> None:
+        # Runs right after the first statement of the stream's next read: the job is cancelled (its last event
+        # and its final status in one commit) before the read's second statement.
+        nonlocal armed
+        if armed:
+            armed = False
+            with factory() as other:
+                jobs.request_cancel(other, other.get(Job, job_id))
+                other.commit()
+
+    engine = db.get_engine(settings)
+    event.listen(engine, "after_cursor_execute", finish_the_job_now)
+
+    async def consume() -> list[tuple[str, str]]:
+        nonlocal armed
+        watch = EventWatch(factory, interval=0.05)
+        seen = []
+        async for message in job_event_stream(watch, job_id, 0):
+            data = json.loads(message["data"])
+            seen.append((message["event"], data.get("data", {}).get("status", "")))
+            armed = len(seen) == 1
+        return seen
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(consume(), 30))
+    finally:
+        event.remove(engine, "after_cursor_execute", finish_the_job_now)
+    assert seen == [("status", "queued"), ("status", "cancelled"), ("end", "")]

@@ -53,7 +53,11 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def get_current_tenant(session: SessionDep, credentials: Credentials) -> Tenant:
-    return _authenticate(session, credentials)
+    tenant = _authenticate(session, credentials)
+    # End the read (the rows stay loaded): the connection goes back to the pool until the route's next query,
+    # instead of staying checked out through an upload's extraction or a classify.
+    session.commit()
+    return tenant
 
 
 def _authenticate(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
@@ -104,7 +108,9 @@ TenantDataset = Annotated[Dataset, Depends(get_tenant_dataset)]
 def get_tenant_job(
     session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 ) -> Job:
-    return _tenant_job(session, tenant, job_id)
+    job = _tenant_job(session, tenant, job_id)
+    session.commit()  # as in get_current_tenant: a file download holds no connection
+    return job
 
 
 def _tenant_job(session: Session, tenant: Tenant, job_id: str) -> Job:

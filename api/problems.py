@@ -140,10 +140,13 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """The database is unreachable or busy (an outage, a failover, a full pool, a lock): 503, retry soon."""
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     retry_after = getattr(request.app.state.settings, "retry_after_seconds", 5)
-    return problem_response(
-        request, 503, "database_unavailable", "the database is unavailable; try again shortly",
-        headers={"Retry-After": str(retry_after)},
-    )
+    if isinstance(exc, PoolTimeout):
+        # The database answers, but every pooled connection stayed checked out for SAFT_DB_POOL_TIMEOUT
+        # seconds: a burst larger than SAFT_DB_POOL_SIZE + SAFT_DB_MAX_OVERFLOW, or requests stuck on a lock.
+        code, detail = "database_busy", "the service has no free database connection right now; try again shortly"
+    else:
+        code, detail = "database_unavailable", "the database is unavailable; try again shortly"
+    return problem_response(request, 503, code, detail, headers={"Retry-After": str(retry_after)})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

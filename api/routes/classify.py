@@ -83,6 +83,7 @@ def classify(
         if label_list is None:
             raise ProblemError(422, "invalid_labels", "zero-shot classification needs labels (a JSON list)")
         alpha = 1.0
+    session.commit()  # decoding and inference take seconds: hold no database connection through them
     pictures = [decode_image(f.file.read(), f.filename, i, settings.max_image_pixels) for i, f in enumerate(images)]
     load_spec = replace(model_spec, pretrained=resolve_pretrained(model_spec.pretrained, settings))
     cache: ClassifierCache = request.app.state.classifiers

@@ -181,3 +181,38 @@ def test_a_slow_classify_does_not_hold_up_another_tenants_classify(pg_stack: Sta
         # Behind one lock, beta waits for alpha's calls (seconds each); beside them, only for the cores.
         assert len(slow_times) >= 2 and len(during) >= 5
         assert max(during) < min(slow_times) / 3, (during, slow_times)
+
+
+def test_an_exhausted_connection_pool_answers_503_database_busy_not_500(
+    pg_stack: Stack, postgres_url: str
+) -> None:
+    """Pool of one connection: a request stuck on a locked table holds it; the next waits the pool timeout and
+    is told so (503 with Retry-After), and the stuck one completes once the lock goes."""
+    import psycopg
+
+    pool = {"SAFT_DB_POOL_SIZE": "1", "SAFT_DB_MAX_OVERFLOW": "0", "SAFT_DB_POOL_TIMEOUT": "1"}
+    with second_api(pg_stack, "api-pool", **pool) as api, api.client("beta") as b:
+        assert b.get("/v1/jobs").status_code == 200
+        answers: dict[str, httpx.Response] = {}
+        with psycopg.connect(postgres_url.replace("+psycopg", "")) as locker:
+            locker.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")  # until this transaction ends
+            stuck = threading.Thread(target=lambda: answers.setdefault("stuck", b.get("/v1/jobs")))
+            stuck.start()
+            time.sleep(0.5)
+            with api.client("alpha") as a:
+                t0 = time.perf_counter()
+                busy = a.get("/v1/datasets")
+                waited = time.perf_counter() - t0
+            locker.rollback()
+        stuck.join(30)
+        print(
+            f"\nwith the only connection held, the next request answered {busy.status_code} after {waited:.2f} s"
+        )
+        assert busy.status_code == 503 and busy.headers["content-type"] == "application/problem+json", (
+            busy.text
+        )
+        assert busy.json()["code"] == "database_busy" and busy.headers["retry-after"].isdigit()
+        assert 0.9 < waited < 5.0
+        assert answers["stuck"].status_code == 200
+        assert b.get("/v1/jobs").status_code == 200  # the service goes on serving
+        assert any("database unavailable on GET /v1/datasets: TimeoutError" in ln for ln in api.procs[0].lines)

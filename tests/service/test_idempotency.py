@@ -158,6 +158,18 @@ def test_concurrent_retries_of_a_job_submission_create_one_job(pg_stack: Stack, 
         assert c.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
 
 
+def test_openapi_documents_the_header_on_both_create_routes(tmp_path: Path) -> None:
+    from api.main import create_app
+
+    doc = create_app(Settings(data_dir=tmp_path)).openapi()
+    for path in ("/v1/jobs", "/v1/datasets"):
+        op = doc["paths"][path]["post"]
+        (param,) = [p for p in op["parameters"] if p["name"] == HEADER]
+        assert param["in"] == "header" and not param["required"] and "retry" in param["description"]
+        assert "409" in op["responses"]
+    assert not any(p["name"] == HEADER for p in doc["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["parameters"])
+
+
 # --- the store on its own (SQLite): retention, purge and take-over of a lost request -----------------------
 
 

@@ -98,8 +98,11 @@ class EventWatch:
                     break
                 try:
                     news = await asyncio.to_thread(self._latest, ids)
-                except SQLAlchemyError as e:  # the streams retry on their own after KEEPALIVE_S
+                except SQLAlchemyError as e:  # the streams re-read on their own after KEEPALIVE_S
                     log.warning("event watch could not poll the database: %s", e)
+                    continue
+                except Exception:  # a bug here must not leave every stream waiting out its keep-alive
+                    log.exception("event watch failed to poll")
                     continue
                 for job_id, (last_id, finished) in news.items():
                     for waiter in self._waiters.get(job_id, ()):
@@ -111,14 +114,15 @@ class EventWatch:
     def _latest(self, job_ids: list[str]) -> dict[str, tuple[int, bool]]:
         """Per job: its newest event id and whether it has finished (a deleted job counts as finished)."""
         with self.factory() as session:
-            status = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids))).tuples())
-            last = dict(
-                session.execute(
+            status = {j: s for j, s in session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))}
+            last = {
+                j: n
+                for j, n in session.execute(
                     select(JobEvent.job_id, func.max(JobEvent.id))
                     .where(JobEvent.job_id.in_(job_ids))
                     .group_by(JobEvent.job_id)
-                ).tuples()
-            )
+                )
+            }
         return {j: (last.get(j) or 0, j not in status or jobs.is_terminal(status[j])) for j in job_ids}
 
 

@@ -98,7 +98,7 @@ def test_hundreds_of_open_streams_leave_other_tenants_prompt_and_get_every_event
                 deadline = time.monotonic() + 60
                 while len(opened) < STREAMS and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
-                print(f"\n{len(opened)} of {STREAMS} streams open")
+                print(f"\n{len(opened)} of {STREAMS} streams open after {time.monotonic() - deadline + 60:.1f} s")
                 latencies, answers = await asyncio.to_thread(timed, beta_calls)
                 # A write by another tenant while the streams wait, then the end of alpha's job.
                 t0 = time.perf_counter()
@@ -110,7 +110,11 @@ def test_hundreds_of_open_streams_leave_other_tenants_prompt_and_get_every_event
                 )
                 assert len(opened) == STREAMS, f"only {len(opened)} of {STREAMS} streams opened"
                 await asyncio.to_thread(a.post, f"/v1/jobs/{job_a}/cancel")
+                t0 = time.perf_counter()
                 streams = await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+                ended = time.perf_counter() - t0
+                print(f"all {STREAMS} streams ended {ended:.1f} s after the job was cancelled")
+                assert ended < 8.0  # woken by the watch, not by their 15 s keep-alive
                 return latencies, answers, streams
 
         latencies, answers, streams = asyncio.run(scenario())

@@ -98,7 +98,9 @@ def test_hundreds_of_open_streams_leave_other_tenants_prompt_and_get_every_event
                 deadline = time.monotonic() + 60
                 while len(opened) < STREAMS and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
-                print(f"\n{len(opened)} of {STREAMS} streams open after {time.monotonic() - deadline + 60:.1f} s")
+                print(
+                    f"\n{len(opened)} of {STREAMS} streams open after {time.monotonic() - deadline + 60:.1f} s"
+                )
                 latencies, answers = await asyncio.to_thread(timed, beta_calls)
                 # A write by another tenant while the streams wait, then the end of alpha's job.
                 t0 = time.perf_counter()
@@ -140,51 +142,56 @@ def png(size: int, seed: int) -> bytes:
 
 
 def test_a_slow_classify_does_not_hold_up_another_tenants_classify(pg_stack: Stack) -> None:
-    big = [("images", (f"{i}.png", png(768, i), "image/png")) for i in range(48)]
+    # Alpha keeps the model busy from two threads with calls whose time is almost all model work (a new
+    # 1000-label head each, 16 images); beta sends small calls all through them.
+    big = [("images", (f"{i}.png", png(768, i), "image/png")) for i in range(16)]
     small = [("images", ("one.png", png(64, 1), "image/png"))]
     with pg_stack.client("alpha") as a, pg_stack.client("beta") as b:
-        warm = b.post("/v1/classify", data={"labels": '["red", "blue"]'}, files=small)
-        assert warm.status_code == 200, warm.text  # the model is loaded before anything is timed
-        alone, _ = timed(
-            [lambda: b.post("/v1/classify", data={"labels": '["red", "blue"]'}, files=small)] * 5
-        )
+
+        def beta_call() -> httpx.Response:
+            return b.post("/v1/classify", data={"labels": '["red", "blue"]'}, files=small)
+
+        assert beta_call().status_code == 200  # the model is loaded before anything is timed
+        alone, _ = timed([beta_call] * 5)
         slow_times: list[float] = []
         stop = threading.Event()
 
-        def slow_loop() -> None:
+        def slow_loop(thread: int) -> None:
             n = 0
             while not stop.is_set():
-                labels = json.dumps([f"shape {n} {i}" for i in range(1000)])  # a new head each time
+                labels = json.dumps([f"shape {thread} {n} {i}" for i in range(1000)])
                 t0 = time.perf_counter()
                 r = a.post("/v1/classify", data={"labels": labels}, files=big)
                 assert r.status_code == 200, r.text
                 slow_times.append(time.perf_counter() - t0)
                 n += 1
 
-        slow = threading.Thread(target=slow_loop)
-        slow.start()
-        during, answers = [], []
+        slow = [threading.Thread(target=slow_loop, args=(i,)) for i in range(2)]
+        for t in slow:
+            t.start()
+        during: list[float] = []
+        answers: list[httpx.Response] = []
         try:
-            while len(slow_times) < 2 and slow.is_alive():  # beta calls all through alpha's two slow calls
-                latencies, replies = timed(
-                    [lambda: b.post("/v1/classify", data={"labels": '["red", "blue"]'}, files=small)]
-                )
+            time.sleep(0.5)
+            while len(slow_times) < 4 and all(t.is_alive() for t in slow):
+                latencies, replies = timed([beta_call])
                 during += latencies
                 answers += replies
-                time.sleep(0.2)
+                time.sleep(0.1)
         finally:
             stop.set()
-            slow.join(120)
+            for t in slow:
+                t.join(120)
         print(
             f"\nclassify of beta alone: {summary(alone)}; while alpha runs slow classifies "
             f"({summary(slow_times)}): {summary(during)}"
         )
         assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
-        assert all([p["label"] for p in r.json()["results"][0]["predictions"]] for r in answers)
-        assert {r.json()["labels"] == ["red", "blue"] for r in answers} == {True}
-        # Behind one lock, beta waits for alpha's calls (seconds each); beside them, only for the cores.
-        assert len(slow_times) >= 2 and len(during) >= 5
-        assert max(during) < min(slow_times) / 3, (during, slow_times)
+        assert {tuple(r.json()["labels"]) for r in answers} == {("red", "blue")}
+        assert all(len(r.json()["results"][0]["predictions"]) == 2 for r in answers)
+        # Behind one lock, a beta call waits for the alpha call under way (seconds); beside it, for the cores.
+        assert len(slow_times) >= 4 and len(during) >= 5
+        assert statistics.median(during) < statistics.median(slow_times) / 4, (during, slow_times)
 
 
 def test_an_exhausted_connection_pool_answers_503_database_busy_not_500(
@@ -219,4 +226,6 @@ def test_an_exhausted_connection_pool_answers_503_database_busy_not_500(
         assert 0.9 < waited < 5.0
         assert answers["stuck"].status_code == 200
         assert b.get("/v1/jobs").status_code == 200  # the service goes on serving
-        assert any("database unavailable on GET /v1/datasets: TimeoutError" in ln for ln in api.procs[0].lines)
+        assert any(
+            "database unavailable on GET /v1/datasets: TimeoutError" in ln for ln in api.procs[0].lines
+        )

@@ -359,3 +359,10 @@ def second_api(base: Stack, name: str, **env: str) -> Iterator[Stack]:
         yield stack
     finally:
         api.stop()
+
+
+@pytest.fixture(scope="session")
+def idle_api(pg_stack: Stack) -> Iterator[Stack]:
+    """A second API on ``pg_stack``'s database whose queue no worker consumes: its jobs stay queued (quiet)."""
+    with second_api(pg_stack, "api-idle", SAFT_QUEUE_NAME=f"idle-{secrets.token_hex(4)}") as stack:
+        yield stack

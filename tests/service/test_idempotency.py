@@ -16,7 +16,7 @@ from saft_service import db, idempotency, keys
 from saft_service.settings import Settings
 from saft_service.tables import utcnow
 
-from .conftest import Stack, second_api, stored_datasets, wait_for_job, zip_dir
+from .conftest import Stack, stored_datasets, wait_for_job, zip_dir
 
 pytestmark = pytest.mark.service
 
@@ -40,7 +40,9 @@ def count_jobs(c: httpx.Client) -> int:
     return len(c.get("/v1/jobs", params={"limit": 100}).json()["data"])
 
 
-def test_retried_upload_returns_the_first_answer_and_stores_one_dataset(stack: Stack, shapes_dir: Path) -> None:
+def test_retried_upload_returns_the_first_answer_and_stores_one_dataset(
+    stack: Stack, shapes_dir: Path
+) -> None:
     archive, key = zip_dir(shapes_dir), new_key()
     with stack.client() as c:
         before, folders, jobs_before = count_datasets(c), stored_datasets(stack), count_jobs(c)
@@ -64,7 +66,9 @@ def test_retried_upload_returns_the_first_answer_and_stores_one_dataset(stack: S
             assert "idempotent-replayed" not in theirs.headers
 
 
-def test_retried_job_submission_creates_one_job_and_failures_are_not_kept(stack: Stack, shapes_dir: Path) -> None:
+def test_retried_job_submission_creates_one_job_and_failures_are_not_kept(
+    stack: Stack, shapes_dir: Path
+) -> None:
     with stack.client() as c:
         ds = upload(c, zip_dir(shapes_dir), "idem-jobs", None).json()["id"]
         body = {"dataset_id": ds, "hyperparameters": {"epochs": 500, "batch_size": 2}}
@@ -133,9 +137,9 @@ def test_a_retry_while_the_first_upload_is_in_flight_is_409_and_one_dataset_is_s
         assert count_datasets(c) == before + 1
 
 
-def test_concurrent_retries_of_a_job_submission_create_one_job(pg_stack: Stack, shapes_dir: Path) -> None:
-    idle_queue = f"idle-{secrets.token_hex(4)}"
-    with second_api(pg_stack, "api-idle", SAFT_QUEUE_NAME=idle_queue) as idle, idle.client() as c:
+def test_concurrent_retries_of_a_job_submission_create_one_job(idle_api: Stack, shapes_dir: Path) -> None:
+    idle = idle_api
+    with idle.client() as c:
         ds = upload(c, zip_dir(shapes_dir), "race", None).json()["id"]
         before, key = count_jobs(c), new_key()
         answers: list[httpx.Response] = []
@@ -167,7 +171,9 @@ def test_openapi_documents_the_header_on_both_create_routes(tmp_path: Path) -> N
         (param,) = [p for p in op["parameters"] if p["name"] == HEADER]
         assert param["in"] == "header" and not param["required"] and "retry" in param["description"]
         assert "409" in op["responses"]
-    assert not any(p["name"] == HEADER for p in doc["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["parameters"])
+    assert not any(
+        p["name"] == HEADER for p in doc["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["parameters"]
+    )
 
 
 # --- the store on its own (SQLite): retention, purge and take-over of a lost request -----------------------
@@ -198,8 +204,14 @@ def test_keys_expire_are_purged_and_a_lost_claim_is_taken_over(factory: tuple[ob
     done = claim("done", timedelta())
     assert isinstance(done, idempotency.Claimed)
     assert idempotency.complete(
-        f, tenant_id=tenant, key="done", token=done.token, fingerprint="ab", status=201,
-        content_type="application/json", body="{}",
+        f,
+        tenant_id=tenant,
+        key="done",
+        token=done.token,
+        fingerprint="ab",
+        status=201,
+        content_type="application/json",
+        body="{}",
     )
     assert isinstance(claim("done", timedelta(hours=23)), idempotency.Replay)  # kept for the day
     assert isinstance(claim("busy", timedelta()), idempotency.Claimed)
@@ -207,6 +219,8 @@ def test_keys_expire_are_purged_and_a_lost_claim_is_taken_over(factory: tuple[ob
     taken = claim("busy", timedelta(minutes=11))  # its request was lost: the retry runs
     assert isinstance(taken, idempotency.Claimed)
     assert idempotency.count(f, tenant) == 2
-    assert idempotency.purge_expired(f, now=t0 + timedelta(hours=24, seconds=1)) == 1  # "done"; "busy" is newer
+    assert (
+        idempotency.purge_expired(f, now=t0 + timedelta(hours=24, seconds=1)) == 1
+    )  # "done"; "busy" is newer
     assert idempotency.count(f, tenant) == 1
     assert isinstance(claim("done", timedelta(hours=25)), idempotency.Claimed)  # a new request now

@@ -8,12 +8,20 @@ many at once while reading; the rest of the pool is left to other requests.
 
 A stream ends only after a read that saw the job finished *and* no event after the cursor, with the status
 read before the events: every event committed before the job finished has then been sent, the last included.
+
+Event ids come from a sequence when the row is inserted, not when it is committed, so on Postgres an event
+can become visible after one with a larger id (two writers: a worker's progress and an API's cancel). A
+stream therefore also re-reads, for ``SETTLE_S`` seconds, below its cursor and sends what it has not sent yet;
+such a late event goes out without an SSE ``id`` so that a reconnecting client still resumes after the
+largest id it got.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -32,21 +40,26 @@ STREAM_DB_SLOTS = 4  # connections all streams of one API process may use at onc
 READ_BATCH = 1000  # events per read
 KEEPALIVE_S = 15.0  # a waiting stream re-reads (and sse-starlette pings) at least this often
 RETRY_S = 2.0  # wait after a failed read (database restarting) before trying again
+SETTLE_S = 5.0  # how long an event below one already sent may still appear (its transaction committing)
 
 
-def read_after(factory: sessionmaker[Session], job_id: str, cursor: int) -> tuple[list[JobEvent], bool]:
-    """Events of ``job_id`` after ``cursor`` (at most READ_BATCH, oldest first) and whether the job had finished
-    (or is gone) when this read began."""
+def read_after(
+    factory: sessionmaker[Session], job_id: str, cursor: int, floor: int | None = None
+) -> tuple[list[JobEvent], bool]:
+    """Events of ``job_id`` after ``cursor`` (at most READ_BATCH, oldest first), preceded by those between
+    ``floor`` and ``cursor`` when a floor is given, and whether the job had finished (or is gone) when this
+    read began."""
+
+    def between(low: int, high: int | None) -> list[JobEvent]:
+        stmt = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > low)
+        if high is not None:
+            stmt = stmt.where(JobEvent.id < high)
+        return list(session.scalars(stmt.order_by(JobEvent.id).limit(READ_BATCH)))
+
     with factory() as session:
         status = session.scalar(select(Job.status).where(Job.id == job_id))  # first: see the module doc
-        events = list(
-            session.scalars(
-                select(JobEvent)
-                .where(JobEvent.job_id == job_id, JobEvent.id > cursor)
-                .order_by(JobEvent.id)
-                .limit(READ_BATCH)
-            )
-        )
+        late = between(floor, cursor) if floor is not None and floor < cursor else []
+        events = late + between(cursor, None)
     return events, status is None or jobs.is_terminal(status)
 
 
@@ -137,19 +150,30 @@ def event_watch(state: object, factory: sessionmaker[Session], interval: float) 
 
 async def job_event_stream(watch: EventWatch, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
     """SSE messages of ``job_id``'s events after ``after``, then ``event: end`` once the job has finished."""
-    cursor = after
+    cursor = floor = after  # largest id sent; ids at or below the floor are settled
+    sent: set[int] = set()  # ids sent above the floor
+    marks: deque[tuple[float, int]] = deque()  # (when, cursor then): the floor follows SETTLE_S behind
     while True:
+        while marks and marks[0][0] < time.monotonic() - SETTLE_S:
+            floor = max(floor, marks.popleft()[1])
+            sent = {i for i in sent if i > floor}
         try:
             async with watch.slots:
-                events, finished = await asyncio.to_thread(read_after, watch.factory, job_id, cursor)
+                events, finished = await asyncio.to_thread(read_after, watch.factory, job_id, cursor, floor)
         except SQLAlchemyError as e:
             log.warning("event stream of job %s could not read: %s", job_id, e)
             await asyncio.sleep(RETRY_S)
             continue
-        for e in events:
-            cursor = e.id
-            yield {"id": str(e.id), "event": e.kind, "data": JobEventPublic.of(e).model_dump_json()}
-        if events:
+        new = [e for e in events if e.id not in sent]
+        for e in new:
+            message = {"event": e.kind, "data": JobEventPublic.of(e).model_dump_json()}
+            if e.id > cursor:
+                cursor = e.id
+                message["id"] = str(e.id)
+            sent.add(e.id)
+            yield message
+        marks.append((time.monotonic(), cursor))
+        if new:
             continue
         if finished:
             yield {"event": "end", "data": "{}"}

@@ -80,11 +80,6 @@ class EventWatch:
         self._waiters: dict[str, set[_Waiter]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def watched(self) -> int:
-        """How many streams are waiting now."""
-        return sum(len(w) for w in self._waiters.values())
-
     async def wait(self, job_id: str, cursor: int, timeout: float) -> None:
         """Return once the job has news after ``cursor``, or after ``timeout`` seconds."""
         waiter = _Waiter(cursor)

@@ -65,11 +65,16 @@ class _Bars:
             self.bar = None
 
 
-def _model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
+def add_model_options(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
+    """--model and --pretrained: the base model (shared by the local commands and ``saft jobs create``)."""
     p.add_argument("--model", default=default_model, help=f"open_clip architecture or hf-hub:NAME (default {default_model})")
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="pretrained tag, local weights file, 'none' (random init) or 'default' (the model's "
                         "default tag: 'world' for saft-tiny)")
+
+
+def _model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
+    add_model_options(p, default_model=default_model)
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random init when --pretrained none")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
 
@@ -290,18 +295,9 @@ def cmd_world_render(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saft", description="Robust fine-tuning of CLIP models with SAFT.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("finetune", help="fine-tune a CLIP model with SAFT (or fully) and write a delta checkpoint")
-    _model_args(p)
-    p.add_argument("--train", required=True, help="ImageFolder directory or CSV manifest (path,label)")
-    p.add_argument("--eval", action="append", default=[], metavar="[NAME=]DIR", help="evaluation set (repeatable)")
-    p.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
-    p.add_argument("--mask-out", help="mask file (default: OUT with .mask.safetensors)")
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The method, hyper-parameter and data-split options of a fine-tuning run, declared once: ``saft finetune``
+    runs them locally, ``saft jobs create`` sends them to the service."""
     p.add_argument("--method", choices=["saft", "full"], default="saft")
     p.add_argument("--ratio", type=float, default=0.001, help="fraction of parameters SAFT trains (default 0.001)")
     p.add_argument("--epochs", type=int, default=10)
@@ -315,14 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=0.0)
     p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
     p.add_argument("--augment", action="store_true", help="open_clip's training augmentation")
-    p.add_argument("--workers", type=_workers, default=0,
-                   help="data-loader worker processes for image transforms (default 0: in the main process)")
     p.add_argument("--score-batch-size", type=int, default=None, help="scoring batch size (default: --batch-size)")
     p.add_argument("--score-reduction", choices=["abs", "abs_sum", "squared"], default="abs")
     p.add_argument("--towers", choices=["all", "image", "text"], default="all")
     p.add_argument("--exclude-embeddings", action="store_true")
     p.add_argument("--exclude-norms", action="store_true")
     p.add_argument("--exclude-biases", action="store_true")
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saft", description="Robust fine-tuning of CLIP models with SAFT.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("finetune", help="fine-tune a CLIP model with SAFT (or fully) and write a delta checkpoint")
+    _model_args(p)
+    p.add_argument("--train", required=True, help="ImageFolder directory or CSV manifest (path,label)")
+    p.add_argument("--eval", action="append", default=[], metavar="[NAME=]DIR", help="evaluation set (repeatable)")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
+    p.add_argument("--mask-out", help="mask file (default: OUT with .mask.safetensors)")
+    add_training_options(p)
+    p.add_argument("--workers", type=_workers, default=0,
+                   help="data-loader worker processes for image transforms (default 0: in the main process)")
     p.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot baseline evaluation")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -6,6 +6,7 @@
     saft migrate                   apply database migrations
     saft keys create --tenant T    print a new API key (last line)
     saft keys list | revoke KEY    list keys; revoke one
+    saft datasets ... / jobs ...   drive a running service through saft_client (see remote_cli.py)
 
 Service modules are imported inside the commands, so the core's commands stay fast.
 """
@@ -309,8 +310,11 @@ def add_service_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .remote_cli import add_remote_commands
+
     parser = build_parser()
     add_service_commands(parser)
+    add_remote_commands(parser)
     return run(parser, argv)
 
 

@@ -1,0 +1,247 @@
+"""Typed models of the service's answers, mirroring its OpenAPI document (``/openapi.json``).
+
+Field names, required fields and enumerations are checked against the live schema by the project's tests, so
+a change on the server that the client does not know about fails there, not in a user's notebook. Unknown
+extra fields are ignored, so an older client keeps reading a newer server.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+
+
+class Dataset(_Model):
+    """An uploaded, checked ImageFolder dataset (server schema ``DatasetPublic``)."""
+
+    id: str
+    name: str
+    status: Literal["ready"]
+    num_images: int
+    classes: list[str]
+    class_names: list[str]
+    counts: dict[str, int]
+    size_bytes: int
+    created_at: datetime
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+
+
+class SaftMethod(_Model):
+    type: Literal["saft"] = "saft"
+    ratio: float = 0.001
+    towers: Literal["all", "image", "text"] = "all"
+    exclude_embeddings: bool = False
+    exclude_norms: bool = False
+    exclude_biases: bool = False
+    score_reduction: Literal["abs", "abs_sum", "squared"] = "abs"
+
+
+class FullMethod(_Model):
+    type: Literal["full"] = "full"
+
+
+Method = Annotated[SaftMethod | FullMethod, Field(discriminator="type")]
+
+
+class Hyperparameters(_Model):
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    seed: int = 0
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    augment: bool = False
+    shots: int | None = None
+    scoring_batch_size: int = 32
+
+
+class JobProgress(_Model):
+    """Steps of the current stage while running; the training steps taken after success."""
+
+    stage: str | None
+    step: int
+    total_steps: int
+
+
+class JobError(_Model):
+    code: str
+    message: str
+
+
+class CheckpointInfo(_Model):
+    sha256: str
+    size_bytes: int
+    url: str
+
+
+class Job(_Model):
+    """A fine-tuning job (server schema ``JobPublic``)."""
+
+    id: str
+    status: JobStatus
+    stage: str | None
+    progress: JobProgress
+    metrics: dict[str, float]
+    error: JobError | None
+    dataset_id: str
+    eval_dataset_ids: list[str]
+    model: str
+    pretrained: str | None
+    method: Method
+    hyperparameters: Hyperparameters
+    validation_fraction: float
+    templates: list[str]
+    metadata: dict[str, Any]
+    cancel_requested: bool
+    attempts: int
+    checkpoint: CheckpointInfo | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def done(self) -> bool:
+        """Whether the job has finished (succeeded, failed or cancelled)."""
+        return self.status in TERMINAL
+
+
+class JobCreate(_Model):
+    """The body of ``POST /v1/jobs`` (server schema ``JobCreate``). Omitted fields take the server's defaults."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    dataset_id: str
+    model: str | None = None
+    pretrained: str | None = None
+    method: Method | None = None
+    hyperparameters: Hyperparameters | None = None
+    eval_dataset_ids: list[str] | None = None
+    validation_fraction: float | None = None
+    templates: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class JobEvent(_Model):
+    """A status change, stage, progress report, message, metrics or error (server schema ``JobEventPublic``).
+
+    ``id`` increases within a job; ``data`` of a progress event has ``stage``, ``step``, ``total_steps`` and,
+    while training, ``train_loss`` and ``learning_rate``; a status event has ``status``."""
+
+    id: int
+    created_at: datetime
+    kind: Literal["status", "stage", "progress", "message", "metrics", "error"]
+    level: Literal["info", "warning", "error"]
+    message: str
+    data: dict[str, Any]
+
+
+# --- results ----------------------------------------------------------------------------------------------
+
+
+class Evaluation(_Model):
+    """Top-1/top-5 accuracy (fractions in [0, 1]) on ``n`` images (server schema ``EvaluationPublic``)."""
+
+    dataset: str
+    dataset_name: str
+    model: Literal["zero-shot", "fine-tuned"]
+    top1: float
+    top5: float
+    n: int
+    num_classes: int
+
+
+class MaskTensor(_Model):
+    name: str
+    numel: int
+    selected: int
+
+
+class Mask(_Model):
+    """Where SAFT's budget went: ``k`` selected entries of ``num_eligible`` (server schema ``MaskPublic``)."""
+
+    job_id: str
+    ratio: float
+    k: int
+    num_eligible: int
+    num_params: int
+    sha256: str | None
+    size_bytes: int | None
+    url: str | None
+    tensors: list[MaskTensor]
+
+
+class Prediction(_Model):
+    label: str
+    score: float
+
+
+class ImagePredictions(_Model):
+    filename: str | None
+    predictions: list[Prediction]
+
+
+class Classification(_Model):
+    """Per image, the top labels with probabilities (server schema ``ClassifyPublic``)."""
+
+    model: str
+    pretrained: str | None
+    job_id: str | None
+    alpha: float | None
+    labels: list[str]
+    results: list[ImagePredictions]
+
+
+class ModelInfo(_Model):
+    name: str
+    pretrained: list[str]
+    cached_pretrained: list[str]
+    local: bool
+
+
+class Problem(_Model):
+    """An RFC 9457 problem document; ``errors`` lists field errors of a validation error."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    code: str
+
+
+# Client model -> the schema it mirrors in the server's OpenAPI document (the drift test walks this).
+SERVER_SCHEMAS: dict[type[BaseModel], str] = {
+    Dataset: "DatasetPublic",
+    SaftMethod: "SaftMethod",
+    FullMethod: "FullMethod",
+    Hyperparameters: "Hyperparameters",
+    JobProgress: "JobProgress",
+    JobError: "JobError",
+    CheckpointInfo: "CheckpointInfo",
+    Job: "JobPublic",
+    JobCreate: "JobCreate",
+    JobEvent: "JobEventPublic",
+    Evaluation: "EvaluationPublic",
+    MaskTensor: "MaskTensorPublic",
+    Mask: "MaskPublic",
+    Prediction: "Prediction",
+    ImagePredictions: "ImagePredictions",
+    Classification: "ClassifyPublic",
+    ModelInfo: "ModelPublic",
+    Problem: "Problem",
+}

@@ -1,0 +1,131 @@
+"""saft_client without a server: the retry policy (429 with Retry-After, 503, connection errors, one
+Idempotency-Key per call), the folder zip streamed on the fly, the SSE decoder. The service cannot be made to
+answer 429/503 or refuse connections on demand, so these use httpx.MockTransport; the same paths run against
+the real service in tests/service/test_client.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from saft_client import Client, ConnectionFailed, RateLimited, RetryPolicy, Unavailable
+from saft_client._base import SSEDecoder, job_body, parse_retry_after
+from saft_client._transfer import ReadableChunks, folder_files, zip_chunks
+
+JOB = {"id": "job_1"}
+
+
+def _problem(status: int, code: str, retry_after: str | None = None) -> httpx.Response:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    body = {"type": f"urn:saft:problem:{code}", "title": "x", "status": status, "detail": code, "code": code}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def _client(answers: list, seen: list[httpx.Request], **retry: float) -> Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    policy = RetryPolicy(**{"backoff": 0.01, **retry})  # type: ignore[arg-type]
+    return Client("http://saft.test", "k", transport=httpx.MockTransport(handler), retry=policy)
+
+
+def test_retries_honour_retry_after_and_keep_one_idempotency_key() -> None:
+    seen: list[httpx.Request] = []
+    answers = [_problem(429, "quota_exceeded", "1"), _problem(503, "database_unavailable"),
+               httpx.ConnectError("refused"), httpx.Response(201, json=JOB)]
+    t0 = time.monotonic()
+    with _client(answers, seen) as c:
+        r = c.request("POST", "/v1/jobs", json={"dataset_id": "ds"})
+    assert r.json() == JOB and len(seen) == 4
+    assert time.monotonic() - t0 >= 1.0  # waited the server's Retry-After, not the 10 ms backoff
+    keys = {req.headers["Idempotency-Key"] for req in seen}
+    assert len(keys) == 1 and len(keys.pop()) == 32
+    with _client([httpx.Response(201, json=JOB)] * 2, seen := []) as c:  # each call its own key
+        c.request("POST", "/v1/jobs", json={})
+        c.request("POST", "/v1/jobs", json={})
+    assert seen[0].headers["Idempotency-Key"] != seen[1].headers["Idempotency-Key"]
+    assert "Idempotency-Key" not in _get_headers()
+
+
+def _get_headers() -> httpx.Headers:
+    seen: list[httpx.Request] = []
+    with _client([httpx.Response(200, json=JOB)], seen) as c:
+        c.request("GET", "/v1/jobs/job_1")
+    return seen[0].headers
+
+
+def test_gives_up_with_the_typed_error_or_connection_failed() -> None:
+    c = _client([_problem(429, "quota_exceeded", "0")] * 3, seen := [], max_retries=2)
+    with c, pytest.raises(RateLimited) as e:
+        c.request("POST", "/v1/jobs", json={})
+    assert len(seen) == 3 and e.value.code == "quota_exceeded" and e.value.retry_after == 0
+    with _client([_problem(503, "unavailable")] * 2, [], max_retries=1) as c, pytest.raises(Unavailable):
+        c.request("GET", "/v1/jobs")
+    with _client([httpx.ReadTimeout("slow")] * 2, [], max_retries=1) as c, pytest.raises(ConnectionFailed):
+        c.request("GET", "/v1/jobs")
+    # A 409 idempotency_key_in_use (the first attempt still running) is retried too; other 409s are not.
+    with _client([_problem(409, "idempotency_key_in_use", "0"), httpx.Response(201, json=JOB)], seen := []) as c:
+        assert c.request("POST", "/v1/jobs", json={}).status_code == 201
+
+
+def test_delete_whose_answer_was_lost_is_done() -> None:
+    with _client([httpx.ReadError("lost"), _problem(404, "job_not_found")], seen := []) as c:
+        c.jobs.delete("job_1")  # the first attempt deleted it: the retry's 404 is not an error
+    assert [r.method for r in seen] == ["DELETE", "DELETE"]
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # noqa: SIM300 - a past date
+
+
+def test_folder_zip_is_streamed_and_complete(tmp_path: Path) -> None:
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            (tmp_path / cls / f"{i}.png").write_bytes(bytes([i]) * (300_000 + i))
+    (tmp_path / "classes.json").write_text(json.dumps({"a": "ant", "b": "bee"}))
+    (tmp_path / ".DS_Store").write_bytes(b"junk")
+    files = folder_files(tmp_path)
+    chunks = list(zip_chunks(tmp_path, files))
+    assert len(chunks) > 6 and max(len(c) for c in chunks) < 600_000  # produced piecewise, never all at once
+    seen: list[tuple[int, int | None]] = []
+    reader = ReadableChunks(iter(chunks), lambda d, t: seen.append((d, t)), 123)
+    data = b"".join(iter(lambda: reader.read(65536), b""))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None
+        assert sorted(zf.namelist()) == ["a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/2.png", "classes.json"]
+        assert zf.read("b/2.png") == bytes([2]) * 300_002
+    assert seen[-1] == (len(data), 123)
+
+
+def test_sse_decoder_dispatches_only_whole_events() -> None:
+    d = SSEDecoder()
+    assert [d.feed(x) for x in (": ping", "id: 3", "event: progress", 'data: {"a"', "data: :1}")] == [None] * 5
+    msg = d.feed("")
+    assert msg is not None and (msg.id, msg.event, msg.data) == ("3", "progress", '{"a"\n:1}')
+    d.feed("id: 4")
+    d.feed("data: {partial")  # the connection drops here: a new decoder after the reconnect
+    assert SSEDecoder().feed("") is None
+
+
+def test_job_body_sorts_flat_options() -> None:
+    body = job_body("ds_1", ratio=0.01, epochs=2, learning_rate=0.1, validation_fraction=0.2, eval_datasets=["ds_2"])
+    assert body == {
+        "dataset_id": "ds_1", "method": {"type": "saft", "ratio": 0.01},
+        "hyperparameters": {"epochs": 2, "learning_rate": 0.1}, "validation_fraction": 0.2,
+        "eval_dataset_ids": ["ds_2"],
+    }
+    assert job_body("ds_1", method="full")["method"] == {"type": "full"}
+    with pytest.raises(TypeError, match="lerning_rate"):
+        job_body("ds_1", lerning_rate=0.1)

@@ -100,7 +100,8 @@ def _progress_bar(quiet: bool) -> tuple[Callable[[JobEvent], None], Callable[[],
             bar = state["bar"]
             if bar is None or bar.desc != stage:
                 close()
-                bar = state["bar"] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+                bar = state["bar"] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True,
+                                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} {postfix}")
             bar.total = total
             bar.n = step
             if "train_loss" in e.data:

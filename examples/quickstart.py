@@ -1,0 +1,47 @@
+"""From a folder of labelled images to a classified image, through the SAFT service's Python client.
+
+    pip install ./clients/python             # httpx + pydantic; no torch needed on this machine
+    export SAFT_URL=http://127.0.0.1:8000 SAFT_API_KEY=saft_...     # what `make run` printed
+    python examples/quickstart.py shapes/    # an ImageFolder: one sub-folder of images per class
+
+Uploads the folder (zipped on the fly), fine-tunes with SAFT on 1 % of the parameters, follows the job's
+events, downloads the sparse checkpoint (SHA-256 verified) and classifies the first image of the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from saft_client import Client, JobEvent
+
+
+def show(event: JobEvent) -> None:
+    if event.kind == "progress" and "train_loss" in event.data:
+        print(f"  {event.data['stage']} {event.data['step']}/{event.data['total_steps']}  loss {event.data['train_loss']:.4f}")
+    elif event.kind != "progress":
+        print(f"  {event.message}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", type=Path, help="ImageFolder: <class>/<image>")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--out", default="delta.safetensors")
+    args = ap.parse_args()
+
+    with Client() as c:  # SAFT_URL, SAFT_API_KEY
+        ds = c.datasets.upload(args.folder, progress=True)
+        print(f"dataset {ds.id}: {ds.num_images} images, classes {ds.class_names}")
+        job = c.jobs.create(dataset=ds, ratio=0.01, epochs=args.epochs, batch_size=8, validation_fraction=0.25)
+        job = c.jobs.wait(job, on_event=show, raise_on_failure=True)
+        for e in c.jobs.evaluations(job):
+            print(f"  {e.dataset_name} {e.model}: top1 {e.top1:.1%}")
+        print("checkpoint:", c.jobs.download_checkpoint(job, args.out))
+        image = next(p for p in sorted(args.folder.rglob("*")) if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        best = c.classify([image], job=job).results[0].predictions[0]
+        print(f"{image}: {best.label} ({best.score:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from .remote_fixtures import RemoteRun, cli_json, remote_run_fixture, run_cli  # noqa: F401 - the shared fixture
+from .conftest import RemoteRun, cli_json, run_cli
 
 pytestmark = pytest.mark.service
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, Stack
+from ..conftest import REPO, Stack
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 

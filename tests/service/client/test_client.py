@@ -24,9 +24,9 @@ from saft_client import (
 )
 from saft_client.models import SERVER_SCHEMAS
 
-from .conftest import free_port, wait_for_job
+from ..conftest import free_port, wait_for_job
+from .conftest import RemoteRun
 from .faults import FaultTransport
-from .remote_fixtures import RemoteRun, remote_run_fixture  # noqa: F401 - the shared fixture
 
 pytestmark = pytest.mark.service
 

@@ -1,5 +1,7 @@
-"""One small job per stack, driven through the Python client and the ``saft`` remote commands at once; the
-client and the CLI test modules both read it (import ``remote_run_fixture`` into a test module to use ``remote_run``)."""
+"""Tests of the Python client (clients/python) and the ``saft`` remote commands built on it.
+
+``remote_run``: one small job per stack, driven through the client and the remote commands at once; the
+client and the CLI test modules both read it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 from saft_client import Client, Dataset, Job, JobEvent
 
-from .conftest import REPO, Proc, Stack, saft
+from ..conftest import REPO, Proc, Stack, saft
 from .faults import FaultTransport
 
 CLIENT_SRC = REPO / "clients" / "python"
@@ -58,8 +60,8 @@ class RemoteRun:
         return Client(self.stack.base_url, self.stack.keys[tenant], **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="session", name="remote_run")
-def remote_run_fixture(stack: Stack, shapes_dir: Path, shifted_tar_gz: bytes, tmp_path_factory: pytest.TempPathFactory) -> RemoteRun:
+@pytest.fixture(scope="session")
+def remote_run(stack: Stack, shapes_dir: Path, shifted_tar_gz: bytes, tmp_path_factory: pytest.TempPathFactory) -> RemoteRun:
     tmp = tmp_path_factory.mktemp("remote")
     # 1. The training set through the CLI: a folder, zipped on the fly.
     ds = Dataset.model_validate(cli_json(stack, "datasets", "upload", str(shapes_dir), "--name", "shapes-cli"))

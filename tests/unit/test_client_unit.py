@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from saft_client import Client, ConnectionFailed, RateLimited, RetryPolicy, Unavailable
+from saft_client import Client, ConnectionFailed, RateLimited, RetryPolicy, SaftClientError, Unavailable
 from saft_client._base import SSEDecoder, job_body, parse_retry_after
 from saft_client._transfer import ReadableChunks, folder_files, zip_chunks
 
@@ -129,3 +129,7 @@ def test_job_body_sorts_flat_options() -> None:
     assert job_body("ds_1", method="full")["method"] == {"type": "full"}
     with pytest.raises(TypeError, match="lerning_rate"):
         job_body("ds_1", lerning_rate=0.1)
+    with pytest.raises(SaftClientError, match="epochs"):
+        job_body("ds_1", epochs="many")
+    with pytest.raises(SaftClientError, match="full"):
+        job_body("ds_1", method="full", ratio=0.1)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydantic
 
 from . import __version__
 from .errors import APIError, SaftClientError, error_class
@@ -208,7 +209,10 @@ def job_body(
     if hp:
         top["hyperparameters"] = hp
     # Validate the shape here (unknown fields, wrong types) so a typo fails before a request is made.
-    return JobCreate.model_validate(top).model_dump(mode="json", exclude_unset=True)
+    try:
+        return JobCreate.model_validate(top).model_dump(mode="json", exclude_unset=True)
+    except pydantic.ValidationError as e:
+        raise SaftClientError(f"invalid job options: {e}") from e
 
 
 def classify_form(

@@ -131,7 +131,7 @@ def test_problem_documents_become_typed_exceptions(remote_run: RemoteRun) -> Non
         dead.jobs.get("job_x")
 
 
-def test_async_client(remote_run: RemoteRun, tmp_path: Path) -> None:
+def test_async_client(remote_run: RemoteRun, shapes_dir: Path, tmp_path: Path) -> None:
     r = remote_run
 
     async def main() -> tuple[Any, ...]:
@@ -144,9 +144,15 @@ def test_async_client(remote_run: RemoteRun, tmp_path: Path) -> None:
                 await c.jobs.delete("job_nope")
             except NotFound as e:
                 code = e.code
-            return job, listed, events, path, code
+            image = sorted((r.stack.data_dir / "datasets" / r.dataset.id / "red_circle").iterdir())[0]
+            res = await c.classify([image], job=job)
+            ds = await c.datasets.upload(shapes_dir, name="async-upload")
+            await c.datasets.delete(ds)
+            return job, listed, events, path, code, res, ds
 
-    job, listed, events, path, code = asyncio.run(main())
+    job, listed, events, path, code, res, ds = asyncio.run(main())
+    assert res.results[0].predictions[0].label == "red circle"
+    assert ds.num_images == 18 and ds.name == "async-upload"
     assert job.status == "succeeded" and job.id in listed
     assert events == [e.id for e in r.events]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == r.job.checkpoint.sha256

@@ -65,6 +65,10 @@ def _remote(func: Callable[[argparse.Namespace, Client], int]) -> Callable[[argp
             if args.json:
                 _print_json({"error": e.problem})
             return EXIT_ERROR
+        except KeyboardInterrupt:
+            # Only this command stops: a job keeps running on the server (`saft jobs cancel ID` stops it).
+            print("interrupted (nothing was cancelled on the server)", file=sys.stderr)
+            return EXIT_CANCELLED
         except SaftClientError as e:
             print(f"error: {e}", file=sys.stderr)
             if args.json:

@@ -220,7 +220,12 @@ def job_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_jobs_create(args: argparse.Namespace, client: Client) -> int:
-    metadata = json.loads(args.metadata) if args.metadata else None
+    from saft_client import SaftClientError
+
+    try:
+        metadata = json.loads(args.metadata) if args.metadata else None
+    except ValueError as e:
+        raise SaftClientError(f"--metadata is not JSON: {e}") from e
     job = client.jobs.create(
         args.dataset, method=args.method, eval_datasets=args.eval_dataset, metadata=metadata, **job_options(args)
     )

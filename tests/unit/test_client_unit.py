@@ -133,3 +133,27 @@ def test_job_body_sorts_flat_options() -> None:
         job_body("ds_1", epochs="many")
     with pytest.raises(SaftClientError, match="full"):
         job_body("ds_1", method="full", ratio=0.1)
+
+
+def _sse(*events: tuple[int, bool]) -> bytes:
+    """An event stream: (event id, whether the SSE id field is sent), then `end`."""
+    out = []
+    for eid, with_id in events:
+        data = json.dumps({"id": eid, "created_at": "2026-01-01T00:00:00Z", "kind": "message", "level": "info",
+                           "message": str(eid), "data": {}})
+        out.append((f"id: {eid}\n" if with_id else "") + f"event: message\ndata: {data}\n\n")
+    return "".join(out).encode()
+
+
+def test_stream_yields_a_late_event_once_and_resumes_after_the_largest_sse_id() -> None:
+    """Event 2 is committed after 3 (the server sends it late, without an SSE id); the connection drops after
+    it; the reconnect (Last-Event-ID: 3) replays 2 and 3 from a stale replica-like answer: none twice."""
+    seen: list[httpx.Request] = []
+    answers = [
+        httpx.Response(200, content=_sse((1, True), (3, True), (2, False)), headers={"Content-Type": "text/event-stream"}),
+        httpx.Response(200, content=_sse((2, False), (3, True), (4, True)) + b"event: end\ndata: {}\n\n"),
+    ]
+    with _client(answers, seen) as c:
+        ids = [e.id for e in c.jobs.stream("job_1")]
+    assert ids == [1, 3, 2, 4]
+    assert "Last-Event-ID" not in seen[0].headers and seen[1].headers["Last-Event-ID"] == "3"

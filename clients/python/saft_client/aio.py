@@ -307,7 +307,8 @@ class AsyncJobs:
     ) -> AsyncIterator[JobEvent]:
         """As ``Client.jobs.stream``: resumes with ``Last-Event-ID``, no gaps, no duplicates."""
         path = f"/v1/jobs/{id_of(job)}/events/stream"
-        last = after
+        last = after  # the largest SSE id received: where a reconnect resumes
+        seen: set[int] = set()  # ids yielded: a reconnect or a late event never yields one twice
         failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}
@@ -324,9 +325,12 @@ class AsyncJobs:
                     if msg.event == "end":
                         return
                     event = JobEvent.model_validate_json(msg.data)
-                    if event.id <= last:
+                    if msg.id is not None:  # the server's cursor; a late event (see below) comes without one
+                        last = max(last, int(msg.id))
+                    if event.id in seen or event.id <= after:
                         continue
-                    last, failures = event.id, 0
+                    seen.add(event.id)
+                    failures = 0
                     yield event
             except RETRY_EXCEPTIONS as e:
                 reason = f"{type(e).__name__}: {e}"

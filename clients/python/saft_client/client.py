@@ -340,10 +340,13 @@ class Jobs:
     def stream(self, job: str | Job, *, after: int = 0, max_reconnects: int = 10) -> Iterator[JobEvent]:
         """The job's events as they happen (Server-Sent Events), until the job has finished.
 
-        A dropped connection is resumed with ``Last-Event-ID`` (the last event yielded), so no event is missed
-        and none is yielded twice; ``StreamError`` after ``max_reconnects`` reconnects in a row without news."""
+        A dropped connection is resumed with ``Last-Event-ID`` (the largest SSE id received), so no event is
+        missed and none is yielded twice; ``StreamError`` after ``max_reconnects`` reconnects in a row without
+        news. Events come in id order, except that an event committed late (after one with a larger id) is
+        sent when it appears, without an SSE id; it is yielded then, once."""
         path = f"/v1/jobs/{id_of(job)}/events/stream"
-        last = after
+        last = after  # the largest SSE id received: where a reconnect resumes
+        seen: set[int] = set()  # ids yielded: a reconnect or a late event never yields one twice
         failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}
@@ -360,9 +363,12 @@ class Jobs:
                     if msg.event == "end":
                         return
                     event = JobEvent.model_validate_json(msg.data)
-                    if event.id <= last:
+                    if msg.id is not None:  # the server's cursor; a late event (see below) comes without one
+                        last = max(last, int(msg.id))
+                    if event.id in seen or event.id <= after:
                         continue  # already yielded before a reconnect
-                    last, failures = event.id, 0
+                    seen.add(event.id)
+                    failures = 0
                     yield event
             except RETRY_EXCEPTIONS as e:
                 reason = f"{type(e).__name__}: {e}"

@@ -81,9 +81,11 @@ def test_cut_event_stream_resumes_without_gaps_or_repeats(remote_run: RemoteRun)
     r = remote_run
     with r.client() as c:
         stored = [e.id for e in c.jobs.events(r.job)]
-    # While the job ran: cut twice mid-event, resumed with Last-Event-ID, every event once and in order.
+    # While the job ran: cut twice mid-event, resumed with Last-Event-ID, every event once. (In id order but
+    # for an event committed late, which the server sends when it appears: compare as sorted.)
     assert r.stream_requests >= 3
-    assert [e.id for e in r.events] == stored
+    ids = [e.id for e in r.events]
+    assert sorted(ids) == stored and len(set(ids)) == len(ids)
     assert r.events[-1].kind == "status" and r.events[-1].data["status"] == "succeeded"
     assert {"stage", "progress"} <= {e.kind for e in r.events}
     # The finished job's stream, cut after 1, 200 and 450 bytes (inside the first events) and from an offset.
@@ -154,7 +156,7 @@ def test_async_client(remote_run: RemoteRun, shapes_dir: Path, tmp_path: Path) -
     assert res.results[0].predictions[0].label == "red circle"
     assert ds.num_images == 18 and ds.name == "async-upload"
     assert job.status == "succeeded" and job.id in listed
-    assert events == [e.id for e in r.events]
+    assert sorted(events) == sorted(e.id for e in r.events)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == r.job.checkpoint.sha256
     assert code == "job_not_found"
 
@@ -176,12 +178,7 @@ def test_retried_create_with_the_same_key_makes_one_job(remote_run: RemoteRun) -
     with r.stack.client() as http:
         for j in made:
             wait_for_job(http, j.id, until={"succeeded", "failed", "cancelled"}, timeout=120)
-    if len(made) == 2:
-        pytest.skip(
-            "this server does not honour Idempotency-Key (two POSTs with one key made two jobs); the client "
-            "sends it, the server side is another change"
-        )
-    assert [j.id for j in made] == [job.id]
+    assert [j.id for j in made] == [job.id]  # one job, and the retry got it back
 
 
 def test_retried_folder_upload_with_the_same_key_makes_one_dataset(remote_run: RemoteRun, shapes_dir: Path) -> None:
@@ -198,8 +195,6 @@ def test_retried_folder_upload_with_the_same_key_makes_one_dataset(remote_run: R
     keys = [h.get("Idempotency-Key") for m, p, h in transport.seen if m == "POST" and p == "/v1/datasets"]
     assert len(keys) == 2 and keys[0] == keys[1] and keys[0]
     assert all(d.num_images == 18 for d in made)  # the retry's freshly zipped body is the whole folder again
-    if len(made) == 2:
-        pytest.skip("this server does not honour Idempotency-Key on uploads (one key made two datasets)")
     assert [d.id for d in made] == [ds.id]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,16 +68,19 @@ def test_errors_exit_2_with_the_problem(remote_run: RemoteRun) -> None:
     assert out.returncode == 2 and "422 validation_error" in out.stderr and "hyperparameters.batch_size" in out.stderr
 
 
-def test_create_follow_of_a_failing_job_exits_1(remote_run: RemoteRun) -> None:
-    """`saft jobs create ... --follow` with weights the workers do not have: the job fails while loading."""
+def test_create_follow_of_a_failing_job_exits_1(remote_run: RemoteRun, shapes_dir: Path) -> None:
+    """`saft jobs create ... --follow` on a dataset whose files are gone from the artifact store (removed here
+    by hand, as a lost disk would): the job fails while loading, and follow exits 1."""
     r = remote_run
+    ds = cli_json(r.stack, "datasets", "upload", str(shapes_dir), "--name", "doomed")
+    shutil.rmtree(r.stack.data_dir / "datasets" / ds["id"])
     out = run_cli(
-        r.stack, "jobs", "create", "--dataset", r.dataset.id, "--pretrained", "/nonexistent/weights.safetensors",
-        "--epochs", "1", "--batch-size", "6", "--ratio", "0.01", "--follow", "--json",
+        r.stack, "jobs", "create", "--dataset", ds["id"], "--epochs", "1", "--batch-size", "6", "--ratio", "0.01",
+        "--follow", "--json",
     )
     assert out.returncode == 1, out.stderr
     job = json.loads(out.stdout.strip().splitlines()[-1])["job"]
-    assert job["status"] == "failed" and job["error"]["code"] and job["pretrained"] == "/nonexistent/weights.safetensors"
+    assert job["status"] == "failed" and job["error"]["code"], job
     assert job["method"]["ratio"] == 0.01 and job["hyperparameters"]["epochs"] == 1  # finetune's options, sent
     deleted = cli_json(r.stack, "jobs", "delete", job["id"])
     assert deleted == {"deleted": job["id"]}

@@ -21,6 +21,8 @@ PLACEHOLDER = "{}"
 ScoreReduction = Literal["abs", "abs_sum", "squared"]
 Tower = Literal["image", "text", "all"]
 Method = Literal["saft", "full"]
+GradEngine = Literal["sparse", "dense"]
+GRAD_ENGINES: tuple[str, ...] = ("sparse", "dense")
 
 
 def check_template(template: str) -> None:
@@ -102,10 +104,18 @@ class TrainConfig:
     grad_clip: float | None = _help("Clip the global gradient norm (after masking); None disables.", default=1.0)
     seed: int = _help("Seed of the shuffle (and of k-shot sampling and splits).", default=0)
     augment: bool = _help("Use open_clip's training augmentation instead of the eval preprocessing.", default=False)
+    grad_engine: GradEngine = _help(
+        "How SAFT gets the gradient at its mask: 'sparse' (default) computes weight gradients only at the "
+        "selected entries; 'dense' computes every selected tensor's full gradient and gathers (the reference). "
+        "Same result within float tolerance; full fine-tuning ignores it.",
+        default="sparse",
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ("saft", "full"):
             raise ConfigError(f"unknown method {self.method!r}; use 'saft' or 'full'")
+        if self.grad_engine not in GRAD_ENGINES:
+            raise ConfigError(f"unknown grad_engine {self.grad_engine!r}; use 'sparse' or 'dense'")
         if not (0.0 < self.ratio < 1.0):
             raise ConfigError(f"ratio must be in (0, 1), got {self.ratio}")
         if self.epochs < 1:

@@ -7,6 +7,12 @@ is 2 * k floats, never a dense copy of the model. After each backward pass the g
 ``P.view(-1)[idx] = base + delta`` is written. No other entry of P is ever written, so entries outside the
 mask stay bitwise identical to the pre-trained values.
 
+Where the gradient at the mask comes from (``grad_engine``): ``"sparse"`` (default) keeps every parameter frozen
+and computes dL/d delta directly, only at the selected entries (``sparse_grad.SparseGradEngine``, entered
+around the forward pass by ``forward_context``); ``"dense"`` is the reference: the selected tensors require
+grad, autograd computes their dense gradients and ``after_backward`` gathers k values out of them. Both give the
+same ``delta.grad``; the rest of the step (clipping, AdamW, the schedule, the weight writes) is shared.
+
 ``DenseUpdate`` trains every parameter in place (conventional fine-tuning) through the same loop.
 """
 
@@ -20,36 +26,48 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import GradEngine, TrainConfig
 from .masking import Mask
 from .results import Callbacks, Progress
 from .snapshot import Snapshots, TrainState, rng_state, set_rng_state
+from .sparse_grad import SparseGradEngine
 from .zeroshot import Prompts, clip_logits
 
 
 class SparseUpdate:
     """Trainable deltas at the masked entries only (see module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, mask: Mask) -> None:
+    def __init__(self, model: torch.nn.Module, mask: Mask, grad_engine: GradEngine = "sparse") -> None:
         self.params = dict(model.named_parameters())
         self.idx: dict[str, torch.Tensor] = {}
         self.base: dict[str, torch.Tensor] = {}
         self.delta: dict[str, torch.Tensor] = {}
+        self.grad_engine = grad_engine
         for name, p in self.params.items():
-            p.requires_grad_(name in mask.indices)
+            p.requires_grad_(grad_engine == "dense" and name in mask.indices)
         for name, idx in mask.indices.items():
             p = self.params[name]
             idx = idx.to(p.device)
             self.idx[name] = idx
             self.base[name] = p.detach().reshape(-1)[idx].float().clone()
             self.delta[name] = torch.zeros(idx.numel(), device=p.device, dtype=torch.float32, requires_grad=True)
+        self.engine = SparseGradEngine(self.params, self.idx, self.delta) if grad_engine == "sparse" else None
 
     def trainable(self) -> list[torch.Tensor]:
         return list(self.delta.values())
 
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """Enter around the forward pass: the sparse engine routes gradients at the mask into delta.grad."""
+        return self.engine if self.engine is not None else contextlib.nullcontext()
+
     def after_backward(self) -> None:
-        """Gather P.grad at the mask into delta.grad; drop P's dense gradient."""
+        """Dense engine: gather P.grad at the mask into delta.grad and drop P's dense gradient. Sparse engine:
+        delta.grad is already there (zeros where the forward never reached the tensor, as with dense)."""
         for name, idx in self.idx.items():
+            if self.engine is not None:
+                if self.delta[name].grad is None:
+                    self.delta[name].grad = torch.zeros_like(self.delta[name])
+                continue
             p = self.params[name]
             g = p.grad
             self.delta[name].grad = (
@@ -104,6 +122,9 @@ class DenseUpdate:
 
     def trainable(self) -> list[torch.Tensor]:
         return list(self.params.values())
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def after_backward(self) -> None:
         return None
@@ -210,7 +231,7 @@ def train(
                 continue
             cb.check_cancel()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast:
+            with autocast, update.forward_context():
                 logits = clip_logits(model, images, prompts.head(model))
             loss = F.cross_entropy(logits.float(), labels)
             loss.backward()

@@ -21,11 +21,13 @@ from .config import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATES,
+    GRAD_ENGINES,
     DataConfig,
     FinetuneConfig,
     ModelSpec,
     ScoringConfig,
     TrainConfig,
+    field_help,
 )
 from .errors import Cancelled, SaftError
 
@@ -134,6 +136,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             method=args.method, ratio=args.ratio, epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
             grad_clip=args.grad_clip if args.grad_clip > 0 else None, seed=args.seed, augment=args.augment,
+            grad_engine=args.grad_engine,
         ),
         scoring=ScoringConfig(
             batch_size=args.score_batch_size or args.batch_size, reduction=args.score_reduction,
@@ -166,6 +169,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "k": result.mask.k if result.mask else None,
         "evaluations": [asdict(e) for e in result.evaluations],
         "metrics": result.metrics,
+        "timings": {f"{s}_s": result.metrics.get(f"seconds_{s}", 0.0)
+                    for s in ("scoring", "masking", "training", "evaluating")},
+        "steps": int(result.metrics["train_steps"]),
+        "peak_memory_mb": result.metrics["peak_memory_mb"],
     }
     if args.json:
         _emit_json(summary)
@@ -299,6 +306,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     """The method, hyper-parameter and data-split options of a fine-tuning run, declared once: ``saft finetune``
     runs them locally, ``saft jobs create`` sends them to the service."""
     p.add_argument("--method", choices=["saft", "full"], default="saft")
+    p.add_argument("--grad-engine", choices=list(GRAD_ENGINES), default=TrainConfig.grad_engine,
+                   help=field_help(TrainConfig, "grad_engine"))
     p.add_argument("--ratio", type=float, default=0.001, help="fraction of parameters SAFT trains (default 0.001)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)

@@ -6,7 +6,7 @@ invalid config never reaches a stage. Units: learning rates per step, ratios as 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from .errors import ConfigError
@@ -40,6 +40,11 @@ def fill_template(template: str, class_name: str) -> str:
 
 def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of dataclass field ``name`` of ``cls`` (for CLI flags)."""
+    return next(f.metadata["help"] for f in fields(cls) if f.name == name)
 
 
 @dataclass(frozen=True)

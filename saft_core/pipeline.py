@@ -70,6 +70,15 @@ def _save_mask_for_resume(snapshots: Snapshots | None, mask: Mask) -> None:
         log.warning("could not save the mask for resuming to %s: %s", snapshots.dir, e)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far, MiB: ``torch.cuda.max_memory_allocated`` on a GPU, max RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource  # POSIX only; the service runs on Linux
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | None = None) -> FinetuneResult:
     """Fine-tune ``cfg.model`` on ``cfg.data.train`` with ``cfg.train.method``; write the checkpoint
     (and, for SAFT, the mask) into ``out_dir``. Raises SaftError subclasses on bad input, Cancelled on
@@ -114,7 +123,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     mask = _saved_mask(snapshots) if cfg.train.method == "saft" else None
     if mask is not None:
         cb.on_message("info", f"resuming: the mask of an earlier attempt ({mask.k} entries) is reused")
-        update: SparseUpdate | DenseUpdate = SparseUpdate(model, mask)
+        update: SparseUpdate | DenseUpdate = SparseUpdate(model, mask, cfg.train.grad_engine)
     elif cfg.train.method == "saft":
         stage("scoring")
         score_loader = make_loader(train_set, loaded.preprocess_eval, cfg.scoring.batch_size, **loader_opts)
@@ -126,7 +135,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         mask = select_topk(scores, cfg.train.ratio)
         del scores
         _save_mask_for_resume(snapshots, mask)
-        update = SparseUpdate(model, mask)
+        update = SparseUpdate(model, mask, cfg.train.grad_engine)
     else:
         update = DenseUpdate(model)
 
@@ -137,6 +146,10 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
                          **loader_opts)
     stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb, snapshots=snapshots)
     deltas = update.deltas()
+    engine = getattr(update, "engine", None)
+    if engine is not None and engine.fallbacks:
+        cb.on_message("info", f"sparse gradient engine: {len(engine.fallbacks)} tensors took the dense gradient "
+                              f"(op not known to the engine): {', '.join(engine.fallbacks)}")
 
     # 5) evaluating: fine-tuned, then the base (zero-shot baseline) by switching the weights back
     stage("evaluating")
@@ -176,6 +189,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         "checkpoint_bytes": float(ckpt_bytes),
         "model_bytes_fp32": float(num_params * 4),
         "compression": num_params * 4 / ckpt_bytes,
+        "peak_memory_mb": peak_memory_mb(device),
     }
     return FinetuneResult(
         checkpoint_path=ckpt, mask_path=mask_path,

@@ -20,6 +20,7 @@ from saft_core.config import (
     ScoringConfig,
     TrainConfig,
     check_template,
+    field_help,
 )
 
 from .limits import ID_PATTERN
@@ -64,6 +65,9 @@ class Hyperparameters(BaseModel):
     augment: bool = False
     shots: int | None = Field(None, ge=1, le=100_000, description="Keep k images per class; null keeps all.")
     scoring_batch_size: int = Field(32, ge=1, le=4096)
+    grad_engine: Literal["sparse", "dense"] = Field(
+        TrainConfig.grad_engine, description=field_help(TrainConfig, "grad_engine")
+    )
 
 
 class JobSpec(BaseModel):
@@ -151,6 +155,7 @@ def to_finetune_config(
             grad_clip=hp.grad_clip,
             seed=hp.seed,
             augment=hp.augment,
+            grad_engine=hp.grad_engine,
         ),
         scoring=ScoringConfig(
             batch_size=hp.scoring_batch_size,

@@ -23,18 +23,20 @@ def setup(shapes_dir):
     return cfg, loaded, ds, prompts
 
 
-def test_optimizer_state_exists_only_for_selected_entries(setup):
+@pytest.mark.parametrize("grad_engine", ["sparse", "dense"])
+def test_optimizer_state_exists_only_for_selected_entries(setup, grad_engine):
     cfg, loaded, ds, prompts = setup
     scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.scoring,
                               device=loaded.device)
     mask = select_topk(scores, 0.001)
-    update = SparseUpdate(loaded.model, mask)
+    update = SparseUpdate(loaded.model, mask, grad_engine)
     opt = torch.optim.AdamW(update.trainable(), lr=1e-3)
     assert sum(t.numel() for t in update.trainable()) == mask.k
     images, labels = next(iter(make_loader(ds, loaded.preprocess_eval, 8)))
-    loss = torch.nn.functional.cross_entropy(
-        loaded.model.logit_scale.exp() * loaded.model.encode_image(images, normalize=True) @ prompts.head(loaded.model),
-        labels)
+    with update.forward_context():
+        loss = torch.nn.functional.cross_entropy(
+            loaded.model.logit_scale.exp() * loaded.model.encode_image(images, normalize=True)
+            @ prompts.head(loaded.model), labels)
     loss.backward()
     update.after_backward()
     opt.step()
@@ -51,7 +53,7 @@ def test_gradients_are_masked_before_clipping(setup):
     name = "visual.proj"
     idx = torch.tensor([0, 5, 17])
     mask = Mask(indices={name: idx}, numel={name: params[name].numel()}, k=3, ratio=0.5)
-    update = SparseUpdate(loaded.model, mask)
+    update = SparseUpdate(loaded.model, mask, "dense")  # reads the dense gradient that the dense engine builds
     images, labels = next(iter(make_loader(ds, loaded.preprocess_eval, 8)))
     logits = loaded.model.logit_scale.exp() * loaded.model.encode_image(images, normalize=True) @ prompts.head(loaded.model)
     torch.nn.functional.cross_entropy(logits, labels).backward()

@@ -72,3 +72,26 @@ def test_ratio_outside_open_interval_is_refused(ratio):
 def test_ratio_that_selects_nothing_is_refused():
     with pytest.raises(ConfigError, match="selects no entry"):
         select_topk({"a": torch.rand(100)}, 0.001)
+
+
+@pytest.mark.parametrize("sigmas", [6.0, -1e6])  # -1e6: the sampled bound is too high, the exact fallback runs
+def test_sampled_threshold_is_exact_with_ties_over_a_million_scores(monkeypatch, sigmas):
+    import saft_core.masking as masking
+
+    monkeypatch.setattr(masking, "SAMPLE_SIGMAS", sigmas)
+    g = torch.Generator().manual_seed(0)
+    # few distinct values: many ties at the threshold, broken by tensor order then flat index
+    scores = {n: torch.randint(0, 2000, shape, generator=g).float()
+              for n, shape in (("a", (700, 1000)), ("b", (300_000,)), ("c", (500, 900)))}
+    for ratio in (1e-4, 1e-3, 0.05):
+        mask = select_topk(scores, ratio)
+        flat = torch.cat([s.reshape(-1) for s in scores.values()])
+        order = torch.sort(-flat, stable=True).indices[: mask.k]  # reference: stable global ranking
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+        chosen[order] = True
+        offset = 0
+        for n, s in scores.items():
+            expect = chosen[offset:offset + s.numel()].nonzero().squeeze(1)
+            offset += s.numel()
+            got = mask.indices.get(n, torch.empty(0, dtype=torch.int64))
+            assert torch.equal(got, expect), (n, ratio)

@@ -25,6 +25,7 @@ imagenet/val-split --id-dir imagenet/val --v2-dir imagenetv2 --ood sketch=imagen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -184,6 +185,9 @@ class LoraUpdate:
 
     def trainable(self) -> list[torch.Tensor]:
         return self.params
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def after_backward(self) -> None:
         return None

@@ -126,6 +126,14 @@ def entry_grads(g: torch.Tensor, x: torch.Tensor, plan: EntryPlan) -> torch.Tens
             sel = plan.order[s:e]
             out[sel] = rows[plan.pos_sorted[s:e] - u0, plan.x_col[sel]]
         return out
+    if 2 * plan.k < g.shape[1] + x.shape[1]:
+        # few entries: gather their columns directly (cheaper than transposing g and x)
+        step = max(1, CHUNK_BYTES // (3 * 4 * m))
+        for s in range(0, plan.k, step):
+            a = g.index_select(1, plan.g_col[s:s + step]).float()
+            a.mul_(x.index_select(1, plan.x_col[s:s + step]).float())
+            out[s:s + step] = a.sum(0)
+        return out
     # gathered products: transpose once so every gather copies contiguous rows of length M
     gt = g.T.float().contiguous()
     xt = x.T.float().contiguous()

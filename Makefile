@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := var/demo
 
-.PHONY: install run demo test test-unit test-service bench-quick lint clean
+.PHONY: install run demo test test-unit test-service bench-quick bench-speed lint clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-service: $(STAMP)
 ## The distribution-shift benchmark (--quick: about 2 minutes on 2 cores; full: see benchmarks/results).
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.shift --quick --out var/bench-quick
+
+## Training-step speed and memory: SAFT's gradient engines vs full fine-tuning, LoRA and the floor
+## (ViT-B/16 shape on CPU: tens of minutes; writes benchmarks/results/speed.{json,md}).
+bench-speed: $(STAMP)
+	$(PY) -m benchmarks.speed
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

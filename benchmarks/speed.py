@@ -263,10 +263,11 @@ def _child(task: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- parent
 def bench_model(name: str, *, rounds: int, steps: int, threads: int, tmp: str,
-                masks_used: tuple[str, ...] = MASKS) -> dict[str, Any]:
+                masks_used: tuple[str, ...] = MASKS, quick: bool = False) -> dict[str, Any]:
     image_size, batch = SHAPES[name]
     base = {"model": name, "image_size": image_size, "batch": batch, "dir": tmp}
-    masks = _child("masks", base, threads)
+    # --quick prepares the masks in this process (one interpreter start less); variants always get their own
+    masks = prepare_masks(base) if quick else _child("masks", base, threads)
     runs = [("full", None), ("lora", None), ("floor", None)]
     runs += [(f"saft-{e}", m) for m in masks_used for e in ("dense", "sparse")]
     results: dict[tuple[str, str | None], list[dict]] = {r: [] for r in runs}
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(CHILD_TASKS[args.child[0]](json.loads(args.child[1]))))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)  # for what --quick runs in this process
     rounds = args.rounds or (1 if args.quick else 2)
     steps = args.steps or (2 if args.quick else 3)
     models = ["saft-tiny"] if args.quick else list(SHAPES)
@@ -362,10 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             res["models"][name] = bench_model(name, rounds=rounds, steps=steps, threads=args.threads, tmp=tmp,
-                                              masks_used=MASKS[:1] if args.quick else MASKS)
+                                              masks_used=MASKS[:1] if args.quick else MASKS, quick=args.quick)
     shape = [8 * 65, 512, 128] if args.quick else [8 * 197, 3072, 768]  # batch x tokens, ViT-B/16's c_fc
     densities = [1e-3, 1e-1] if args.quick else [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-    res["crossover"] = _child("crossover", {"shape": shape, "densities": densities}, args.threads)
+    crossover_spec = {"shape": shape, "densities": densities}
+    res["crossover"] = (measure_crossover(crossover_spec) if args.quick
+                        else _child("crossover", crossover_spec, args.threads))
     sel_models = () if args.quick else SELECTION_MODELS
     res["selection"] = {m: _child("selection", {"model": m}, args.threads) for m in sel_models}
     for name, mr in res["models"].items():

@@ -35,6 +35,7 @@ def test_a_full_request_maps_field_by_field() -> None:
                 "shots": 2,
                 "grad_clip": None,
                 "scoring_batch_size": 8,
+                "grad_engine": "dense",
             },
             "eval_dataset_ids": ["ds_b"],
             "validation_fraction": 0.2,
@@ -45,6 +46,7 @@ def test_a_full_request_maps_field_by_field() -> None:
     assert cfg.model.pretrained is None  # 'none': a seeded random init
     assert (cfg.train.method, cfg.train.ratio, cfg.train.epochs, cfg.train.seed) == ("saft", 0.02, 3, 7)
     assert cfg.train.grad_clip is None and cfg.train.learning_rate == 0.01
+    assert cfg.train.grad_engine == "dense"
     assert (cfg.scoring.towers, cfg.scoring.exclude_norms, cfg.scoring.batch_size) == ("image", True, 8)
     assert cfg.data.eval == {"ds_b": "/d/b"} and cfg.data.shots == 2
     assert cfg.data.templates == ("a {}.", "an image of a {}.")
@@ -67,6 +69,7 @@ def test_full_finetuning_has_no_ratio() -> None:
         {"hyperparameters": {"warmup_steps": -1}},
         {"hyperparameters": {"weight_decay": -0.1}},
         {"hyperparameters": {"shots": 0}},
+        {"hyperparameters": {"grad_engine": "fast"}},
         {"eval_dataset_ids": ["x", "x"]},
         {"templates": ["{} and {}"]},
         {"hyperparameters": {"learning_rate": float("nan")}},

@@ -41,6 +41,25 @@ def test_finetune_writes_checkpoint_and_mask_with_progress(finetuned):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+def test_finetune_json_reports_timings_and_memory_and_dense_engine_agrees(finetuned, shapes_dir, tmp_path):
+    out, summary, _ = finetuned
+    assert set(summary["timings"]) == {"scoring_s", "masking_s", "training_s", "evaluating_s"}
+    assert all(v > 0 for v in summary["timings"].values())
+    assert summary["steps"] == 6  # 24 images / batch 8 x 2 epochs
+    assert 50 < summary["peak_memory_mb"] < 100_000
+    # the default engine is the sparse one; the dense reference gives the same checkpoint within tolerance
+    dense = tmp_path / "dense.safetensors"
+    r = saft("finetune", "--train", str(shapes_dir), "--epochs", "2", "--batch-size", "8", "--lr", "2e-3",
+             "--seed", "3", "--out", str(dense), "--quiet", "--device", "cpu", "--grad-engine", "dense")
+    assert r.returncode == 0, r.stderr
+    a, b = load_delta(out), load_delta(dense)
+    assert a.tensors.keys() == b.tensors.keys()
+    for n in a.tensors:
+        assert torch.equal(a.tensors[n][0], b.tensors[n][0])  # same mask
+        # Adam normalises tiny gradients, so summation-order noise can show: within 5 % of one step (lr)
+        torch.testing.assert_close(a.tensors[n][1], b.tensors[n][1], rtol=1e-2, atol=1e-4)
+
+
 def test_finetune_twice_with_same_seed_is_identical(finetuned, shapes_dir, tmp_path):
     out, summary, _ = finetuned
     again = tmp_path / "again.safetensors"

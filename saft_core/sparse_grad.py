@@ -36,8 +36,8 @@ density was measured with ``python -m benchmarks.speed`` (``CROSSOVER_DENSITY``)
 GEMM wins.
 
 Memory: both paths work in chunks (over entries, or over rows) of at most ``CHUNK_BYTES`` of temporaries, for
-any batch and k; no [out, in] gradient buffer is ever allocated on the gathered path, and parameters never
-get a ``.grad`` (they stay ``requires_grad=False``).
+any batch and k, besides one transposed copy of g and x (the size of the activations); no [out, in] gradient
+buffer is ever allocated, and parameters never get a ``.grad`` (they stay ``requires_grad=False``).
 
 Mechanism: ``SparseGradEngine`` is a ``TorchFunctionMode`` entered around the forward pass. It sees every
 torch call; a call whose arguments hold none of the selected parameters runs unchanged, so nothing is
@@ -61,9 +61,10 @@ from torch.overrides import TorchFunctionMode
 log = logging.getLogger(__name__)
 
 # Density k / (rows * in) below which the gathered products beat a row-restricted GEMM. Measured with
-# `python -m benchmarks.speed` (section "crossover") on the 2-core CPU of benchmarks/results/speed.md; the CUDA
-# value is an estimate (GEMMs are relatively cheaper on a GPU), not a measurement.
-CROSSOVER_DENSITY: dict[str, float] = {"cpu": 0.03, "cuda": 0.01}
+# `python -m benchmarks.speed` (section "crossover", ViT-B/16's c_fc at batch 8, one thread): 0.014 in the run of
+# benchmarks/results/speed.md, 0.027 in a separate run (a shared machine); both paths cost about the same in
+# between. The CUDA value is an estimate (GEMMs are relatively cheaper on a GPU), not a measurement.
+CROSSOVER_DENSITY: dict[str, float] = {"cpu": 0.02, "cuda": 0.01}
 # Upper bound on the temporaries of one chunk of entry gradients (bytes).
 CHUNK_BYTES = 32 * 2**20
 

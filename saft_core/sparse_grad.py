@@ -399,8 +399,8 @@ def _h_mha(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
     if attn_mask is not None:
         if attn_mask.dim() == 2:
             attn_mask = attn_mask.unsqueeze(0)
-        attn_mask = (attn_mask.view(1, 1, length, length) if attn_mask.size(0) == 1
-                     else attn_mask.view(bsz, heads, length, length))
+        attn_mask = (attn_mask.unsqueeze(0) if attn_mask.size(0) == 1
+                     else attn_mask.view(bsz, heads, -1, length))  # as F.multi_head_attention_forward does
     drop = p["dropout_p"] if p["training"] else 0.0
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask, drop, is_causal)  # [N, H, L, hd]
     out = out.permute(2, 0, 1, 3).reshape(length * bsz, dim)

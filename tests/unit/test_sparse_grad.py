@@ -165,7 +165,8 @@ def test_attention_replacement_gives_the_modules_outputs(batch_first):
         engine = SparseGradEngine(params, idx, delta)
         with engine:
             out, _ = mha(x, x, x, need_weights=False, **kwargs)
-        assert engine.paths["in_proj_weight"] == "gathered products (linear)", kwargs  # the replacement ran
+        # the replacement ran (no dense gather of the whole attention call)
+        assert engine.paths["in_proj_weight"].endswith("(linear)"), (kwargs, engine.paths)
         torch.testing.assert_close(out, ref, msg=lambda m, k=kwargs: f"{sorted(k)}: {m}")
         (gx,) = torch.autograd.grad(out.square().sum(), x)
         torch.testing.assert_close(gx, gx_ref)

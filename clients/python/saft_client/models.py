@@ -68,6 +68,7 @@ class Hyperparameters(_Model):
     augment: bool = False
     shots: int | None = None
     scoring_batch_size: int = 32
+    grad_engine: Literal["sparse", "dense"] = "sparse"
 
 
 class JobProgress(_Model):

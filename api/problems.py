@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saft_core.errors import SaftError
 from saft_service.limits import LIMIT_CODES, LimitError
+from saft_service.storage import client_message
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,16 @@ async def _limit_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _saft_error(request: Request, exc: Exception) -> JSONResponse:
+    """The core refused (classify's model or checkpoint). No server path or bytes of a file reach the client:
+    paths are made relative or redacted, and a model that failed to load says only that."""
     assert isinstance(exc, SaftError)
     status = 503 if exc.code == "model_unavailable" else 422
-    return problem_response(request, status, exc.code, exc.message)
+    if exc.code == "model_unavailable" and exc.message.startswith("cannot load model"):
+        log.error("model failed to load on %s: %s", request.url.path, exc.message)
+        detail = "cannot load the model: its weights are not a checkpoint of this architecture or are damaged"
+    else:
+        detail = client_message(exc.message, request.app.state.settings)
+    return problem_response(request, status, exc.code, detail)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -65,6 +65,8 @@ def _save_mask_for_resume(snapshots: Snapshots | None, mask: Mask) -> None:
             "ratio": repr(mask.ratio)}
     try:
         snapshots.dir.mkdir(parents=True, exist_ok=True)
+        # A training state saved beside an earlier mask (one that could not be read back) is not this mask's.
+        snapshots.state_path.unlink(missing_ok=True)
         save_mask(snapshots.mask_path, mask.indices, meta)
     except OSError as e:
         log.warning("could not save the mask for resuming to %s: %s", snapshots.dir, e)
@@ -119,7 +121,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     snapshots = None
     if snap.dir is not None:
         interval = snap.interval_s if cfg.train.method == "saft" else snap.dense_interval_s
-        snapshots = Snapshots(snap.dir, fingerprint(cfg), interval)
+        snapshots = Snapshots(snap.dir, fingerprint(cfg, loaded.sha256), interval)
     mask = _saved_mask(snapshots) if cfg.train.method == "saft" else None
     if mask is not None:
         cb.on_message("info", f"resuming: the mask of an earlier attempt ({mask.k} entries) is reused")

@@ -42,11 +42,13 @@ MASK_FILE = "mask.safetensors"
 FORMAT_VERSION = 1
 
 
-def fingerprint(cfg: FinetuneConfig) -> str:
-    """A hash of the parts of ``cfg`` that decide the result (not the device or where snapshots go)."""
+def fingerprint(cfg: FinetuneConfig, base_sha256: str = "") -> str:
+    """A hash of what decides the result: the parts of ``cfg`` (not the device or where snapshots go) and the
+    base weights themselves (``base_sha256``: a file replaced between two attempts is another model)."""
     parts = asdict(cfg)
     for key in ("device", "snapshot"):
         parts.pop(key, None)
+    parts["base_sha256"] = base_sha256
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 

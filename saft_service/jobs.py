@@ -312,9 +312,13 @@ def report_progress(
     return True
 
 
-def add_message(session: Session, job_id: str, level: str, text: str) -> None:
-    """A note or warning from the core worth showing the user."""
+def add_message(session: Session, job_id: str, level: str, text: str, *, attempt: int | None = None) -> bool:
+    """A note or warning from the core worth showing the user (with ``attempt``: only while the job is still
+    running in that attempt, so a lost process adds nothing after a later attempt's events)."""
+    if attempt is not None and session.scalar(select(Job.id).where(_running(job_id, attempt))) is None:
+        return False
     add_event(session, job_id, "message", text, level="warning" if level == "warning" else "info")
+    return True
 
 
 def request_cancel(session: Session, job: Job, *, heartbeat_timeout: float = 60.0) -> Job:

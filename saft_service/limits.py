@@ -41,7 +41,9 @@ LIMIT_CODES = frozenset(
         "model_not_allowed",
     }
 )
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string, or an unterminated one up to the end: every match succeeds from where it starts, so the scan is
+# linear (a pattern that must end at a closing quote backtracks to the end from every quote: quadratic).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.?)*"?', re.DOTALL)
 _INNERMOST = re.compile(rb"\[\]|\{\}")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 

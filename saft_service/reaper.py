@@ -102,7 +102,7 @@ def reap_once(settings: Settings, now: datetime | None = None, *, judge_heartbea
             pending = None
             lost: list[str] = []
         else:
-            lost = lost_queued(session, settings, now, pending)
+            lost = [j for j in lost_queued(session, settings, now, pending) if j not in report.requeued]
     for job_id in report.requeued + lost:
         try:
             enqueue_job(job_id, settings)

@@ -100,3 +100,13 @@ def redact_paths(text: str, named: dict[Path | str, str] | None = None, *, max_c
     text = _ABSOLUTE_PATH.sub("<path>", text)
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+def client_message(message: str, settings: Settings) -> str:
+    """``message`` with paths under the data dir or the models folder made relative (a dataset's file reads
+    ``<dataset id>/<class>/<file>``) and any other absolute path replaced by ``<path>``."""
+    storage = Storage(settings)
+    named: dict[Path | str, str] = {f"{storage.datasets}/": "", f"{storage.root}/": ""}
+    if settings.models_dir is not None:
+        named[f"{settings.models_dir.expanduser().resolve()}/"] = ""
+    return redact_paths(message, named)

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import jobs
@@ -74,8 +75,14 @@ def submit_job(
     # 4. The row (the truth), committed; then the message.
     job = jobs.create(session, tenant_id=tenant.id, dataset_id=dataset_id, spec=spec)
     session.commit()
-    send(session, settings, job.id)
-    session.refresh(job)
+    # From here the job exists: a database error must not turn into an error answer (a client retrying it
+    # would make a second job). A message that was not sent is the reaper's to send.
+    try:
+        send(session, settings, job.id)
+        session.refresh(job)
+    except SQLAlchemyError as e:
+        session.rollback()
+        log.warning("job %s stored, but recording its message failed (%s); the reaper sends it", job.id, e)
     log.info("tenant %s queued job %s", tenant.name, job.id)
     return job
 

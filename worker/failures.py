@@ -6,26 +6,13 @@ The full error, with paths, stays in the worker's log.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from saft_core.errors import SaftError
 from saft_service.jobspec import JobSpec
-from saft_service.settings import Settings
-from saft_service.storage import Storage, redact_paths
 
 log = logging.getLogger(__name__)
 
 STORAGE_FULL = ("storage_full", "the service's storage is full; the job's partial outputs were removed")
-
-
-def client_message(message: str, settings: Settings) -> str:
-    """``message`` with paths under the data dir or the models folder made relative (a dataset's file reads
-    ``<dataset id>/<class>/<file>``) and any other absolute path replaced by ``<path>``."""
-    storage = Storage(settings)
-    named: dict[Path | str, str] = {f"{storage.datasets}/": "", f"{storage.root}/": ""}
-    if settings.models_dir is not None:
-        named[f"{settings.models_dir.expanduser().resolve()}/"] = ""
-    return redact_paths(message, named)
 
 
 def saft_failure(error: SaftError, spec: JobSpec) -> tuple[str, str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from saft_core.checkpoint import read_metadata
@@ -36,10 +37,10 @@ from saft_service.allowed_models import resolve_pretrained
 from saft_service.db import session_scope
 from saft_service.jobspec import JobSpec, to_finetune_config
 from saft_service.settings import Settings, get_settings
-from saft_service.storage import Storage, is_storage_full, remove_tree, sha256_file
+from saft_service.storage import Storage, client_message, is_storage_full, remove_tree, sha256_file
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, Mask, MaskTensor, utcnow
 
-from .failures import STORAGE_FULL, client_message, saft_failure
+from .failures import STORAGE_FULL, saft_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +93,7 @@ class Heartbeat:
             with session_scope(self.settings) as s:
                 if not jobs.heartbeat(s, self.job_id, self.attempt):
                     self.lost = True
-        except DBAPIError as e:
+        except Exception as e:  # never let the thread die: a silent heartbeat would get the job requeued
             log.warning("job %s: heartbeat not written (%s)", self.job_id, type(e).__name__)
 
     def _run(self) -> None:
@@ -160,7 +161,7 @@ class JobReporter:
     def on_message(self, level: str, text: str) -> None:
         log.log(logging.WARNING if level == "warning" else logging.INFO, "job %s: %s", self.job_id, text)
         shown = client_message(text, self.settings)
-        self._write("message", lambda s: jobs.add_message(s, self.job_id, level, shown))
+        self._write("message", lambda s: jobs.add_message(s, self.job_id, level, shown, attempt=self.attempt))
 
     def should_cancel(self) -> bool:
         if self.heartbeat is not None and self.heartbeat.lost:
@@ -270,7 +271,9 @@ def _record_success(
             attempt=attempt,
         ):
             s.rollback()
-            return False
+            # A retry after a commit whose reply was lost finds its own success: that is still ours.
+            done = s.get(Job, job_id)
+            return done is not None and done.status == jobs.JobStatus.SUCCEEDED and done.attempts == attempt
     return True
 
 
@@ -291,13 +294,21 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
         )
         if job is None:
             return
-        attempt = job.attempts
-        spec = JobSpec.model_validate(job.spec)
-        ids = [spec.dataset_id, *spec.eval_dataset_ids]
-        rows = {
-            d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == job.tenant_id)
-        }
+        attempt, stored_spec, tenant_id = job.attempts, job.spec, job.tenant_id
     job_dir = storage.job_dir(job_id)
+    # 2. The stored request (validated when it was written; a worker of another version may still refuse it:
+    # that ends the job instead of failing the message for ever).
+    try:
+        spec = JobSpec.model_validate(stored_spec)
+    except ValidationError as e:
+        where = ".".join(str(p) for p in e.errors()[0]["loc"]) if e.errors() else "request"
+        _end(job_id, attempt, job_dir, settings, "invalid_config",
+             f"this worker cannot read the job's request ({where}: {e.errors()[0]['msg'] if e.errors() else e}); "
+             "submit it again")
+        return
+    ids = [spec.dataset_id, *spec.eval_dataset_ids]
+    with session_scope(settings) as s:
+        rows = {d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == tenant_id)}
     out_dir = job_dir / f"attempt-{attempt}"
     for leftover in job_dir.glob("attempt-*"):  # outputs of attempts whose worker was lost
         remove_tree(leftover)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -13,6 +14,7 @@ from saft_core.data import IMAGE_EXTENSIONS
 from ..deps import StorageDep, TenantDataset
 from ..problems import AUTH_RESPONSES, NOT_FOUND, ProblemError
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESPONSES)
 
 MAX_THUMBNAIL_PX = 256
@@ -37,10 +39,13 @@ def thumbnail(
     if class_id not in dataset.classes:
         raise ProblemError(404, "class_not_found", f"dataset {dataset.id} has no class {class_id!r}")
     folder = storage.absolute(dataset.path) / class_id
-    files = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    ) if folder.is_dir() else []
+    try:  # the dataset may be deleted while this runs
+        files = sorted(
+            p for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        ) if folder.is_dir() else []
+    except OSError as e:
+        raise ProblemError(410, "artifact_missing", f"the images of class {class_id!r} are gone") from e
     if index >= len(files):
         raise ProblemError(
             404, "image_not_found", f"class {class_id!r} has {len(files)} image(s); index {index} is past the end"
@@ -53,5 +58,7 @@ def thumbnail(
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=85)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise ProblemError(410, "artifact_missing", f"image {index} of {class_id!r} cannot be read: {e}") from e
+        # The reason stays in the log: an OSError's text names the server's path.
+        log.warning("thumbnail of %s/%s/%d: %s", dataset.id, class_id, index, e)
+        raise ProblemError(410, "artifact_missing", f"image {index} of {class_id!r} cannot be read") from e
     return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -30,6 +30,14 @@ def test_json_depth_is_found_without_parsing(text: str, depth: int, too_deep: bo
     assert json_depth_exceeds(text, depth) is too_deep
 
 
+@pytest.mark.timeout(30)
+def test_an_unterminated_string_of_escaped_quotes_is_scanned_in_one_pass() -> None:
+    """A body of one quote and a megabyte of escaped quotes: a string pattern that must reach a closing quote
+    backtracks to the end from every quote (about an hour for 1 MB, with the API's event loop blocked)."""
+    body = b'"' + b'\\"' * 500_000 + b"[[[["
+    assert json_depth_exceeds(body, 2) is False  # all of it is inside the (unterminated) string
+
+
 def test_loads_bounded_refuses_depth_and_non_numbers() -> None:
     assert loads_bounded('{"a": [1]}', max_depth=2, what="x") == {"a": [1]}
     with pytest.raises(LimitError) as e:

@@ -148,11 +148,15 @@ def test_writes_of_a_lost_attempt_are_fenced_off(session: Session) -> None:
     assert not jobs.report_progress(session, job.id, stage="training", step=5, total=9, attempt=1)
     assert not jobs.fail(session, job.id, "internal_error", "late", attempt=1)
     assert not jobs.mark_cancelled(session, job.id, attempt=1)
+    assert not jobs.add_message(session, job.id, "info", "a late note of attempt 1", attempt=1)
+    assert jobs.add_message(session, job.id, "info", "a note of attempt 2", attempt=2)
     assert jobs.set_stage(session, job.id, "training", attempt=2)
     session.commit()
     session.refresh(job)
     assert (job.status, job.attempts, job.stage, job.step) == ("running", 2, "training", 0)
     assert "job resumed (attempt 2 of 3)" in events(session, job.id)
+    assert "a note of attempt 2" in events(session, job.id)
+    assert "a late note of attempt 1" not in events(session, job.id)
 
 
 def test_cancelling_a_job_whose_worker_is_gone_is_immediate(session: Session) -> None:

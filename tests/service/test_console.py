@@ -213,8 +213,10 @@ def test_a_saft_job_runs_live_to_succeeded(ui: Session) -> None:
     page = ui.page
     page.check(f'[name="eval"][value="{ui.ids["eval"]}"]')
     page.fill('[name="validation_fraction"]', "0.25")
-    page.fill('[name="hyperparameters.epochs"]', "4")
-    page.fill('[name="hyperparameters.batch_size"]', "6")
+    # 96 training steps: a few seconds even on an idle machine, so the page (which reads the job once a second)
+    # sees it part-way (12 steps were over before the first read there).
+    page.fill('[name="hyperparameters.epochs"]', "16")
+    page.fill('[name="hyperparameters.batch_size"]', "3")
     page.fill('[name="hyperparameters.learning_rate"]', "0.002")
     ui.shot("05-new-job")
     page.click("#submit")

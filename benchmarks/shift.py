@@ -103,6 +103,9 @@ class Plan:
     train_dir: str | None = None
     val_dir: str | None = None
     tests: dict[str, str] = field(default_factory=dict)
+    # Hyper-parameters chosen by an earlier run (``--selection-from``): these methods skip their search.
+    preselected: dict[str, dict[str, Any]] = field(default_factory=dict)
+    preselected_from: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -299,6 +302,8 @@ def fit(plan: Plan, ev: Evaluator, method: str, hp: dict[str, Any], train_dir: s
 
 def select(plan: Plan, ev: Evaluator, method: str, data, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Grid search on the validation render with seed 0, at alpha 1; the best hyper-parameters and the table."""
+    if method in plan.preselected:
+        return plan.preselected[method], [{"from": plan.preselected_from}]
     lrs, epochs = plan.grids[method]
     if len(lrs) == 1 and len(epochs) == 1:  # nothing to choose (--quick): no selection runs
         return {"lr": lrs[0], "epochs": epochs[0]}, []
@@ -509,6 +514,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         chosen: dict[str, dict[str, Any]] = {}
         for method in plan.methods:
             chosen[method], selection[method] = select(plan, ev, method, data, root / method)
+        out_dir.mkdir(parents=True, exist_ok=True)  # so that another run can reuse the choice at once
+        (out_dir / "selection.json").write_text(json.dumps({"chosen": chosen, "selection": selection}, indent=1))
         per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in plan.methods}
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in plan.methods}
         for seed in plan.seeds:
@@ -542,6 +549,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         "base_classes": list(BASE), "new_classes": list(NEW),
         "grids": {k: list(map(list, v)) for k, v in plan.grids.items() if k in plan.methods},
         "lora_targets": list(LoraUpdate.TARGETS), "methods": list(plan.methods),
+        "selection_from": plan.preselected_from,
         "seconds": round(time.time() - t0), "torch_threads": torch.get_num_threads(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -549,6 +557,14 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
     (out_dir / "shift.md").write_text(markdown(results))
     plot(results, out_dir / "shift.png")
     return results
+
+
+def load_selection(path: str, methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Learning rate and epochs per method from an earlier run's ``selection.json`` or ``shift.json``."""
+    data = json.loads(Path(path).read_text())
+    chosen = data.get("chosen") or {m: v["hyperparameters"] for m, v in data.get("methods", {}).items()
+                                    if isinstance(v.get("hyperparameters"), dict)}
+    return {m: {"lr": hp["lr"], "epochs": hp["epochs"]} for m, hp in chosen.items() if m in methods}
 
 
 def parse_grid(text: str) -> tuple[str, tuple[tuple[float, ...], tuple[int, ...]]]:
@@ -586,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=None,
                     help=f"comma-separated subset of {','.join(METHODS)} (default all; --quick: full,saft,lora)")
     ap.add_argument("--alphas", default=None, help="comma-separated alphas in [0, 1] (default 0,0.25,0.5,0.75,1)")
+    ap.add_argument("--selection-from", metavar="JSON",
+                    help="take the learning rate and epochs of the methods found in an earlier run's selection.json "
+                         "or shift.json instead of searching them")
     ap.add_argument("--train-dir", help="real data: ImageFolder of training images (k-shot sampled per seed)")
     ap.add_argument("--val-dir", help="real data: validation ImageFolder of the training distribution")
     ap.add_argument("--id-dir", help="real data: in-distribution test ImageFolder")
@@ -624,12 +643,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--alphas: comma-separated numbers in [0, 1]")
     if not all(0.0 <= a <= 1.0 for a in alphas) or 0.0 not in alphas or 1.0 not in alphas:
         ap.error("--alphas: numbers in [0, 1], including 0 (zero-shot) and 1 (fine-tuned)")
+    methods_order = tuple(m for m in METHODS if m in methods)
+    selected: dict[str, dict[str, Any]] = {}
+    if args.selection_from:
+        try:
+            selected = load_selection(args.selection_from, methods_order)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--selection-from {args.selection_from}: {e}")
     plan = Plan(
         model=ModelSpec(args.model, args.pretrained), train_domain=args.train_domain, shots=args.shots,
         seeds=list(range(1 if args.quick else args.seeds)),
         test_per_class=args.test_per_class or (12 if args.quick else 30),
         val_per_class=8 if args.quick else 32, batch_size=args.batch_size, grids=grids,
-        methods=tuple(m for m in METHODS if m in methods), alphas=alphas, render_seed=args.render_seed,
+        methods=methods_order, alphas=alphas, render_seed=args.render_seed,
+        preselected=selected, preselected_from=args.selection_from,
         device=args.device, train_dir=args.train_dir, val_dir=args.val_dir, tests=tests,
     )
     results = run(plan, Path(args.out))

@@ -178,3 +178,14 @@ def test_real_data_needs_a_validation_set(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--train-dir", "x", "--id-dir", "y"])
     assert exc.value.code == 2 and "--val-dir" in capsys.readouterr().err
+
+
+def test_selection_from_an_earlier_run(tmp_path):
+    from benchmarks.shift import load_selection
+
+    (tmp_path / "selection.json").write_text(json.dumps({"chosen": {"saft": {"lr": 1e-3, "epochs": 10},
+                                                                    "full": {"lr": 3e-4, "epochs": 10}}}))
+    assert load_selection(str(tmp_path / "selection.json"), ("saft", "saft-noemb")) == {"saft": {"lr": 1e-3, "epochs": 10}}
+    (tmp_path / "shift.json").write_text(json.dumps({"methods": {
+        "zero-shot": {"hyperparameters": "-"}, "lora": {"hyperparameters": {"lr": 3e-4, "epochs": 10, "rank": 8}}}}))
+    assert load_selection(str(tmp_path / "shift.json"), ("lora",)) == {"lora": {"lr": 3e-4, "epochs": 10}}

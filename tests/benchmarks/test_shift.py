@@ -15,6 +15,7 @@ from benchmarks.shift import (
     seed_record,
     summarise_method,
 )
+from saft_core.checkpoint import apply_delta
 from saft_core.config import ModelSpec, TrainConfig
 from saft_core.data import load_dataset, make_loader
 from saft_core.models import load_model
@@ -189,3 +190,29 @@ def test_selection_from_an_earlier_run(tmp_path):
     (tmp_path / "shift.json").write_text(json.dumps({"methods": {
         "zero-shot": {"hyperparameters": "-"}, "lora": {"hyperparameters": {"lr": 3e-4, "epochs": 10, "rank": 8}}}}))
     assert load_selection(str(tmp_path / "shift.json"), ("lora",)) == {"lora": {"lr": 3e-4, "epochs": 10}}
+
+
+def test_merged_lora_is_a_delta_the_evaluator_scales_along_alpha(tmp_path):
+    from benchmarks.shift import Evaluator, Plan
+
+    ds_path = render_shapes(tmp_path / "d", per_class=4)
+    plan = Plan(model=ModelSpec("saft-tiny", None), train_domain="-", shots=4, seeds=[0], test_per_class=4,
+                val_per_class=4, batch_size=4, grids={}, device="cpu")
+    ev = Evaluator(plan, {"val": str(ds_path)})
+    loaded = load_model(plan.model, "cpu")
+    update = LoraUpdate(loaded.model, rank=4)
+    ds = load_dataset(ds_path)
+    prompts = Prompts.build(loaded.tokenizer, ds.class_names, ["a photo of a {}."], "cpu")
+    train(loaded.model, make_loader(ds, loaded.preprocess_eval, 4, shuffle=True), prompts, update,
+          TrainConfig(epochs=2, batch_size=4, learning_rate=3e-2), device=loaded.device)
+    delta = ev.delta_of(update.merged())
+    assert delta.tensors and all(".mlp.c_fc." in n or ".mlp.c_proj." in n for n in delta.tensors)
+    base_before = {n: p.clone() for n, p in ev.model.named_parameters()}
+    curve = ev.frontier(delta, (0.0, 1.0), ["val"])
+    assert curve[0.0] == ev.frontier(None, (0.0,), ["val"])[0.0]  # alpha 0 is the pre-trained model
+    # the evaluator puts the base weights back after scoring a delta
+    assert all(torch.equal(p, base_before[n]) for n, p in ev.model.named_parameters())
+    # at alpha 1 the weights are the merged model's
+    apply_delta(ev.model, delta, alpha=1.0)
+    merged = {n.replace(".base_layer", ""): p for n, p in update.model.named_parameters() if "lora_" not in n}
+    assert all(torch.allclose(p, merged[n], atol=1e-6) for n, p in ev.model.named_parameters())

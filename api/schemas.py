@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from saft_service.allowed_models import check_model
-from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod
+from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod, stored_spec
 from saft_service.limits import LimitError, check_json_value, check_name
 from saft_service.settings import get_settings
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask
@@ -166,7 +166,7 @@ class JobPublic(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
-        spec = JobSpec.model_validate(job.spec)
+        spec = stored_spec(job.spec)  # trusted: validated when it was submitted
         ckpt: Checkpoint | None = job.checkpoint
         return cls(
             id=job.id,

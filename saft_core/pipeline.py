@@ -196,5 +196,5 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     return FinetuneResult(
         checkpoint_path=ckpt, mask_path=mask_path,
         mask=mask.summary(num_params) if mask else None, evaluations=evaluations,
-        classes=train_set.class_names, base_sha256=loaded.sha256, metrics=metrics,
+        classes=train_set.class_names, base_sha256=loaded.sha256, model=loaded.spec, metrics=metrics,
     )

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .config import ModelSpec
 from .errors import Cancelled
 
 STAGES: tuple[str, ...] = ("loading", "scoring", "masking", "training", "evaluating", "saving")
@@ -86,7 +87,8 @@ class MaskSummary:
 
 @dataclass
 class FinetuneResult:
-    """What a finished run produced. Paths point at files written atomically."""
+    """What a finished run produced. Paths point at files written atomically. ``model`` is the base model as the
+    core resolved it (``pretrained`` "default" becomes the model's tag), the one the checkpoint applies to."""
 
     checkpoint_path: Path
     mask_path: Path | None
@@ -94,4 +96,5 @@ class FinetuneResult:
     evaluations: list[EvalScore]
     classes: list[str]
     base_sha256: str
+    model: ModelSpec
     metrics: dict[str, float] = field(default_factory=dict)

@@ -14,6 +14,10 @@ grad, autograd computes their dense gradients and ``after_backward`` gathers k v
 same ``delta.grad``; the rest of the step (clipping, AdamW, the schedule, the weight writes) is shared.
 
 ``DenseUpdate`` trains every parameter in place (conventional fine-tuning) through the same loop.
+
+The loop knows a method only through the ``Update`` protocol below (SAFT's ``SparseUpdate``, ``DenseUpdate``,
+the benchmark's LoRA), so a new way of choosing what trains is a class, not an edit of ``train``. A method whose
+run can be snapshotted and resumed also gives its trainable state (``ResumableUpdate``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import math
 from collections.abc import Iterable, Sized
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +37,40 @@ from .results import Callbacks, Progress
 from .snapshot import Snapshots, TrainState, rng_state, set_rng_state
 from .sparse_grad import SparseGradEngine
 from .zeroshot import Prompts, clip_logits
+
+
+@runtime_checkable
+class Update(Protocol):
+    """What ``train`` asks of a method, in the order of one step."""
+
+    def trainable(self) -> list[torch.Tensor]:
+        """The tensors the optimizer steps (and whose gradients are clipped); the same list on every call."""
+        ...
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """Entered around each forward pass (e.g. the sparse gradient engine); a null context when not needed."""
+        ...
+
+    def after_backward(self) -> None:
+        """Called after ``loss.backward()``, before clipping: leave the gradients of ``trainable()`` ready."""
+        ...
+
+    def after_step(self) -> None:
+        """Called after the optimizer step: write what the trainable state means into the model's weights."""
+        ...
+
+
+@runtime_checkable
+class ResumableUpdate(Update, Protocol):
+    """An ``Update`` whose trainable state can be saved in a snapshot and restored (``train`` with snapshots)."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The trainable state, on the CPU."""
+        ...
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``state()`` and write the weights it gives."""
+        ...
 
 
 class SparseUpdate:
@@ -182,7 +221,7 @@ def train(
     model: torch.nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     prompts: Prompts,
-    update: SparseUpdate | DenseUpdate,
+    update: Update,
     cfg: TrainConfig,
     *,
     device: torch.device,
@@ -192,8 +231,10 @@ def train(
     """Run ``cfg.epochs`` epochs of cross-entropy on zero-shot logits; the text tower stays in the graph.
 
     With ``snapshots``, the state is saved every ``snapshots.interval_s`` seconds and after the last step, and a
-    saved state of the same configuration is resumed: the result is the uninterrupted run's (see snapshot.py).
+    saved state of the same configuration is resumed: the result is the uninterrupted run's (see snapshot.py);
+    that needs a ``ResumableUpdate`` (a TypeError otherwise, before any step).
     """
+    resumable = _resumable(update, snapshots)
     cb = callbacks or Callbacks()
     steps_per_epoch = len(loader) if isinstance(loader, Sized) else 0
     total = cfg.epochs * steps_per_epoch
@@ -208,8 +249,9 @@ def train(
     start_epoch, skip = 0, 0
     resumed = snapshots.load() if snapshots else None
     if resumed is not None:
+        assert resumable is not None  # checked by _resumable: snapshots come with a resumable update
         # 0) resume: the trainable and optimizer state, then the epoch's random state (see snapshot.py)
-        update.load_state(resumed.update)
+        resumable.load_state(resumed.update)
         opt.load_state_dict(resumed.optimizer)
         sched.load_state_dict(resumed.scheduler)
         step, first, start_epoch, skip = resumed.step, resumed.first_loss, resumed.epoch, resumed.batches_done
@@ -249,13 +291,22 @@ def train(
             last = float(loss.detach())
             first = last if step == 1 else first
             epoch_losses.append(last)
-            if snapshots is not None and snapshots.due(last_step=step == total):
+            if snapshots is not None and resumable is not None and snapshots.due(last_step=step == total):
                 snapshots.save(TrainState(
                     step=step, epoch=epoch, batches_done=batch_index + 1, first_loss=first,
-                    epoch_losses=list(epoch_losses), update=update.state(), optimizer=opt.state_dict(),
+                    epoch_losses=list(epoch_losses), update=resumable.state(), optimizer=opt.state_dict(),
                     scheduler=sched.state_dict(), epoch_rng=epoch_rng, rng=rng_state(None),
                 ))
             cb.on_progress(Progress("training", step, total, loss=last, lr=lr))
     model.eval()
     mean_last = sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
     return TrainStats(steps=step, first_loss=first, last_loss=last, mean_last_epoch_loss=mean_last)
+
+
+def _resumable(update: Update, snapshots: Snapshots | None) -> ResumableUpdate | None:
+    """``update`` as a ``ResumableUpdate`` when the run takes snapshots (None when it does not)."""
+    if snapshots is None:
+        return None
+    if not isinstance(update, ResumableUpdate):
+        raise TypeError(f"{type(update).__name__} has no state()/load_state(), so its run cannot be snapshotted")
+    return update

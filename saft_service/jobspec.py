@@ -1,10 +1,17 @@
 """What a job request says, validated once (pydantic, mirroring the core's ranges), and its mapping onto the
 core's ``FinetuneConfig``. The API validates requests with ``JobSpec``; the worker maps the stored spec with
 ``to_finetune_config``. Both go through here, so the two cannot disagree.
+
+Validate on write, trust on read: a request is validated when it is submitted; a stored spec is read back with
+``stored_spec``, which does not validate it again. Ranges change between versions, and a job stored under an
+older, wider range must still list, read and classify; whether it can still run is the core's to say when the
+worker maps it (``to_finetune_config`` raises ``ConfigError``, the job fails with ``invalid_config``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from copy import deepcopy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -121,6 +128,19 @@ class JobSpec(BaseModel):
         # The core's own validation is the last word; run it here so a request it would refuse is a 422.
         to_finetune_config(self, train_dir=Path("."), eval_dirs={})
         return self
+
+
+def stored_spec(raw: Mapping[str, Any]) -> JobSpec:
+    """The spec of a stored job (``Job.spec``), trusted: built without validation (see the module docstring).
+
+    Fields added since the job was stored take their defaults; fields since removed are ignored.
+    """
+    values = deepcopy(dict(raw))  # the caller's row keeps its own lists and dicts
+    method = values.get("method") or {}
+    method_type = FullMethod if method.get("type") == "full" else SaftMethod
+    values["method"] = method_type.model_construct(**method)
+    values["hyperparameters"] = Hyperparameters.model_construct(**(values.get("hyperparameters") or {}))
+    return JobSpec.model_construct(**values)
 
 
 def to_finetune_config(

@@ -1,5 +1,8 @@
 """Job submission: one function that the API route calls (and anything else that submits jobs).
 
+The request arrives validated (``JobSpec``: ranges, templates, model); this is where it is checked against the
+store (the datasets are this tenant's, the tenant's quota) and stored with the datasets it uses.
+
 The row first, then the message (a transactional outbox): a job is committed ``queued`` before its message is
 sent, and a message the broker does not take now is sent by the reaper once the broker is back, so a job is
 never lost between the two and never fails because the queue blinked.
@@ -18,7 +21,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import jobs
+from . import job_datasets, jobs
+from .jobspec import JobSpec
 from .queue import QueueUnavailable, enqueue_job
 from .settings import Settings
 from .tables import Dataset, Job, Tenant
@@ -42,18 +46,15 @@ class QuotaExceeded(SubmissionRefused):
     pass
 
 
-def submit_job(
-    session: Session, settings: Settings, *, tenant: Tenant, dataset_id: str, eval_dataset_ids: list[str],
-    spec: dict[str, Any],
-) -> Job:
-    """Check, store and enqueue a job for ``tenant``; ``spec`` is the validated request as JSON. Commits.
+def submit_job(session: Session, settings: Settings, *, tenant: Tenant, spec: JobSpec) -> Job:
+    """Check, store and enqueue a job for ``tenant``; ``spec`` is the validated request. Commits.
 
     Raises ``DatasetNotFound`` or ``QuotaExceeded`` (nothing stored). The returned job is ``queued``.
     """
     # 1. One submission per tenant at a time from here to the commit (see the module docstring).
     session.execute(update(Tenant).where(Tenant.id == tenant.id).values(name=Tenant.name))
     # 2. Every referenced dataset must be this tenant's.
-    for field, ids in (("dataset_id", [dataset_id]), ("eval_dataset_ids", eval_dataset_ids)):
+    for field, ids in (("dataset_id", [spec.dataset_id]), ("eval_dataset_ids", spec.eval_dataset_ids)):
         for ds_id in ids:
             ds = session.get(Dataset, ds_id)
             if ds is None or ds.tenant_id != tenant.id:
@@ -72,8 +73,11 @@ def submit_job(
             f"this tenant has {active} queued or running jobs, the most allowed (SAFT_MAX_ACTIVE_JOBS); "
             "wait for one to finish or cancel one",
         )
-    # 4. The row (the truth), committed; then the message.
-    job = jobs.create(session, tenant_id=tenant.id, dataset_id=dataset_id, spec=spec)
+    # 4. The row (the truth) and the rows of the datasets it uses, committed together; then the message.
+    job = jobs.create(
+        session, tenant_id=tenant.id, dataset_id=spec.dataset_id, spec=spec.model_dump(mode="json")
+    )
+    job_datasets.record(session, job.id, spec)
     session.commit()
     # From here the job exists: a database error must not turn into an error answer (a client retrying it
     # would make a second job). A message that was not sent is the reaper's to send.

@@ -150,6 +150,24 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),)
 
 
+class JobDataset(Base):
+    """A dataset a job trains or evaluates on, written in the job's own transaction, so that "is this dataset in
+    use?" is a query on this table instead of a read of every job's spec. ``eval_name``: the name an eval set's
+    evaluations are recorded under (``Evaluation.dataset``); None for the training set."""
+
+    __tablename__ = "job_datasets"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(10), primary_key=True)  # TRAIN or EVAL
+    eval_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    TRAIN = "train"
+    EVAL = "eval"
+
+
 class JobEvent(Base):
     """Something that happened to a job: a status or stage change, progress, a message, metrics, an error."""
 

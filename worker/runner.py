@@ -24,23 +24,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from celery.exceptions import SoftTimeLimitExceeded
-from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from saft_core.checkpoint import read_metadata
 from saft_core.config import SnapshotConfig
 from saft_core.errors import Cancelled, SaftError
 from saft_core.results import Callbacks, FinetuneResult, Progress
 from saft_service import jobs
 from saft_service.allowed_models import resolve_pretrained
 from saft_service.db import session_scope
-from saft_service.jobspec import JobSpec, to_finetune_config
+from saft_service.jobspec import JobSpec, stored_spec, to_finetune_config
 from saft_service.settings import Settings, get_settings
 from saft_service.storage import Storage, client_message, is_storage_full, remove_tree, sha256_file
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, Mask, MaskTensor, utcnow
 
-from .failures import STORAGE_FULL, saft_failure
+from .failures import INTERNAL_ERROR, STORAGE_FULL, job_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -218,14 +215,13 @@ def _record_success(
         job = s.get(Job, job_id)
         if job is None:
             raise RuntimeError(f"job {job_id} was deleted while it ran")
-        spec = JobSpec.model_validate(job.spec)
         checkpoint = Checkpoint(
             job_id=job_id,
             path=storage.relative(ckpt),
             sha256=sha256_file(ckpt),
             size_bytes=ckpt.stat().st_size,
-            base_model=spec.model,
-            pretrained=read_metadata(ckpt).get("pretrained", spec.pretrained),  # what the core resolved
+            base_model=result.model.name,
+            pretrained=result.model.pretrained,  # as the core resolved it ("default" -> the model's tag)
             base_sha256=result.base_sha256,
             classes=list(result.classes),
             created_at=utcnow(),
@@ -294,18 +290,10 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
         )
         if job is None:
             return
-        attempt, stored_spec, tenant_id = job.attempts, job.spec, job.tenant_id
+        # The stored request, trusted: it was validated when it was submitted. Whether this version of the core
+        # can still run it is decided when it is mapped onto the core's config (step 2 of ``_run_claimed``).
+        attempt, spec, tenant_id = job.attempts, stored_spec(job.spec), job.tenant_id
     job_dir = storage.job_dir(job_id)
-    # 2. The stored request (validated when it was written; a worker of another version may still refuse it:
-    # that ends the job instead of failing the message for ever).
-    try:
-        spec = JobSpec.model_validate(stored_spec)
-    except ValidationError as e:
-        where = ".".join(str(p) for p in e.errors()[0]["loc"]) if e.errors() else "request"
-        _end(job_id, attempt, job_dir, settings, "invalid_config",
-             f"this worker cannot read the job's request ({where}: {e.errors()[0]['msg'] if e.errors() else e}); "
-             "submit it again")
-        return
     ids = [spec.dataset_id, *spec.eval_dataset_ids]
     with session_scope(settings) as s:
         rows = {d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == tenant_id)}
@@ -343,8 +331,8 @@ def _run_claimed(
             device=settings.device,
             workers=settings.data_workers,
         )
-    except SaftError as e:
-        end(e.code, e.message)
+    except SaftError as e:  # a range the core has tightened since the job was stored: invalid_config
+        end(*job_failure(e, spec, time_limit_s=settings.job_time_limit))
         return
     cfg = replace(
         cfg,
@@ -362,37 +350,16 @@ def _run_claimed(
         from saft_core.pipeline import finetune
 
         result = finetune(cfg, out_dir, reporter.callbacks())
-    except Cancelled:
-        if heartbeat.lost:  # another attempt (or a cancel of a lost job) owns the row and the job dir now
-            remove_tree(out_dir)
-            return
-        end("cancelled", "cancelled by request")
-        return
-    except SoftTimeLimitExceeded:
-        end(
-            "time_limit",
-            f"the job ran longer than the {settings.job_time_limit} s limit; use fewer epochs or a smaller dataset",
-        )
-        return
-    except SaftError as e:
-        end(*saft_failure(e, spec))
-        return
-    except MemoryError:
-        end("out_of_memory", "the worker ran out of memory; lower batch_size")
-        return
     except Exception as e:
-        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
-            end("out_of_memory", "the GPU ran out of memory; lower batch_size or scoring_batch_size")
+        if isinstance(e, Cancelled) and heartbeat.lost:
+            remove_tree(out_dir)  # another attempt (or a cancel of a lost job) owns the row and the job dir now
             return
-        if is_storage_full(e):
-            log.error("job %s: the storage is full (%s)", job_id, e)
-            end(*STORAGE_FULL)
-            return
-        log.exception("job %s crashed", job_id)
-        end(
-            "internal_error",
-            f"unexpected error in the worker ({type(e).__name__}); please report it with the job id",
-        )
+        code, message = job_failure(e, spec, time_limit_s=settings.job_time_limit)
+        if code == INTERNAL_ERROR:
+            log.exception("job %s crashed", job_id)
+        elif not isinstance(e, Cancelled):
+            log.error("job %s failed (%s): %s", job_id, code, e)  # the full error, paths included, stays here
+        end(code, message)
         return
     # 4. Record the outcome in one transaction (retried while the database is down).
     try:
@@ -409,7 +376,7 @@ def _run_claimed(
     except Exception as e:
         log.exception("job %s: could not record its result", job_id)
         end(*(STORAGE_FULL if is_storage_full(e) else (
-            "internal_error", "could not store the job's result; please report it with the job id")))
+            INTERNAL_ERROR, "could not store the job's result; please report it with the job id")))
         return
     if not owned:
         remove_tree(out_dir)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from saft_core.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
 from saft_service.allowed_models import check_model, resolve_pretrained
 from saft_service.jobs import JobStatus
-from saft_service.jobspec import JobSpec
+from saft_service.jobspec import stored_spec
 from saft_service.limits import ID_PATTERN, LimitError
 from saft_service.tables import Job
 
@@ -72,7 +72,7 @@ def classify(
             raise ProblemError(
                 409, "job_not_succeeded", f"job {job_id} is {job.status}; classify needs a succeeded job"
             )
-        spec = JobSpec.model_validate(job.spec)
+        spec = stored_spec(job.spec)
         model_spec = ModelSpec(name=spec.model, pretrained=spec.pretrained)
         checkpoint, sha = storage.absolute(job.checkpoint.path), job.checkpoint.sha256
         if label_list is None:

@@ -10,11 +10,10 @@ from sqlalchemy import select
 
 from saft_core.data import load_dataset
 from saft_core.errors import DataError
-from saft_service.jobs import ACTIVE
-from saft_service.jobspec import JobSpec
+from saft_service.job_datasets import active_job_using
 from saft_service.limits import NO_CONTROL_CHARACTERS
 from saft_service.storage import is_storage_full, redact_paths, remove_tree
-from saft_service.tables import Dataset, Job, new_id, utcnow
+from saft_service.tables import Dataset, new_id, utcnow
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
 from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
@@ -132,15 +131,9 @@ def get_dataset(dataset: TenantDataset) -> DatasetPublic:
 )
 def delete_dataset(dataset: TenantDataset, session: SessionDep, storage: StorageDep) -> Response:
     """Refused (409 dataset_in_use) while a queued or running job trains or evaluates on it."""
-    active = session.scalars(
-        select(Job).where(Job.tenant_id == dataset.tenant_id, Job.status.in_([s.value for s in ACTIVE]))
-    )
-    for job in active:
-        spec = JobSpec.model_validate(job.spec)
-        if dataset.id == spec.dataset_id or dataset.id in spec.eval_dataset_ids:
-            raise ProblemError(
-                409, "dataset_in_use", f"job {job.id} ({job.status}) uses this dataset; cancel it first"
-            )
+    job = active_job_using(session, dataset.id)
+    if job is not None:
+        raise ProblemError(409, "dataset_in_use", f"job {job.id} ({job.status}) uses this dataset; cancel it first")
     path = storage.absolute(dataset.path)
     session.delete(dataset)
     session.commit()

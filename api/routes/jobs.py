@@ -35,7 +35,6 @@ from ..schemas import (
     JobsPublic,
     MaskPublic,
 )
-from .models import known_model
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES, route_class=IdempotentRoute)
@@ -58,15 +57,8 @@ def create_job(
 
     The job is stored before it is sent to the queue: if the queue is down it stays `queued` (an event says so)
     and is sent when the queue is back. Past the tenant's quota of active jobs: 429 with `Retry-After`."""
-    if not known_model(body.model):
-        raise ProblemError(
-            422, "unknown_model", f"model: {body.model!r} is not a known model; see GET /v1/models"
-        )
     try:
-        job = submit_job(
-            session, settings, tenant=tenant, dataset_id=body.dataset_id,
-            eval_dataset_ids=list(body.eval_dataset_ids), spec=body.model_dump(mode="json"),
-        )
+        job = submit_job(session, settings, tenant=tenant, spec=body)
     except QuotaExceeded as e:
         raise ProblemError(429, e.code, e.message, headers={"Retry-After": "30"}) from e
     except SubmissionRefused as e:

@@ -23,11 +23,6 @@ def _models() -> ModelsPublic:
     return ModelsPublic(default=DEFAULT_MODEL, data=data)
 
 
-def known_model(name: str) -> bool:
-    """Whether ``name`` is an architecture open_clip knows (or an hf-hub name, checked when loaded)."""
-    return name.startswith("hf-hub:") or any(m.name == name for m in _models().data)
-
-
 @router.get("", response_model=ModelsPublic, summary="List base models")
 def list_models(_: CurrentTenant) -> ModelsPublic:
     """Architectures with their pretrained tags. `local` models work offline; the default is listed first."""

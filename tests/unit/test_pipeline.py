@@ -114,6 +114,8 @@ def test_checkpoint_file_format(run):
     for key in ("base_model", "pretrained", "base_sha256", "ratio", "k", "classes", "templates", "created_at"):
         assert key in meta
     assert meta["base_model"] == "saft-tiny" and meta["pretrained"] == "none"
+    # the result says which base the checkpoint applies to, as the file does (no need to read it back)
+    assert result.model == ModelSpec("saft-tiny", None, init_seed=0)
     assert int(meta["k"]) == result.mask.k and float(meta["ratio"]) == 0.001
     with safe_open(str(result.checkpoint_path), framework="pt") as f:
         keys = list(f.keys())

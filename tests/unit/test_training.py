@@ -1,6 +1,9 @@
+import contextlib
+
 import pytest
 import torch
 
+from benchmarks.shift import LoraUpdate
 from saft_core.config import ScoringConfig, TrainConfig
 from saft_core.data import load_dataset, make_loader
 from saft_core.errors import Cancelled
@@ -8,7 +11,8 @@ from saft_core.masking import Mask, select_topk
 from saft_core.models import load_model
 from saft_core.results import Callbacks
 from saft_core.scoring import eligible_parameters, score_parameters
-from saft_core.training import SparseUpdate, train, warmup_cosine
+from saft_core.snapshot import Snapshots
+from saft_core.training import DenseUpdate, ResumableUpdate, SparseUpdate, Update, train, warmup_cosine
 from saft_core.zeroshot import Prompts, build_head
 
 from .conftest import tiny_config
@@ -81,6 +85,55 @@ def test_progress_and_cancellation(setup):
               callbacks=Callbacks(should_cancel=lambda: len(seen) >= 8, on_progress=seen.append))
     assert len(seen) == 8
     update.set_weights(False)
+
+
+def test_saft_full_and_lora_implement_the_update_protocol():
+    assert issubclass(SparseUpdate, ResumableUpdate) and issubclass(DenseUpdate, ResumableUpdate)
+    assert issubclass(LoraUpdate, Update)
+    assert not issubclass(LoraUpdate, ResumableUpdate)  # the benchmark never snapshots its LoRA runs
+    assert not issubclass(Mask, Update)
+
+
+class LogitScaleOnly:
+    """The smallest method: train the logit scale alone, counting what the loop calls."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.scale = model.logit_scale.requires_grad_(True)
+        self.calls = {"forward_context": 0, "after_backward": 0, "after_step": 0}
+
+    def trainable(self) -> list[torch.Tensor]:
+        return [self.scale]
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        self.calls["forward_context"] += 1
+        return contextlib.nullcontext()
+
+    def after_backward(self) -> None:
+        self.calls["after_backward"] += 1
+        assert self.scale.grad is not None  # ready for clipping
+
+    def after_step(self) -> None:
+        self.calls["after_step"] += 1
+
+
+def test_train_drives_any_update_through_the_protocol(setup, tmp_path):
+    cfg, _, ds, prompts = setup
+    loaded = load_model(cfg.model, "cpu")  # its own model: this test changes what trains
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    update = LogitScaleOnly(loaded.model)
+    assert isinstance(update, Update) and not isinstance(update, ResumableUpdate)
+    loader = make_loader(ds, loaded.preprocess_eval, 8, shuffle=True)
+    stats = train(loaded.model, loader, prompts, update, TrainConfig(epochs=1, batch_size=8, learning_rate=0.1),
+                  device=loaded.device)
+    assert stats.steps == 3 and update.calls == dict.fromkeys(update.calls, 3)
+    changed = {n for n, p in loaded.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"logit_scale"}
+    with pytest.raises(TypeError, match="LogitScaleOnly has no state"):  # snapshots need the trainable state
+        train(loaded.model, loader, prompts, update, TrainConfig(epochs=1), device=loaded.device,
+              snapshots=Snapshots(tmp_path, "run", 0.0))
+    assert update.calls["after_step"] == 3  # refused before any step
 
 
 def test_warmup_cosine_schedule():

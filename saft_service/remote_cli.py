@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from saft_core.cli import add_model_options, add_training_options, subparsers
+from saft_core.cli import Subcommands, add_model_options, add_training_options
 
 if TYPE_CHECKING:
     from saft_client import Client, Job, JobEvent
@@ -305,16 +305,15 @@ def _connection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
-def _add(sub: argparse._SubParsersAction, name: str, func: Callable[..., int], help: str) -> argparse.ArgumentParser:
+def _add(sub: Subcommands, name: str, func: Callable[..., int], help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     _connection(p)
     p.set_defaults(func=_remote(func))
     return p
 
 
-def add_remote_commands(parser: argparse.ArgumentParser) -> None:
-    """Add ``datasets`` and ``jobs`` (commands against a running service) to the ``saft`` parser."""
-    sub = subparsers(parser)
+def register(sub: Subcommands) -> None:
+    """Add ``datasets`` and ``jobs`` (commands against a running service) to the ``saft`` parser's sub-commands."""
 
     p = sub.add_parser("datasets", help="datasets on a SAFT service (upload, list, show, delete)")
     ds = p.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")

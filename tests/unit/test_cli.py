@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def saft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "saft_service.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "saft_cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from saft_core.cli import Subcommands, add_model_options, add_training_options
+from saft_core.config import TrainConfig
+from saft_core.flags import config_values
 
 if TYPE_CHECKING:
     from saft_client import Client, Job, JobEvent
@@ -189,19 +191,14 @@ def cmd_datasets_delete(args: argparse.Namespace, client: Client) -> int:
 # ---------------------------------------------------------------------------------------------- jobs
 def job_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``saft finetune`` options of ``args`` as ``client.jobs.create`` keywords (the same meaning: a grad
-    clip of 0 disables it, the scoring batch defaults to the training batch)."""
+    clip of 0 disables it, the scoring batch defaults to the training batch). The training loop's options are
+    ``TrainConfig``'s fields by name, as in the job spec's ``hyperparameters``."""
     opts: dict[str, Any] = {
         "model": args.model,
         "pretrained": args.pretrained,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "weight_decay": args.weight_decay,
-        "warmup_steps": args.warmup_steps,
+        **config_values(args, TrainConfig, skip=("method", "ratio", "grad_clip")),
         "grad_clip": args.grad_clip if args.grad_clip > 0 else None,
-        "seed": args.seed,
         "shots": args.shots,
-        "augment": args.augment,
         "scoring_batch_size": args.score_batch_size or args.batch_size,
         "validation_fraction": args.validation_fraction,
     }

@@ -129,3 +129,16 @@ def test_bounds_in_words(bounds, words):
 def test_nan_is_outside_every_bound():
     assert bound_error(float("nan"), {"gt": 0.0}) is not None
     assert bound_error(0.5, {"gt": 0.0, "lt": 1.0}) is None
+
+
+def test_jobs_create_sends_every_training_option():
+    """``saft jobs create`` sends what ``saft finetune`` would run, the grad engine included."""
+    from saft_cli.main import build_parser
+    from saft_service.remote_cli import job_options
+
+    args = build_parser().parse_args(["jobs", "create", "--dataset", "d", "--grad-engine", "dense", "--lr", "0.01",
+                                      "--grad-clip", "0", "--towers", "image"])
+    opts = job_options(args)
+    assert opts["grad_engine"] == "dense" and opts["learning_rate"] == 0.01 and opts["grad_clip"] is None
+    assert opts["towers"] == "image" and opts["scoring_batch_size"] == opts["batch_size"] == 32
+    assert {o.name for o in options(TrainConfig)} - {"method", "grad_clip"} <= set(opts)

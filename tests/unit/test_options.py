@@ -142,3 +142,16 @@ def test_jobs_create_sends_every_training_option():
     assert opts["grad_engine"] == "dense" and opts["learning_rate"] == 0.01 and opts["grad_clip"] is None
     assert opts["towers"] == "image" and opts["scoring_batch_size"] == opts["batch_size"] == 32
     assert {o.name for o in options(TrainConfig)} - {"method", "grad_clip"} <= set(opts)
+
+
+def test_the_openapi_document_shows_the_cores_help(tmp_path):
+    from api.main import create_app
+    from saft_service.settings import Settings
+
+    schemas = create_app(Settings(data_dir=tmp_path)).openapi()["components"]["schemas"]
+    for o in options(TrainConfig):
+        if o.name in Hyperparameters.model_fields:
+            prop = schemas["Hyperparameters"]["properties"][o.name]
+            assert prop["description"] == o.help and prop["default"] == o.default
+    ratio = schemas["SaftMethod"]["properties"]["ratio"]
+    assert (ratio["exclusiveMinimum"], ratio["exclusiveMaximum"]) == (0.0, 1.0)

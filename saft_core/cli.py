@@ -302,19 +302,21 @@ _TRAIN_BY_HAND = ("grad_clip",)
 _SCORING_BY_HAND = ("batch_size",)
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
+def add_training_options(p: argparse.ArgumentParser, *, check_bounds: bool = True) -> None:
     """The method, hyper-parameter and data-split options of a fine-tuning run, from the config dataclasses:
-    ``saft finetune`` runs them locally, ``saft jobs create`` sends them to the service."""
-    add_options(p, TrainConfig, skip=_TRAIN_BY_HAND)
+    ``saft finetune`` runs them locally and checks their bounds while parsing; ``saft jobs create`` sends them
+    to the service, which judges them (``check_bounds=False``)."""
+    check = {"check_bounds": check_bounds}
+    add_options(p, TrainConfig, skip=_TRAIN_BY_HAND, **check)
     grad_clip = option_of(TrainConfig, "grad_clip")
     p.add_argument("--grad-clip", type=float, default=grad_clip.default,
                    help=f"{grad_clip.help.split(';')[0]}; 0 disables (default {grad_clip.default})")
-    add_option(p, option_of(DataConfig, "shots"))
-    add_option(p, option_of(DataConfig, "validation_fraction"))
+    add_option(p, option_of(DataConfig, "shots"), **check)
+    add_option(p, option_of(DataConfig, "validation_fraction"), **check)
     p.add_argument("--template", action="append", help=option_of(DataConfig, "templates").help + " Repeatable.")
-    add_options(p, ScoringConfig, skip=_SCORING_BY_HAND)
+    add_options(p, ScoringConfig, skip=_SCORING_BY_HAND, **check)
     score_batch = option_of(ScoringConfig, "batch_size")
-    add_option(p, replace(score_batch, default=None, help=f"{score_batch.help} Default: --batch-size."))
+    add_option(p, replace(score_batch, default=None, help=f"{score_batch.help} Default: --batch-size."), **check)
 
 
 # ---------------------------------------------------------------------------------------------- parser

@@ -16,8 +16,8 @@ from typing import Any
 from .options import Option, bound_error, options
 
 
-def _parser(o: Option) -> Callable[[str], Any]:
-    """The argparse ``type`` of option ``o``: convert, then check the bounds."""
+def _parser(o: Option, check_bounds: bool) -> Callable[[str], Any]:
+    """The argparse ``type`` of option ``o``: convert, then check the bounds (unless ``check_bounds`` is off)."""
 
     def parse(text: str) -> Any:
         try:
@@ -25,7 +25,7 @@ def _parser(o: Option) -> Callable[[str], Any]:
         except ValueError:
             kind = "a whole number" if o.base is int else "a number"
             raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
-        if o.bounds and (why := bound_error(value, o.bounds)):
+        if check_bounds and o.bounds and (why := bound_error(value, o.bounds)):
             raise argparse.ArgumentTypeError(why)
         return value
 
@@ -40,9 +40,10 @@ def _help(o: Option, default: Any) -> str:
     return f"{text} (default {default})"
 
 
-def add_option(parser: argparse.ArgumentParser, o: Option) -> None:
+def add_option(parser: argparse.ArgumentParser, o: Option, *, check_bounds: bool = True) -> None:
     """Add option ``o`` as a flag. A bool that defaults to False is a switch; a Literal is a choice; a number
-    is parsed and bounds-checked."""
+    is parsed and bounds-checked. ``check_bounds=False`` leaves the bounds to whoever receives the value (the
+    service, for the remote commands: its ranges are those of the core it runs, not of this one)."""
     default = None if o.default is MISSING else o.default
     flag = o.flag
     if o.base is bool:
@@ -52,18 +53,20 @@ def add_option(parser: argparse.ArgumentParser, o: Option) -> None:
     elif o.choices is not None:
         parser.add_argument(flag, dest=o.dest, choices=list(o.choices), default=default, help=_help(o, default))
     elif o.base in (int, float):
-        parser.add_argument(flag, dest=o.dest, type=_parser(o), default=default, help=_help(o, default))
+        parser.add_argument(flag, dest=o.dest, type=_parser(o, check_bounds), default=default, help=_help(o, default))
     elif o.base is str:
         parser.add_argument(flag, dest=o.dest, default=default, help=_help(o, default))
     else:
         raise TypeError(f"{o.name}: no flag for a field of type {o.type}; add it by hand")
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str] = ()) -> None:
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str] = (), check_bounds: bool = True
+) -> None:
     """Add every option of dataclass ``cls`` except those in ``skip`` (added by hand: special meanings)."""
     for o in options(cls):
         if o.name not in skip:
-            add_option(parser, o)
+            add_option(parser, o, check_bounds=check_bounds)
 
 
 def config_values(args: argparse.Namespace, cls: type, *, skip: Iterable[str] = ()) -> dict[str, Any]:

@@ -331,7 +331,7 @@ def register(sub: Subcommands) -> None:
     j.add_argument("--dataset", required=True, help="training dataset id (from `saft datasets upload`)")
     j.add_argument("--eval-dataset", action="append", default=[], metavar="ID", help="evaluation dataset id (repeatable)")
     add_model_options(j)
-    add_training_options(j)
+    add_training_options(j, check_bounds=False)  # the service judges them, with the ranges of its own core
     j.add_argument("--metadata", help="a JSON object stored with the job and echoed back")
     j.add_argument("--follow", action="store_true", help="then follow it as `saft jobs follow` does")
     j.add_argument("--quiet", action="store_true", help="with --follow: no progress bar")

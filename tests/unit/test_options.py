@@ -155,3 +155,14 @@ def test_the_openapi_document_shows_the_cores_help(tmp_path):
             assert prop["description"] == o.help and prop["default"] == o.default
     ratio = schemas["SaftMethod"]["properties"]["ratio"]
     assert (ratio["exclusiveMinimum"], ratio["exclusiveMaximum"]) == (0.0, 1.0)
+
+
+def test_jobs_create_leaves_the_bounds_to_the_service():
+    """The remote command parses types only: the service's core, not this one, decides the ranges."""
+    from saft_cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["jobs", "create", "--dataset", "d", "--batch-size", "0"])
+    assert args.batch_size == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["finetune", "--train", "x", "--out", "y", "--batch-size", "0"])

@@ -30,6 +30,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 ## All tests: lint, unit tier, service tier (needs Postgres and Redis; see README).
 test: $(STAMP) lint

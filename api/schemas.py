@@ -22,7 +22,8 @@ class DatasetPublic(BaseModel):
     id: str
     name: str
     status: Literal["ready"] = Field(
-        description="Uploads are checked before they are stored: always 'ready'."
+        description="Always 'ready': an upload is checked in full before it is stored, so a stored dataset has "
+        "no other state. The field stays so that clients that read it keep working."
     )
     num_images: int
     classes: list[str] = Field(description="Class folder names, sorted; a job's labels come from these.")

@@ -1,7 +1,10 @@
-"""The ``saft`` command line: finetune, classify, evaluate, apply, synth.
+"""The core's commands of ``saft``: finetune, classify, evaluate, apply, synth, world.
 
-Human output goes to stdout, progress bars to stderr; ``--json`` prints one JSON object as the last line.
-Errors a user can fix exit with status 2 and a one-line message; a cancelled run exits 130.
+``register(sub)`` adds them to a ``saft`` parser (the ``saft_cli`` package composes them with the service's);
+``main()`` runs them alone, without the service installed. The fine-tuning flags come from the config
+dataclasses (``flags.py``). Human output goes to stdout, progress bars to stderr; ``--json`` prints one JSON
+object as the last line. Errors a user can fix exit with status 2 and a one-line message; a cancelled run
+exits 130.
 """
 
 from __future__ import annotations
@@ -13,25 +16,31 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .config import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATES,
-    GRAD_ENGINES,
     DataConfig,
     FinetuneConfig,
     ModelSpec,
     ScoringConfig,
     TrainConfig,
-    field_help,
 )
 from .errors import Cancelled, SaftError
+from .flags import add_option, add_options, config_values
+from .options import option_of
 
 log = logging.getLogger("saft")
+
+
+class Subcommands(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as a layer that adds its commands needs it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -70,14 +79,12 @@ class _Bars:
 def add_model_options(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
     """--model and --pretrained: the base model (shared by the local commands and ``saft jobs create``)."""
     p.add_argument("--model", default=default_model, help=f"open_clip architecture or hf-hub:NAME (default {default_model})")
-    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                   help="pretrained tag, local weights file, 'none' (random init) or 'default' (the model's "
-                        "default tag: 'world' for saft-tiny)")
+    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help=option_of(ModelSpec, "pretrained").help)
 
 
 def _model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
     add_model_options(p, default_model=default_model)
-    p.add_argument("--init-seed", type=int, default=0, help="seed of the random init when --pretrained none")
+    add_option(p, option_of(ModelSpec, "init_seed"))
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
 
 
@@ -92,16 +99,6 @@ def _base_spec(args: argparse.Namespace, delta: Any) -> ModelSpec:
 
 def _templates(values: list[str] | None) -> tuple[str, ...]:
     return tuple(values) if values else DEFAULT_TEMPLATES
-
-
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _emit_json(obj: Any) -> None:
@@ -133,15 +130,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             workers=args.workers,
         ),
         train=TrainConfig(
-            method=args.method, ratio=args.ratio, epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-            grad_clip=args.grad_clip if args.grad_clip > 0 else None, seed=args.seed, augment=args.augment,
-            grad_engine=args.grad_engine,
+            **config_values(args, TrainConfig, skip=_TRAIN_BY_HAND),
+            grad_clip=args.grad_clip if args.grad_clip > 0 else None,
         ),
         scoring=ScoringConfig(
-            batch_size=args.score_batch_size or args.batch_size, reduction=args.score_reduction,
-            towers=args.towers, exclude_embeddings=args.exclude_embeddings, exclude_norms=args.exclude_norms,
-            exclude_biases=args.exclude_biases,
+            **config_values(args, ScoringConfig, skip=_SCORING_BY_HAND),
+            batch_size=args.score_batch_size or args.batch_size,
         ),
         device=args.device,
         evaluate_zero_shot=not args.no_zero_shot,
@@ -302,38 +296,40 @@ def cmd_world_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
-    """The method, hyper-parameter and data-split options of a fine-tuning run, declared once: ``saft finetune``
-    runs them locally, ``saft jobs create`` sends them to the service."""
-    p.add_argument("--method", choices=["saft", "full"], default="saft")
-    p.add_argument("--grad-engine", choices=list(GRAD_ENGINES), default=TrainConfig.grad_engine,
-                   help=field_help(TrainConfig, "grad_engine"))
-    p.add_argument("--ratio", type=float, default=0.001, help="fraction of parameters SAFT trains (default 0.001)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shots", type=int, default=None, help="k images per class (seeded)")
-    p.add_argument("--validation-fraction", type=float, default=0.0)
-    p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
-    p.add_argument("--augment", action="store_true", help="open_clip's training augmentation")
-    p.add_argument("--score-batch-size", type=int, default=None, help="scoring batch size (default: --batch-size)")
-    p.add_argument("--score-reduction", choices=["abs", "abs_sum", "squared"], default="abs")
-    p.add_argument("--towers", choices=["all", "image", "text"], default="all")
-    p.add_argument("--exclude-embeddings", action="store_true")
-    p.add_argument("--exclude-norms", action="store_true")
-    p.add_argument("--exclude-biases", action="store_true")
+# Options whose flag means something other than the field: a grad clip of 0 disables it (the config says None);
+# the scoring batch defaults to the training batch.
+_TRAIN_BY_HAND = ("grad_clip",)
+_SCORING_BY_HAND = ("batch_size",)
+
+
+def add_training_options(p: argparse.ArgumentParser, *, check_bounds: bool = True) -> None:
+    """The method, hyper-parameter and data-split options of a fine-tuning run, from the config dataclasses:
+    ``saft finetune`` runs them locally and checks their bounds while parsing; ``saft jobs create`` sends them
+    to the service, which judges them (``check_bounds=False``)."""
+    check = {"check_bounds": check_bounds}
+    add_options(p, TrainConfig, skip=_TRAIN_BY_HAND, **check)
+    grad_clip = option_of(TrainConfig, "grad_clip")
+    p.add_argument("--grad-clip", type=float, default=grad_clip.default,
+                   help=f"{grad_clip.help.split(';')[0]}; 0 disables (default {grad_clip.default})")
+    add_option(p, option_of(DataConfig, "shots"), **check)
+    add_option(p, option_of(DataConfig, "validation_fraction"), **check)
+    p.add_argument("--template", action="append", help=option_of(DataConfig, "templates").help + " Repeatable.")
+    add_options(p, ScoringConfig, skip=_SCORING_BY_HAND, **check)
+    score_batch = option_of(ScoringConfig, "batch_size")
+    add_option(p, replace(score_batch, default=None, help=f"{score_batch.help} Default: --batch-size."), **check)
 
 
 # ---------------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def new_parser() -> tuple[argparse.ArgumentParser, Subcommands]:
+    """The bare ``saft`` parser (``-v``) and the sub-command set each layer adds its commands to."""
     parser = argparse.ArgumentParser(prog="saft", description="Robust fine-tuning of CLIP models with SAFT.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, sub
 
+
+def register(sub: Subcommands) -> None:
+    """Add the core's commands (finetune, classify, evaluate, apply, synth, world) to ``sub``."""
     p = sub.add_parser("finetune", help="fine-tune a CLIP model with SAFT (or fully) and write a delta checkpoint")
     _model_args(p)
     p.add_argument("--train", required=True, help="ImageFolder directory or CSV manifest (path,label)")
@@ -341,8 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
     p.add_argument("--mask-out", help="mask file (default: OUT with .mask.safetensors)")
     add_training_options(p)
-    p.add_argument("--workers", type=_workers, default=0,
-                   help="data-loader worker processes for image transforms (default 0: in the main process)")
+    add_option(p, option_of(DataConfig, "workers"))
     p.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot baseline evaluation")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -365,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--data", required=True, help="ImageFolder directory or CSV manifest")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=_workers, default=0, help="data-loader worker processes (default 0)")
+    add_option(p, option_of(DataConfig, "workers"))
     p.add_argument("--template", action="append")
     p.add_argument("--json", action="store_true", help="print one JSON object (with top1) as the last line")
     p.add_argument("--quiet", action="store_true")
@@ -399,12 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--shifted", action="store_true", help="shifted generation parameters (a 'V2' resample)")
     w.add_argument("--size", type=int, default=64, help="image side in pixels")
     w.set_defaults(func=cmd_world_render)
-    return parser
-
-
-def subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
-    """The sub-command action of ``parser``, for callers that add commands (the service adds serve, ...)."""
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
@@ -424,7 +413,10 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser(), argv)
+    """The core's commands alone (``python -m saft_core.cli``); the ``saft`` command adds the service's."""
+    parser, sub = new_parser()
+    register(sub)
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from PIL import Image
 
 from .checkpoint import SparseDelta, apply_delta, load_delta
 from .config import DEFAULT_TEMPLATES, ModelSpec, check_template
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .models import LoadedModel, load_model
 from .zeroshot import build_head, clip_logits
 
@@ -103,6 +103,3 @@ class Classifier:
             [(labels[int(i)], float(v)) for v, i in zip(vs, ix, strict=True)]
             for vs, ix in zip(values, indices, strict=True)
         ]
-
-
-__all__ = ["Classifier", "CheckpointError"]

@@ -42,7 +42,6 @@ _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 __all__ = [
-    "DEFAULT_MODEL",
     "LoadedModel",
     "available_models",
     "is_architecture",

@@ -1,11 +1,20 @@
-"""What a job request says, validated once (pydantic, mirroring the core's ranges), and its mapping onto the
-core's ``FinetuneConfig``. The API validates requests with ``JobSpec``; the worker maps the stored spec with
-``to_finetune_config``. Both go through here, so the two cannot disagree.
+"""What a job request says, validated once, and its mapping onto the core's ``FinetuneConfig``. The API
+validates requests with ``JobSpec``; the worker maps the stored spec with ``to_finetune_config``. Both go
+through here, so the two cannot disagree.
 
 Validate on write, trust on read: a request is validated when it is submitted; a stored spec is read back with
 ``stored_spec``, which does not validate it again. Ranges change between versions, and a job stored under an
 older, wider range must still list, read and classify; whether it can still run is the core's to say when the
 worker maps it (``to_finetune_config`` raises ``ConfigError``, the job fails with ``invalid_config``).
+
+Every field that is an option of the core takes its type, default, bounds and help text from the core's config
+dataclasses (``core_fields.py``): a new field of ``TrainConfig`` is a new hyper-parameter, of ``ScoringConfig``
+a new field of the SAFT method, with no edit here. Where each option sits in the JSON:
+
+    method (type "saft")   TrainConfig.ratio; ScoringConfig but batch_size (reduction -> score_reduction)
+    hyperparameters        TrainConfig but method and ratio; DataConfig.shots;
+                           ScoringConfig.batch_size -> scoring_batch_size
+    top level              ModelSpec.name -> model, .pretrained; DataConfig.validation_fraction, .templates
 """
 
 from __future__ import annotations
@@ -15,11 +24,9 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from saft_core.config import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATES,
     DataConfig,
     FinetuneConfig,
@@ -27,54 +34,53 @@ from saft_core.config import (
     ScoringConfig,
     TrainConfig,
     check_template,
-    field_help,
 )
+from saft_core.options import option_of
 
+from .core_fields import core_field, core_fields, field_of
 from .limits import ID_PATTERN
 
+# Options that sit elsewhere than their dataclass says (see the module docstring).
+_TRAIN_NOT_HYPERPARAMETERS = ("method", "ratio")  # method: the ``method.type`` union; ratio: SAFT's own
+_SCORING_NOT_METHOD = ("batch_size",)  # a hyper-parameter, named scoring_batch_size
+_SCORING_RENAMED = {"reduction": "score_reduction"}
 
-class SaftMethod(BaseModel):
-    """Sparse fine-tuning: train the ``ratio`` fraction of parameters with the largest gradient scores."""
 
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _SaftMethodBase(_Section):
     type: Literal["saft"] = "saft"
-    ratio: float = Field(0.001, gt=0.0, lt=1.0, description="Fraction of eligible parameters to fine-tune.")
-    towers: Literal["all", "image", "text"] = Field("all", description="Which towers are eligible.")
-    exclude_embeddings: bool = False
-    exclude_norms: bool = False
-    exclude_biases: bool = False
-    score_reduction: Literal["abs", "abs_sum", "squared"] = Field(
-        "abs", description="How scores sum over batches."
-    )
+    ratio: float = core_field(TrainConfig, "ratio")
 
 
-class FullMethod(BaseModel):
+SaftMethod = create_model(
+    "SaftMethod",
+    __base__=_SaftMethodBase,
+    __doc__="Sparse fine-tuning: train the ``ratio`` fraction of parameters with the largest gradient scores.",
+    __module__=__name__,
+    **core_fields(ScoringConfig, skip=_SCORING_NOT_METHOD, rename=_SCORING_RENAMED),
+)
+
+
+class FullMethod(_Section):
     """Full fine-tuning of every parameter (the baseline SAFT is compared with)."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["full"] = "full"
 
 
 Method = Annotated[SaftMethod | FullMethod, Field(discriminator="type")]
 
-
-class Hyperparameters(BaseModel):
-    """The training loop. Defaults are the core's."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    epochs: int = Field(10, ge=1, le=1000)
-    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
-    batch_size: int = Field(32, ge=1, le=4096)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
-    warmup_steps: int = Field(0, ge=0, le=1_000_000)
-    grad_clip: float | None = Field(1.0, gt=0.0, description="Global gradient-norm clip; null disables.")
-    augment: bool = False
-    shots: int | None = Field(None, ge=1, le=100_000, description="Keep k images per class; null keeps all.")
-    scoring_batch_size: int = Field(32, ge=1, le=4096)
-    grad_engine: Literal["sparse", "dense"] = Field(
-        TrainConfig.grad_engine, description=field_help(TrainConfig, "grad_engine")
-    )
+Hyperparameters = create_model(
+    "Hyperparameters",
+    __base__=_Section,
+    __doc__="The training loop. Defaults, ranges and help texts are the core's.",
+    __module__=__name__,
+    **core_fields(TrainConfig, skip=_TRAIN_NOT_HYPERPARAMETERS),
+    shots=(int | None, core_field(DataConfig, "shots")),
+    scoring_batch_size=(int, field_of(option_of(ScoringConfig, "batch_size"))),
+)
 
 
 class JobSpec(BaseModel):
@@ -83,26 +89,22 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     dataset_id: str = Field(..., min_length=1, max_length=40, pattern=ID_PATTERN, description="Training dataset.")
-    model: str = Field(
-        DEFAULT_MODEL, min_length=1, max_length=200, description="Base model (see GET /v1/models)."
-    )
-    pretrained: str | None = Field(
-        DEFAULT_PRETRAINED,
+    model: str = core_field(ModelSpec, "name", note="See GET /v1/models.", min_length=1, max_length=200)
+    pretrained: str | None = core_field(
+        ModelSpec, "pretrained", note="A weights file is named relative to the workers' SAFT_MODELS_DIR.",
         max_length=500,
-        description="Weights: a pretrained tag of the model or a weights file on the workers; omitted: the "
-        "model's default weights; 'none' or null: a seeded random init.",
     )
     method: Method = Field(default_factory=SaftMethod)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     eval_dataset_ids: list[Annotated[str, Field(min_length=1, max_length=40, pattern=ID_PATTERN)]] = Field(
         default_factory=list, max_length=16, description="Extra evaluation sets."
     )
-    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Held-out fraction of each class.")
+    validation_fraction: float = core_field(DataConfig, "validation_fraction")
     templates: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TEMPLATES),
         min_length=1,
-        description="Prompt templates: plain text with exactly one '{}' where the class name goes (no other "
-        "brace is interpreted). Count and length are limited (SAFT_MAX_TEMPLATES, SAFT_MAX_TEMPLATE_CHARS).",
+        description=f"{option_of(DataConfig, 'templates').help} No other brace is interpreted. Count and length "
+        "are limited (SAFT_MAX_TEMPLATES, SAFT_MAX_TEMPLATE_CHARS).",
     )
     metadata: dict[str, Any] = Field(
         default_factory=dict,
@@ -154,6 +156,14 @@ def to_finetune_config(
     hp = spec.hyperparameters
     method = spec.method
     is_saft = isinstance(method, SaftMethod)
+    # Every hyper-parameter that is a TrainConfig field by name; the method's fields are ScoringConfig's.
+    train = {name: getattr(hp, name) for name in TrainConfig.__dataclass_fields__ if name in type(hp).model_fields}
+    scoring = (
+        {name: getattr(method, _SCORING_RENAMED.get(name, name)) for name in ScoringConfig.__dataclass_fields__
+         if name not in _SCORING_NOT_METHOD}
+        if is_saft
+        else {}
+    )
     return FinetuneConfig(
         model=ModelSpec(name=spec.model, pretrained=spec.pretrained),
         data=DataConfig(
@@ -165,26 +175,9 @@ def to_finetune_config(
             workers=workers,
         ),
         train=TrainConfig(
-            method="saft" if is_saft else "full",
-            ratio=method.ratio if is_saft else TrainConfig.ratio,
-            epochs=hp.epochs,
-            batch_size=hp.batch_size,
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            warmup_steps=hp.warmup_steps,
-            grad_clip=hp.grad_clip,
-            seed=hp.seed,
-            augment=hp.augment,
-            grad_engine=hp.grad_engine,
+            method="saft" if is_saft else "full", ratio=method.ratio if is_saft else TrainConfig.ratio, **train
         ),
-        scoring=ScoringConfig(
-            batch_size=hp.scoring_batch_size,
-            reduction=method.score_reduction if is_saft else "abs",
-            towers=method.towers if is_saft else "all",
-            exclude_embeddings=method.exclude_embeddings if is_saft else False,
-            exclude_norms=method.exclude_norms if is_saft else False,
-            exclude_biases=method.exclude_biases if is_saft else False,
-        ),
+        scoring=ScoringConfig(batch_size=hp.scoring_batch_size, **scoring),
         device=device,
         evaluate_zero_shot=True,
     )

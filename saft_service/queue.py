@@ -29,10 +29,6 @@ class QueueUnavailable(Exception):
     """The broker could not take the message."""
 
 
-def broker_url(settings: Settings) -> str:
-    return settings.celery_broker_url
-
-
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from ``settings`` (no tasks registered: the worker adds them)."""
     if settings.embedded_broker:
@@ -40,7 +36,7 @@ def make_celery(settings: Settings) -> Celery:
         transport_options: dict[str, object] = {"connect_args": {"timeout": 30}}
     else:
         transport_options = {"visibility_timeout": settings.visibility_timeout}
-    app = Celery("saft", broker=broker_url(settings), set_as_current=False)
+    app = Celery("saft", broker=settings.celery_broker_url, set_as_current=False)
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
@@ -119,7 +115,7 @@ def _job_id_of(payload: str | bytes) -> str | None:
 def pending_job_ids(settings: Settings) -> set[str] | None:
     """Job ids of the messages waiting in the broker's queue, or None for a broker this cannot inspect.
     Raises when the broker cannot be reached."""
-    url = broker_url(settings)
+    url = settings.celery_broker_url
     if url.startswith(("redis://", "rediss://", "unix://")):
         import redis
 

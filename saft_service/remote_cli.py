@@ -22,7 +22,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from saft_core.cli import add_model_options, add_training_options, subparsers
+from saft_core.cli import Subcommands, add_model_options, add_training_options
+from saft_core.config import TrainConfig
+from saft_core.flags import config_values
 
 if TYPE_CHECKING:
     from saft_client import Client, Job, JobEvent
@@ -189,19 +191,14 @@ def cmd_datasets_delete(args: argparse.Namespace, client: Client) -> int:
 # ---------------------------------------------------------------------------------------------- jobs
 def job_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``saft finetune`` options of ``args`` as ``client.jobs.create`` keywords (the same meaning: a grad
-    clip of 0 disables it, the scoring batch defaults to the training batch)."""
+    clip of 0 disables it, the scoring batch defaults to the training batch). The training loop's options are
+    ``TrainConfig``'s fields by name, as in the job spec's ``hyperparameters``."""
     opts: dict[str, Any] = {
         "model": args.model,
         "pretrained": args.pretrained,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "weight_decay": args.weight_decay,
-        "warmup_steps": args.warmup_steps,
+        **config_values(args, TrainConfig, skip=("method", "ratio", "grad_clip")),
         "grad_clip": args.grad_clip if args.grad_clip > 0 else None,
-        "seed": args.seed,
         "shots": args.shots,
-        "augment": args.augment,
         "scoring_batch_size": args.score_batch_size or args.batch_size,
         "validation_fraction": args.validation_fraction,
     }
@@ -305,16 +302,15 @@ def _connection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
-def _add(sub: argparse._SubParsersAction, name: str, func: Callable[..., int], help: str) -> argparse.ArgumentParser:
+def _add(sub: Subcommands, name: str, func: Callable[..., int], help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     _connection(p)
     p.set_defaults(func=_remote(func))
     return p
 
 
-def add_remote_commands(parser: argparse.ArgumentParser) -> None:
-    """Add ``datasets`` and ``jobs`` (commands against a running service) to the ``saft`` parser."""
-    sub = subparsers(parser)
+def register(sub: Subcommands) -> None:
+    """Add ``datasets`` and ``jobs`` (commands against a running service) to the ``saft`` parser's sub-commands."""
 
     p = sub.add_parser("datasets", help="datasets on a SAFT service (upload, list, show, delete)")
     ds = p.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
@@ -335,7 +331,7 @@ def add_remote_commands(parser: argparse.ArgumentParser) -> None:
     j.add_argument("--dataset", required=True, help="training dataset id (from `saft datasets upload`)")
     j.add_argument("--eval-dataset", action="append", default=[], metavar="ID", help="evaluation dataset id (repeatable)")
     add_model_options(j)
-    add_training_options(j)
+    add_training_options(j, check_bounds=False)  # the service judges them, with the ranges of its own core
     j.add_argument("--metadata", help="a JSON object stored with the job and echoed back")
     j.add_argument("--follow", action="store_true", help="then follow it as `saft jobs follow` does")
     j.add_argument("--quiet", action="store_true", help="with --follow: no progress bar")

@@ -69,7 +69,7 @@ def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def saft(*args: str) -> list[str]:
-    return [sys.executable, "-m", "saft_service.cli", *args]
+    return [sys.executable, "-m", "saft_cli", *args]
 
 
 def children(pid: int) -> list[int]:

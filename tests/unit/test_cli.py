@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def saft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "saft_service.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "saft_cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 
@@ -108,9 +108,9 @@ def test_zero_shot_classify_needs_labels(shapes_eval_dir):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--ratio", "1.5"], "ratio must be in (0, 1)"),
+        (["--ratio", "1.5"], "argument --ratio: must be in (0, 1), got 1.5"),
         (["--model", "nope-model"], "unknown model 'nope-model'"),
-        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--epochs", "0"], "argument --epochs: must be in [1, 1000], got 0"),
         (["--workers", "-1"], "argument --workers: must be >= 0, got -1"),
     ],
 )

@@ -58,12 +58,12 @@ def test_render_image_folder_loads_as_dataset(tmp_path):
 
 
 def test_world_cli(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "saft_service.cli", "world", "domains"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "saft_cli", "world", "domains"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.split() == list(world.DOMAINS)
-    r = subprocess.run([sys.executable, "-m", "saft_service.cli", "world", "render", "--domain", "sketch",
+    r = subprocess.run([sys.executable, "-m", "saft_cli", "world", "render", "--domain", "sketch",
                         "--per-class", "1", "--seed", "2", "--out", str(tmp_path / "s")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == sorted(world.CLASSES)
-    r = subprocess.run([sys.executable, "-m", "saft_service.cli", "world", "render", "--domain", "oil",
+    r = subprocess.run([sys.executable, "-m", "saft_cli", "world", "render", "--domain", "oil",
                         "--per-class", "1", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown domain 'oil'" in r.stderr

@@ -1,0 +1,30 @@
+"""One ``saft`` parser from every layer's commands, in the order ``saft --help`` lists them."""
+
+from __future__ import annotations
+
+import argparse
+
+import api.cli
+import saft_core.cli
+import saft_service.cli
+import saft_service.remote_cli
+import worker.cli
+
+from . import serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``saft`` parser: the core's commands, then the service's, the API's, the worker's and ``serve``."""
+    parser, sub = saft_core.cli.new_parser()
+    saft_core.cli.register(sub)
+    serve.register(sub)
+    api.cli.register(sub)
+    worker.cli.register(sub)
+    saft_service.cli.register(sub)
+    saft_service.remote_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``saft`` with ``argv`` (default: the process's arguments); the exit status."""
+    return saft_core.cli.run(build_parser(), argv)

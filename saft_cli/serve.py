@@ -1,0 +1,136 @@
+"""``saft serve``: the whole service in one command, the API in this process and one worker beside it.
+
+It composes the API and the worker, so it lives here, above both (they never import each other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+from saft_core.cli import Subcommands
+from saft_service.cli import safe_url, settings_from_env
+from worker.cli import POOLS
+
+if TYPE_CHECKING:
+    from saft_service.settings import Settings
+
+log = logging.getLogger("saft_cli.serve")
+
+DEFAULT_TENANT = "default"
+
+
+def _print_banner(settings: Settings, host: str, port: int, key: str | None) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{port}"
+    where = (
+        f"embedded default (SQLite for the store and the queue, under {settings.resolved_data_dir})"
+        if settings.embedded_database and settings.embedded_broker
+        else f"database {safe_url(settings.sqlalchemy_url)}, broker {safe_url(settings.celery_broker_url)}"
+    )
+    print(f"SAFT service on the {where}", flush=True)
+    print(f"Console: {url}/console", flush=True)
+    print(f"OpenAPI docs: {url}/docs", flush=True)
+    if key is None:
+        print(
+            f"Tenant '{DEFAULT_TENANT}' already has a key (keys are shown once); "
+            f"make another with: saft keys create --tenant {DEFAULT_TENANT}",
+            flush=True,
+        )
+    else:
+        print(f"API key (tenant '{DEFAULT_TENANT}', shown once): {key}", flush=True)
+    print(f"URL: {url}", flush=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop the worker: TERM to its main process (Celery's warm shutdown lets a running job finish), then,
+    after ``grace`` seconds, KILL its whole process group. A job cut off that way goes back to the queue at
+    the next ``saft serve`` and resumes from its last snapshot (see ``jobs.recover_after_restart``)."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        log.warning("worker did not stop within %.0f s; killing it", grace)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+    from saft_service import db, jobs, keys
+    from saft_service.submission import send
+
+    settings = settings_from_env()
+    # 1. Schema, a key for the default tenant, and jobs a previous run left behind.
+    db.upgrade(settings)
+    with db.session_scope(settings) as session:
+        key = None
+        if args.new_key or not keys.tenant_has_keys(session, DEFAULT_TENANT):
+            _, key = keys.create_key(session, tenant_name=DEFAULT_TENANT)
+        queued = jobs.recover_after_restart(session, max_attempts=settings.max_attempts)
+    # 2. One worker process (its own process group, so stopping it also stops its pool child).
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "saft_cli", "worker", "--pool", args.pool],
+        start_new_session=True,
+        stdout=sys.stderr,  # keep stdout for the banner (URL and key)
+    )
+    for job_id in queued:
+        with db.session_scope(settings) as session:
+            send(session, settings, job_id)
+    # 3. The API in this process; if the worker dies, the service stops rather than queueing forever.
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_config=None)
+    server = uvicorn.Server(config)
+
+    def watch() -> None:
+        code = worker.wait()
+        if not server.should_exit:
+            log.error("the worker exited (code %s); stopping the service", code)
+            server.should_exit = True
+
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` still stops
+    # the worker (SIGINT already arrives as KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _print_banner(settings, args.host, args.port, key)
+    try:
+        server.run()
+    finally:
+        server.should_exit = True
+        _stop(worker, grace=args.stop_grace)
+    return 0 if worker.returncode in (0, -signal.SIGTERM, None) else 1
+
+
+def register(sub: Subcommands) -> None:
+    """Add ``serve`` to the ``saft`` parser's sub-commands."""
+    p = sub.add_parser(
+        "serve", help="run the web service: the API and one worker (embedded default: no servers)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--new-key", action="store_true", help="print a new key for tenant 'default' even if one exists"
+    )
+    p.add_argument(
+        "--pool",
+        choices=POOLS,
+        default="prefork",
+        help="worker pool: prefork runs each job in a child process (default)",
+    )
+    p.add_argument("--stop-grace", type=float, default=30.0, help="seconds the worker gets to stop on exit")
+    p.set_defaults(func=cmd_serve)

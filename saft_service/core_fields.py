@@ -1,0 +1,38 @@
+"""Pydantic fields from the core's options: the type, default, bounds and help text of a job-spec field are
+the config dataclass field's (``saft_core.options``), so the API, the CLI and the core cannot disagree and a
+new option of the core is a new job-spec field with no edit here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING
+from typing import Any
+
+from pydantic import Field
+from pydantic.fields import FieldInfo
+
+from saft_core.options import Option, option_of, options
+
+
+def field_of(o: Option, *, note: str = "", **constraints: Any) -> FieldInfo:
+    """A pydantic ``Field`` with ``o``'s default, bounds and help; ``note`` is appended to the help and
+    ``constraints`` (e.g. ``max_length``) are the service's own limits on top of the core's."""
+    kwargs = {"description": f"{o.help} {note}".strip(), **o.bounds, **constraints}
+    if o.default_factory is not MISSING:
+        return Field(default_factory=o.default_factory, **kwargs)
+    if o.default is MISSING:
+        return Field(**kwargs)
+    return Field(o.default, **kwargs)
+
+
+def core_field(cls: type, name: str, *, note: str = "", **constraints: Any) -> Any:
+    """``field_of`` the option ``name`` of config dataclass ``cls`` (typed ``Any`` to sit after an annotation)."""
+    return field_of(option_of(cls, name), note=note, **constraints)
+
+
+def core_fields(cls: type, *, skip: tuple[str, ...] = (), rename: dict[str, str] | None = None
+                ) -> dict[str, tuple[Any, FieldInfo]]:
+    """Every option of ``cls`` but ``skip`` as ``create_model`` field definitions ``name: (type, Field)``,
+    in declaration order; ``rename`` maps a field's name to its name in the job spec."""
+    rename = rename or {}
+    return {rename.get(o.name, o.name): (o.type, field_of(o)) for o in options(cls) if o.name not in skip}

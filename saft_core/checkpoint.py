@@ -3,7 +3,8 @@
 Delta file: for every parameter tensor P with selected entries, ``P:idx`` (int64, ascending flat indices into
 P) and ``P:delta`` (float32, fine-tuned minus pre-trained value at those indices). Header metadata (str->str):
 ``format=saft-sparse-delta``, ``format_version``, ``base_model``, ``pretrained``, ``base_sha256``, ``ratio``,
-``k``, ``classes`` (JSON list), ``templates`` (JSON list), ``created_at`` (ISO 8601, UTC).
+``k``, ``classes`` (JSON list), ``templates`` (JSON list), ``created_at`` (ISO 8601, UTC); when the run had a
+validation split, ``recommended_alpha`` and ``alpha_rule`` (the rule that chose it, see frontier.py).
 Applying it: ``P.view(-1)[idx] += alpha * delta``; alpha=1 is the fine-tuned model, 0 the base.
 
 Extension for the full fine-tuning baseline: a ``P:delta`` without ``P:idx`` is a dense delta of P's shape
@@ -28,6 +29,7 @@ from safetensors.torch import save_file
 
 from .config import ModelSpec
 from .errors import CheckpointError
+from .frontier import RULE
 
 DELTA_FORMAT = "saft-sparse-delta"
 MASK_FORMAT = "saft-mask"
@@ -48,8 +50,12 @@ def checkpoint_metadata(
     templates: list[str],
     method: str = "saft",
     init_seed: int = 0,
+    recommended_alpha: float | None = None,
 ) -> dict[str, str]:
     """The header metadata of a delta (or mask) file; every value is a string, as safetensors requires."""
+    recommendation = {} if recommended_alpha is None else {
+        "recommended_alpha": repr(float(recommended_alpha)), "alpha_rule": RULE,
+    }
     return {
         "format_version": FORMAT_VERSION,
         "base_model": base_model,
@@ -62,6 +68,7 @@ def checkpoint_metadata(
         "method": method,
         # a random-init base (pretrained none) is only reproducible with its seed
         **({"init_seed": str(init_seed)} if pretrained is None else {}),
+        **recommendation,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -139,6 +146,17 @@ class SparseDelta:
         pre = self.metadata.get("pretrained", "none")
         return ModelSpec(self.metadata.get("base_model", ""), None if pre == "none" else pre,
                          init_seed=int(self.metadata.get("init_seed", "0")))
+
+    @property
+    def recommended_alpha(self) -> float | None:
+        """The alpha the run recommended on its validation split; None when it had none."""
+        value = self.metadata.get("recommended_alpha")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise CheckpointError(f"the checkpoint's recommended_alpha is not a number: {value[:40]!r}") from None
 
     @property
     def num_entries(self) -> int:

@@ -30,8 +30,9 @@ from .config import (
     ScoringConfig,
     TrainConfig,
 )
-from .errors import Cancelled, SaftError
+from .errors import Cancelled, ConfigError, SaftError
 from .flags import add_option, add_options, config_values
+from .frontier import DEFAULT_ALPHA, RECOMMENDED, RULE, AlphaChoice, parse_alpha, resolve_alpha
 from .options import option_of
 
 log = logging.getLogger("saft")
@@ -101,6 +102,13 @@ def _templates(values: list[str] | None) -> tuple[str, ...]:
     return tuple(values) if values else DEFAULT_TEMPLATES
 
 
+def _alpha(text: str) -> AlphaChoice:
+    try:
+        return parse_alpha(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _emit_json(obj: Any) -> None:
     print(json.dumps(obj, default=str))
 
@@ -162,6 +170,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "base_sha256": result.base_sha256,
         "k": result.mask.k if result.mask else None,
         "evaluations": [asdict(e) for e in result.evaluations],
+        "recommended_alpha": result.recommended_alpha,
+        "alpha_rule": RULE if result.recommended_alpha is not None else None,
         "metrics": result.metrics,
         "timings": {f"{s}_s": result.metrics.get(f"seconds_{s}", 0.0)
                     for s in ("scoring", "masking", "training", "evaluating")},
@@ -178,9 +188,26 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             print(f"selected k={result.mask.k:,} of {result.mask.num_eligible:,} entries "
                   f"in {sum(t.selected > 0 for t in result.mask.tensors)} tensors; mask: {mask_out}")
         print(f"training loss {m['train_loss_first']:.4f} -> {m['train_loss_last']:.4f} over {int(m['train_steps'])} steps")
-        for e in result.evaluations:
-            print(f"{e.dataset:>16} {e.model:>10}: top1 {e.top1:6.1%}  top5 {e.top5:6.1%}  (n={e.n})")
+        print(frontier_table(result.evaluations, result.recommended_alpha))
     return 0
+
+
+def frontier_table(evaluations: list[Any], recommended: float | None) -> str:
+    """Top-1 per dataset (rows) and alpha (columns; 0 is zero-shot, 1 fine-tuned), the recommended alpha
+    starred, and a line that says what it is."""
+    alphas = sorted({e.alpha for e in evaluations})
+    top1 = {(e.dataset, e.alpha): e.top1 for e in evaluations}
+    n = {e.dataset: e.n for e in evaluations}
+    width = max([len("top-1 at alpha"), *(len(d) for d in n)])
+    head = "".join(f"{f'{a:g}' + ('*' if a == recommended else ''):>8}" for a in alphas)
+    lines = [f"{'top-1 at alpha':<{width}}{head}"]
+    for d in n:
+        cells = "".join(f"{top1[(d, a)]:>8.1%}" if (d, a) in top1 else f"{'':>8}" for a in alphas)
+        lines.append(f"{d:<{width}}{cells}  (n={n[d]})")
+    if recommended is not None:
+        lines.append(f"* recommended alpha {recommended:g} ({RULE} rule on the validation split; "
+                     f"use it with --alpha {RECOMMENDED})")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- classify
@@ -203,7 +230,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     rows = [{"image": str(p), "predictions": [{"label": lab, "score": s} for lab, s in r]}
             for p, r in zip(args.images, results, strict=True)]
     if args.json:
-        _emit_json({"results": rows})
+        _emit_json({"alpha": clf.alpha if clf.delta is not None else None, "results": rows})
     else:
         for row in rows:
             preds = ", ".join(f"{p['label']} {p['score']:.3f}" for p in row["predictions"])
@@ -217,11 +244,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluation import evaluate_dataset
     from .models import load_model
+    from .results import variant_at
 
     delta = load_delta(args.checkpoint) if args.checkpoint else None
     loaded = load_model(_base_spec(args, delta), args.device)
+    alpha = resolve_alpha(args.alpha, delta.recommended_alpha) if delta is not None else 0.0
     if delta is not None:
-        apply_delta(loaded.model, delta, alpha=args.alpha, base_sha256=loaded.sha256)
+        apply_delta(loaded.model, delta, alpha=alpha, base_sha256=loaded.sha256)
     templates = args.template or (delta.templates if delta and delta.templates else list(DEFAULT_TEMPLATES))
     dataset = load_dataset(args.data)
     bars = _Bars(not args.quiet)
@@ -229,7 +258,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         score = evaluate_dataset(
-            loaded, dataset, name=Path(args.data).name, variant="fine-tuned" if delta else "zero-shot",
+            loaded, dataset, name=Path(args.data).name, variant=variant_at(alpha), alpha=alpha,
             templates=templates, batch_size=args.batch_size, callbacks=Callbacks(on_progress=bars.progress),
             workers=args.workers,
         )
@@ -252,12 +281,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     delta = load_delta(args.checkpoint)
     spec = _base_spec(args, delta)
     loaded = load_model(spec, "cpu")
-    apply_delta(loaded.model, delta, alpha=args.alpha, base_sha256=loaded.sha256)
+    alpha = resolve_alpha(args.alpha, delta.recommended_alpha)
+    apply_delta(loaded.model, delta, alpha=alpha, base_sha256=loaded.sha256)
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in loaded.model.state_dict().items()}
     meta = {"format": "open_clip-state-dict", "base_model": spec.name, "source_checkpoint": Path(args.checkpoint).name,
-            "alpha": repr(args.alpha), "classes": delta.metadata.get("classes", "[]")}
+            "alpha": repr(alpha), "classes": delta.metadata.get("classes", "[]")}
     save_weights(args.out, state, meta)
-    print(f"wrote {args.out}: {spec.name} with the delta applied at alpha={args.alpha} "
+    print(f"wrote {args.out}: {spec.name} with the delta applied at alpha={alpha:g} "
           f"(load it with --model {spec.name} --pretrained {args.out})")
     return 0
 
@@ -346,7 +376,9 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("classify", help="classify images zero-shot or with a checkpoint")
     _model_args(p, default_model=None)
     p.add_argument("--checkpoint", help="delta checkpoint; its base model and classes are the defaults")
-    p.add_argument("--alpha", type=float, default=1.0, help="0 = base, 1 = fine-tuned, between = interpolation")
+    p.add_argument("--alpha", type=_alpha, default=DEFAULT_ALPHA,
+                   help=f"0 = base, 1 = fine-tuned, between = interpolation, '{RECOMMENDED}' = the checkpoint's "
+                        f"recommended alpha (1 when it has none); default {DEFAULT_ALPHA}")
     p.add_argument("--labels", help="comma-separated labels (default: the checkpoint's classes)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--template", action="append")
@@ -357,7 +389,9 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder")
     _model_args(p, default_model=None)
     p.add_argument("--checkpoint")
-    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--alpha", type=_alpha, default=1.0,
+                   help=f"0 = base, 1 = fine-tuned (default), between = interpolation, '{RECOMMENDED}' = the "
+                        "checkpoint's recommended alpha")
     p.add_argument("--data", required=True, help="ImageFolder directory or CSV manifest")
     p.add_argument("--batch-size", type=int, default=64)
     add_option(p, option_of(DataConfig, "workers"))
@@ -369,7 +403,8 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("apply", help="merge a delta checkpoint into its base weights (one safetensors file)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--alpha", type=_alpha, default=DEFAULT_ALPHA,
+                   help=f"as for classify (default {DEFAULT_ALPHA})")
     p.add_argument("--model", default=None, help="override the base model of the checkpoint")
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="with --model: its base weights")
     p.add_argument("--init-seed", type=int, default=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from .errors import ConfigError
 
@@ -46,3 +47,30 @@ def recommend_alpha(top1_by_alpha: Mapping[float, float], n: int) -> float | Non
     se = math.sqrt(best * (1.0 - best) / n)
     # a tolerance for float noise only: an accuracy exactly one standard error below the best qualifies
     return min(a for a, acc in top1_by_alpha.items() if acc >= best - se - 1e-12)
+
+
+# --- choosing the alpha to apply -------------------------------------------------------------------------------
+RECOMMENDED = "recommended"
+AlphaChoice = float | Literal["recommended"]
+# The alpha that classify uses when none is given (core CLI, API, remote CLI). RECOMMENDED would deploy each
+# checkpoint's recommended alpha instead of the fine-tuned end.
+DEFAULT_ALPHA: AlphaChoice = 1.0
+
+
+def resolve_alpha(choice: AlphaChoice, recommended: float | None) -> float:
+    """The alpha to apply: a number as given, or the checkpoint's recommended one (1.0, the fine-tuned model,
+    when the checkpoint has none: it was trained without a validation split)."""
+    if choice == RECOMMENDED:
+        return 1.0 if recommended is None else recommended
+    return check_alphas([choice])[0]  # type: ignore[list-item]
+
+
+def parse_alpha(text: str) -> AlphaChoice:
+    """A command-line alpha: a number in [0, 1] or ``recommended``."""
+    if text.strip().lower() == RECOMMENDED:
+        return RECOMMENDED
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"alpha must be a number in [0, 1] or {RECOMMENDED!r}, got {text!r}") from None
+    return check_alphas([value])[0]

@@ -13,6 +13,7 @@ from PIL import Image
 from .checkpoint import SparseDelta, apply_delta, load_delta
 from .config import DEFAULT_TEMPLATES, ModelSpec, check_template
 from .errors import ConfigError
+from .frontier import DEFAULT_ALPHA, AlphaChoice, resolve_alpha
 from .models import LoadedModel, load_model
 from .zeroshot import build_head, clip_logits
 
@@ -37,14 +38,14 @@ class Classifier:
         cls,
         spec: ModelSpec | None = None,
         checkpoint: str | Path | None = None,
-        alpha: float = 1.0,
+        alpha: AlphaChoice = DEFAULT_ALPHA,
         device: str | None = None,
     ) -> Classifier:
         """Load the base model; with ``checkpoint``, the base comes from its metadata unless ``spec`` is given,
-        and the checkpoint must match the base weights (sha256)."""
-        if not (0.0 <= alpha <= 1.0):
-            raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+        and the checkpoint must match the base weights (sha256). ``alpha`` may be ``"recommended"``: the
+        checkpoint's recommended alpha (1 when it has none); ``Classifier.alpha`` is the one applied."""
         delta = load_delta(checkpoint) if checkpoint is not None else None
+        alpha = resolve_alpha(alpha, delta.recommended_alpha if delta is not None else None)
         if spec is None:
             spec = delta.base_spec() if delta is not None else ModelSpec()
         loaded = load_model(spec, device)

@@ -15,7 +15,8 @@ import torch
 from .checkpoint import checkpoint_metadata, load_mask, read_metadata, save_delta, save_mask
 from .config import FinetuneConfig
 from .data import ImageDataset, load_dataset, make_loader, sample_shots, split_validation
-from .evaluation import evaluate_dataset
+from .evaluation import evaluate_along_alpha
+from .frontier import ALPHA_GRID, recommend_alpha
 from .masking import Mask, select_topk
 from .models import load_model
 from .results import Callbacks, EvalScore, FinetuneResult
@@ -70,6 +71,12 @@ def _save_mask_for_resume(snapshots: Snapshots | None, mask: Mask) -> None:
         save_mask(snapshots.mask_path, mask.indices, meta)
     except OSError as e:
         log.warning("could not save the mask for resuming to %s: %s", snapshots.dir, e)
+
+
+def _recommend(evaluations: list[EvalScore]) -> float | None:
+    """The frontier's rule over the validation rows; None without a validation split."""
+    val = [e for e in evaluations if e.dataset == VALIDATION]
+    return recommend_alpha({e.alpha: e.top1 for e in val}, val[0].n) if val else None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -153,19 +160,17 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         cb.on_message("info", f"sparse gradient engine: {len(engine.fallbacks)} tensors took the dense gradient "
                               f"(op not known to the engine): {', '.join(engine.fallbacks)}")
 
-    # 5) evaluating: fine-tuned, then the base (zero-shot baseline) by switching the weights back
+    # 5) evaluating: the validation split and every eval set along the alpha grid (the robustness frontier),
+    # then the fine-tuned weights back; alpha 0 is the zero-shot baseline
     stage("evaluating")
     sets = ([(VALIDATION, val_set)] if val_set is not None else []) + list(eval_sets.items())
-    evaluations: list[EvalScore] = []
-    variants = [("fine-tuned", True)] + ([("zero-shot", False)] if cfg.evaluate_zero_shot else [])
-    for variant, fine_tuned in variants:
-        update.set_weights(fine_tuned)
-        for name, ds in sets:
-            evaluations.append(evaluate_dataset(
-                loaded, ds, name=name, variant=variant, templates=templates,
-                batch_size=cfg.scoring.batch_size, callbacks=cb, workers=cfg.data.workers,
-            ))
-    update.set_weights(True)
+    alphas = [a for a in ALPHA_GRID if a > 0.0 or cfg.evaluate_zero_shot]
+    evaluations = evaluate_along_alpha(
+        loaded, sets, alphas, update.set_weights, templates=templates, batch_size=cfg.scoring.batch_size,
+        callbacks=cb, workers=cfg.data.workers,
+    )
+    update.set_weights(1.0)
+    recommended = _recommend(evaluations)
 
     # 6) saving (atomic writes: a cancelled or failed run leaves no partial file)
     stage("saving")
@@ -174,6 +179,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         base_model=loaded.spec.name, pretrained=loaded.spec.pretrained, base_sha256=loaded.sha256,
         ratio=cfg.train.ratio if mask else None, k=k, classes=train_set.class_names,
         templates=templates, method=cfg.train.method, init_seed=cfg.model.init_seed,
+        recommended_alpha=recommended,
     )
     mask_path = save_mask(out / MASK_FILE, mask.indices, meta) if mask else None
     ckpt = save_delta(out / CHECKPOINT_FILE, deltas, meta)  # written last: its presence means "complete"
@@ -197,4 +203,5 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         checkpoint_path=ckpt, mask_path=mask_path,
         mask=mask.summary(num_params) if mask else None, evaluations=evaluations,
         classes=train_set.class_names, base_sha256=loaded.sha256, model=loaded.spec, metrics=metrics,
+        recommended_alpha=recommended,
     )

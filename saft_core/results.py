@@ -52,12 +52,26 @@ class Callbacks:
             raise Cancelled()
 
 
+Variant = Literal["zero-shot", "interpolated", "fine-tuned"]
+
+
+def variant_at(alpha: float) -> Variant:
+    """The name of the model at ``alpha``: the two ends keep the names that readers of evaluations know."""
+    if alpha == 0.0:
+        return "zero-shot"
+    return "fine-tuned" if alpha == 1.0 else "interpolated"
+
+
 @dataclass(frozen=True)
 class EvalScore:
-    """Accuracy of one model variant on one dataset. top-5 is top-min(5, num_classes)."""
+    """Accuracy of one model variant on one dataset. top-5 is top-min(5, num_classes).
+
+    ``alpha`` is where the weights were on the way from the base (0, zero-shot) to the fine-tuned model (1):
+    ``base + alpha * delta``."""
 
     dataset: str
-    model: Literal["zero-shot", "fine-tuned"]
+    model: Variant
+    alpha: float
     top1: float
     top5: float
     n: int
@@ -98,3 +112,5 @@ class FinetuneResult:
     base_sha256: str
     model: ModelSpec
     metrics: dict[str, float] = field(default_factory=dict)
+    # the alpha the checkpoint recommends (frontier.recommend_alpha on the validation split); None without one
+    recommended_alpha: float | None = None

@@ -121,11 +121,19 @@ class SparseUpdate:
             p.view(-1)[idx] = (self.base[name] + self.delta[name]).to(p.dtype)
 
     @torch.no_grad()
-    def set_weights(self, fine_tuned: bool) -> None:
-        """Switch the model between the pre-trained (False) and fine-tuned (True) values at the mask."""
+    def set_weights(self, alpha: float) -> None:
+        """Put the masked entries at ``base + alpha * delta``: 0 is the pre-trained model, 1 the fine-tuned one
+        (bitwise the trained weights), and between the values the checkpoint gives when applied at ``alpha``."""
         for name, idx in self.idx.items():
             p = self.params[name]
-            value = self.base[name] + self.delta[name] if fine_tuned else self.base[name]
+            base = self.base[name]
+            if alpha == 1.0:
+                value = base + self.delta[name]  # what after_step wrote
+            elif alpha == 0.0:
+                value = base
+            else:  # the checkpoint's delta is the fine-tuned weight minus base, as deltas() computes it
+                delta = (base + self.delta[name]).to(p.dtype).float() - base
+                value = base + (alpha * delta).to(p.dtype).float()
             p.view(-1)[idx] = value.to(p.dtype)
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -181,15 +189,24 @@ class DenseUpdate:
             p.copy_(state[n].to(p.device))
 
     @torch.no_grad()
-    def set_weights(self, fine_tuned: bool) -> None:
-        if not fine_tuned:
+    def set_weights(self, alpha: float) -> None:
+        """Put every weight at ``base + alpha * (tuned - base)``, as the dense checkpoint applied at ``alpha``
+        gives. Away from alpha 1 the fine-tuned weights are kept in a copy (one model's worth of memory, on
+        the model's device) until alpha 1 puts them back bitwise and frees it."""
+        if alpha == 1.0:
+            if self.tuned is not None:
+                for n, p in self.params.items():
+                    p.copy_(self.tuned[n])
+                self.tuned = None
+            return
+        if self.tuned is None:
             self.tuned = {n: p.detach().clone() for n, p in self.params.items()}
-            for n, p in self.params.items():
+        for n, p in self.params.items():
+            if alpha == 0.0:
                 p.copy_(self.base[n])
-        elif self.tuned is not None:
-            for n, p in self.params.items():
-                p.copy_(self.tuned[n])
-            self.tuned = None
+            else:
+                delta = self.tuned[n].float() - self.base[n].float()
+                p.copy_(self.base[n] + (alpha * delta).to(p.dtype))
 
     @torch.no_grad()
     def deltas(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from benchmarks.shift import LoraUpdate
+from saft_core.checkpoint import SparseDelta, apply_delta
 from saft_core.config import ScoringConfig, TrainConfig
 from saft_core.data import load_dataset, make_loader
 from saft_core.errors import Cancelled
@@ -47,7 +48,7 @@ def test_optimizer_state_exists_only_for_selected_entries(setup, grad_engine):
     state_entries = sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in opt.state.values())
     assert state_entries == 2 * mask.k
     assert all(p.grad is None for p in loaded.model.parameters())  # dense gradients were dropped
-    update.set_weights(False)
+    update.set_weights(0.0)
 
 
 def test_gradients_are_masked_before_clipping(setup):
@@ -66,7 +67,7 @@ def test_gradients_are_masked_before_clipping(setup):
     norm = torch.nn.utils.clip_grad_norm_(update.trainable(), 1e-6)
     torch.testing.assert_close(norm, dense.reshape(-1)[idx].norm())
     assert dense.norm() > norm  # the dense norm would have clipped differently
-    update.set_weights(False)
+    update.set_weights(0.0)
 
 
 def test_progress_and_cancellation(setup):
@@ -84,7 +85,7 @@ def test_progress_and_cancellation(setup):
         train(loaded.model, loader, prompts, update, TrainConfig(epochs=1, batch_size=8), device=loaded.device,
               callbacks=Callbacks(should_cancel=lambda: len(seen) >= 8, on_progress=seen.append))
     assert len(seen) == 8
-    update.set_weights(False)
+    update.set_weights(0.0)
 
 
 def test_saft_full_and_lora_implement_the_update_protocol():
@@ -169,3 +170,40 @@ def test_differentiable_head_equals_open_clip_head(setup):
     with torch.no_grad():
         torch.testing.assert_close(prompts.head(loaded.model),
                                    build_head(loaded.model, loaded.tokenizer, ds.class_names, templates, "cpu"))
+
+
+@pytest.mark.parametrize("method", ["saft", "full"])
+def test_set_weights_walks_the_frontier_and_comes_back_bitwise(shapes_dir, method):
+    """alpha 0 is the base, alpha 1 the trained weights (bitwise, after any detour), and an alpha between is
+    what the saved delta gives when applied to a fresh base at that alpha."""
+    cfg = tiny_config(shapes_dir, train={"method": method, "epochs": 1, "learning_rate": 5e-3})
+    loaded = load_model(cfg.model, "cpu")
+    ds = load_dataset(shapes_dir)
+    prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
+    base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    if method == "saft":
+        scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.scoring,
+                                  device=loaded.device)
+        update = SparseUpdate(loaded.model, select_topk(scores, 0.01))
+    else:
+        update = DenseUpdate(loaded.model)
+    train(loaded.model, make_loader(ds, loaded.preprocess_eval, 8, shuffle=True), prompts, update, cfg.train,
+          device=loaded.device)
+    tuned = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    deltas = update.deltas()
+
+    def bitwise_equal(expected: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(p.detach().view(torch.int32), expected[n].view(torch.int32))
+                   for n, p in loaded.model.named_parameters())
+
+    update.set_weights(0.5)
+    halfway = load_model(cfg.model, "cpu").model
+    apply_delta(halfway, SparseDelta(deltas, {}), alpha=0.5)
+    assert bitwise_equal(dict(halfway.named_parameters()))
+    assert not bitwise_equal(tuned) and not bitwise_equal(base)
+    update.set_weights(0.0)
+    assert bitwise_equal(base)
+    update.set_weights(0.75)
+    update.set_weights(1.0)
+    assert bitwise_equal(tuned)
+    assert getattr(update, "tuned", None) is None  # the dense copy of the fine-tuned weights is freed

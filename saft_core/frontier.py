@@ -70,7 +70,6 @@ def parse_alpha(text: str) -> AlphaChoice:
     if text.strip().lower() == RECOMMENDED:
         return RECOMMENDED
     try:
-        value = float(text)
-    except ValueError:
+        return check_alphas([float(text)])[0]
+    except ValueError:  # not a number, or out of range (ConfigError is a ValueError)
         raise ConfigError(f"alpha must be a number in [0, 1] or {RECOMMENDED!r}, got {text!r}") from None
-    return check_alphas([value])[0]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from saft_core.checkpoint import load_delta, load_mask
+from saft_core.frontier import ALPHA_GRID
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,10 @@ def test_finetune_writes_checkpoint_and_mask_with_progress(finetuned):
     assert out.is_file() and Path(summary["mask"]).is_file()
     assert summary["k"] == sum(i.numel() for i in load_mask(summary["mask"]).values())
     assert load_delta(out).metadata["classes"] == json.dumps(summary["classes"])
-    assert {e["dataset"] for e in summary["evaluations"]} == {"shifted"}
+    assert sorted((e["dataset"], e["alpha"], e["model"]) for e in summary["evaluations"]) == [
+        ("shifted", 0.0, "zero-shot"), ("shifted", 0.25, "interpolated"), ("shifted", 0.5, "interpolated"),
+        ("shifted", 0.75, "interpolated"), ("shifted", 1.0, "fine-tuned")]
+    assert summary["recommended_alpha"] is None and summary["alpha_rule"] is None  # no validation split
     for stage in ("[loading]", "[scoring]", "[masking]", "[training]", "[evaluating]", "[saving]"):
         assert stage in r.stderr
     assert "training:" in r.stderr  # a tqdm bar was drawn
@@ -94,6 +98,31 @@ def test_classify_evaluate_and_apply(finetuned, shapes_eval_dir, tmp_path):
              "--json", "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["top1"] == pytest.approx(ev["top1"])
+
+
+def test_frontier_table_and_classify_at_the_recommended_alpha(finetuned, shapes_dir, shapes_eval_dir, tmp_path):
+    out = tmp_path / "val.safetensors"
+    r = saft("finetune", "--train", str(shapes_dir), "--eval", f"shifted={shapes_eval_dir}", "--validation-fraction",
+             "0.25", "--epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    recommended = load_delta(out).recommended_alpha
+    assert recommended in ALPHA_GRID
+    lines = r.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("top-1 at alpha"))
+    assert lines[header].split()[3:] == [f"{a:g}" + ("*" if a == recommended else "") for a in ALPHA_GRID]
+    for line, name, n in zip(lines[header + 1:header + 3], ("validation", "shifted"), (6, 12), strict=True):
+        cells = line.split()
+        assert cells[0] == name and len(cells) == 7 and cells[-1] == f"(n={n})"
+        assert all(c.endswith("%") and 0 <= float(c[:-1]) <= 100 for c in cells[1:6])
+    assert f"* recommended alpha {recommended:g} (one-standard-error rule" in r.stdout
+
+    image = next((shapes_eval_dir / "red_circle").iterdir())
+    for checkpoint, expected in ((out, recommended), (finetuned[0], 1.0)):  # none recommended: the fine-tuned
+        r = saft("classify", "--checkpoint", str(checkpoint), "--alpha", "recommended", "--json", str(image))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1])["alpha"] == expected
+    r = saft("classify", "--checkpoint", str(out), "--alpha", "1.5", str(image))
+    assert r.returncode == 2 and "alpha must be a number in [0, 1] or 'recommended'" in r.stderr
 
 
 def test_zero_shot_classify_needs_labels(shapes_eval_dir):

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from saft_core.errors import ConfigError
-from saft_core.frontier import ALPHA_GRID, check_alphas, recommend_alpha
+from saft_core.frontier import ALPHA_GRID, RECOMMENDED, check_alphas, parse_alpha, recommend_alpha, resolve_alpha
 
 
 def test_recommends_smallest_alpha_within_one_standard_error():
@@ -38,3 +38,15 @@ def test_check_alphas_sorts_dedupes_and_refuses_out_of_range():
     for bad in ([], [1.5], [-0.1], [float("nan")], ["0.5"]):
         with pytest.raises(ConfigError):
             check_alphas(bad)
+
+
+def test_an_alpha_choice_is_a_number_in_range_or_the_recommended_one():
+    assert parse_alpha("0.25") == 0.25 and parse_alpha(" Recommended ") == RECOMMENDED
+    for bad in ("1.5", "-0.1", "nan", "best", ""):
+        with pytest.raises(ConfigError, match="or 'recommended'"):
+            parse_alpha(bad)
+    assert resolve_alpha(RECOMMENDED, 0.5) == 0.5
+    assert resolve_alpha(RECOMMENDED, None) == 1.0  # trained without a validation split: the fine-tuned model
+    assert resolve_alpha(0.75, 0.5) == 0.75
+    with pytest.raises(ConfigError):
+        resolve_alpha(2.0, 0.5)

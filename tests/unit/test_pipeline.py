@@ -12,6 +12,7 @@ from saft_core.checkpoint import apply_delta, load_delta, load_mask, read_metada
 from saft_core.config import ModelSpec
 from saft_core.data import load_dataset, make_loader
 from saft_core.errors import Cancelled, CheckpointError
+from saft_core.frontier import ALPHA_GRID, RULE, recommend_alpha
 from saft_core.models import load_model, weights_sha256
 from saft_core.pipeline import finetune
 from saft_core.results import Callbacks
@@ -194,16 +195,44 @@ def test_augmented_run_with_workers_is_repeatable(shapes_dir, tmp_path):
     assert all(torch.equal(a.tensors[n][1], b.tensors[n][1]) for n in a.tensors)
 
 
-def test_validation_split_and_eval_sets_are_scored(shapes_dir, shapes_eval_dir, tmp_path):
+def test_validation_split_and_eval_sets_are_scored_along_alpha(shapes_dir, shapes_eval_dir, tmp_path):
     cfg = tiny_config(shapes_dir, data={"validation_fraction": 0.25, "eval": {"shifted": str(shapes_eval_dir)}})
-    result = finetune(cfg, tmp_path)
-    got = {(e.dataset, e.model): e for e in result.evaluations}
-    assert set(got) == {("validation", "fine-tuned"), ("validation", "zero-shot"),
-                        ("shifted", "fine-tuned"), ("shifted", "zero-shot")}
-    assert got[("validation", "zero-shot")].n == 6  # 2 of 8 per class held out
-    assert got[("shifted", "fine-tuned")].n == 12
+    progress = []
+    result = finetune(cfg, tmp_path, Callbacks(on_progress=progress.append))
+    got = {(e.dataset, e.alpha): e for e in result.evaluations}
+    assert set(got) == {(d, a) for d in ("validation", "shifted") for a in ALPHA_GRID}
+    assert [got[("shifted", a)].model for a in ALPHA_GRID] == ["zero-shot"] + ["interpolated"] * 3 + ["fine-tuned"]
+    assert got[("validation", 0.0)].n == 6  # 2 of 8 per class held out
+    assert got[("shifted", 1.0)].n == 12
     for e in result.evaluations:
         assert 0.0 <= e.top1 <= e.top5 <= 1.0
+    # one progress bar over every pass: 5 alphas x (1 + 2) batches of 8
+    evaluating = [p for p in progress if p.stage == "evaluating"]
+    assert [p.step for p in evaluating] == list(range(1, 16)) and {p.total for p in evaluating} == {15}
+
+    # the recommendation: the frontier's rule on the validation rows, recorded in the checkpoint
+    validation = {a: got[("validation", a)].top1 for a in ALPHA_GRID}
+    assert result.recommended_alpha == recommend_alpha(validation, 6)
+    assert result.recommended_alpha in ALPHA_GRID
+    meta = read_metadata(result.checkpoint_path)
+    assert float(meta["recommended_alpha"]) == result.recommended_alpha and meta["alpha_rule"] == RULE
+    assert load_delta(result.checkpoint_path).recommended_alpha == result.recommended_alpha
+
+
+def test_without_a_validation_split_nothing_is_recommended(run):
+    result, _ = run
+    assert result.recommended_alpha is None and result.evaluations == []  # no validation split, no eval set
+    meta = read_metadata(result.checkpoint_path)
+    assert "recommended_alpha" not in meta and "alpha_rule" not in meta
+    assert load_delta(result.checkpoint_path).recommended_alpha is None
+
+
+def test_no_zero_shot_leaves_alpha_zero_out(shapes_dir, tmp_path):
+    cfg = tiny_config(shapes_dir, data={"validation_fraction": 0.25}, evaluate_zero_shot=False,
+                      train={"epochs": 1})
+    result = finetune(cfg, tmp_path)
+    assert [e.alpha for e in result.evaluations] == [a for a in ALPHA_GRID if a > 0]
+    assert result.recommended_alpha is not None and result.recommended_alpha > 0
 
 
 def test_full_finetuning_writes_dense_delta(shapes_dir, tmp_path):

@@ -136,10 +136,19 @@ class JobError(BaseModel):
     message: str
 
 
+ALPHA_RULE_HELP = "The rule that chose `recommended_alpha` on the job's validation split (see the README)."
+
+
 class CheckpointInfo(BaseModel):
     sha256: str
     size_bytes: int
     url: str
+    recommended_alpha: float | None = Field(
+        None,
+        description="The alpha the job recommends (`alpha=recommended` in classify); null when the job had no "
+        "validation split.",
+    )
+    alpha_rule: str | None = Field(None, description=ALPHA_RULE_HELP)
 
 
 class JobPublic(BaseModel):
@@ -188,7 +197,11 @@ class JobPublic(BaseModel):
             cancel_requested=job.cancel_requested,
             attempts=job.attempts,
             checkpoint=CheckpointInfo(
-                sha256=ckpt.sha256, size_bytes=ckpt.size_bytes, url=f"/v1/jobs/{job.id}/checkpoint"
+                sha256=ckpt.sha256,
+                size_bytes=ckpt.size_bytes,
+                url=f"/v1/jobs/{job.id}/checkpoint",
+                recommended_alpha=ckpt.recommended_alpha,
+                alpha_rule=ckpt.alpha_rule,
             )
             if ckpt is not None
             else None,
@@ -257,7 +270,12 @@ class MaskPublic(BaseModel):
 class EvaluationPublic(BaseModel):
     dataset: str = Field(description="'validation' (the held-out split) or an eval dataset id.")
     dataset_name: str
-    model: Literal["zero-shot", "fine-tuned"]
+    model: Literal["zero-shot", "interpolated", "fine-tuned"] = Field(
+        description="zero-shot at alpha 0, fine-tuned at alpha 1, interpolated between."
+    )
+    alpha: float = Field(
+        description="Where the weights were: base + alpha * (fine-tuned - base); 0 is the base model."
+    )
     top1: float
     top5: float
     n: int
@@ -269,6 +287,7 @@ class EvaluationPublic(BaseModel):
             dataset=e.dataset,
             dataset_name=name,
             model=e.model,  # type: ignore[arg-type]
+            alpha=e.alpha,
             top1=e.top1,
             top5=e.top5,
             n=e.n,
@@ -277,7 +296,11 @@ class EvaluationPublic(BaseModel):
 
 
 class EvaluationsPublic(BaseModel):
-    data: list[EvaluationPublic]
+    data: list[EvaluationPublic] = Field(description="Every dataset at every alpha of the grid, by alpha.")
+    recommended_alpha: float | None = Field(
+        None, description="The alpha the job recommends; null without a validation split or before success."
+    )
+    alpha_rule: str | None = Field(None, description=ALPHA_RULE_HELP)
 
 
 # --- classify and models ----------------------------------------------------------------------------------
@@ -297,7 +320,7 @@ class ClassifyPublic(BaseModel):
     model: str
     pretrained: str | None
     job_id: str | None
-    alpha: float | None
+    alpha: float | None = Field(description="With job_id: the alpha applied (a number, also for `recommended`).")
     labels: list[str]
     results: list[ImagePredictions]
 

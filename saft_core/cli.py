@@ -102,7 +102,8 @@ def _templates(values: list[str] | None) -> tuple[str, ...]:
     return tuple(values) if values else DEFAULT_TEMPLATES
 
 
-def _alpha(text: str) -> AlphaChoice:
+def alpha_arg(text: str) -> AlphaChoice:
+    """argparse type of ``--alpha``: a number in [0, 1] or ``recommended``."""
     try:
         return parse_alpha(text)
     except ConfigError as e:
@@ -188,24 +189,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             print(f"selected k={result.mask.k:,} of {result.mask.num_eligible:,} entries "
                   f"in {sum(t.selected > 0 for t in result.mask.tensors)} tensors; mask: {mask_out}")
         print(f"training loss {m['train_loss_first']:.4f} -> {m['train_loss_last']:.4f} over {int(m['train_steps'])} steps")
-        print(frontier_table(result.evaluations, result.recommended_alpha))
+        points = [(e.dataset, e.alpha, e.top1, e.n) for e in result.evaluations]
+        print(frontier_table(points, result.recommended_alpha, RULE))
     return 0
 
 
-def frontier_table(evaluations: list[Any], recommended: float | None) -> str:
-    """Top-1 per dataset (rows) and alpha (columns; 0 is zero-shot, 1 fine-tuned), the recommended alpha
-    starred, and a line that says what it is."""
-    alphas = sorted({e.alpha for e in evaluations})
-    top1 = {(e.dataset, e.alpha): e.top1 for e in evaluations}
-    n = {e.dataset: e.n for e in evaluations}
-    width = max([len("top-1 at alpha"), *(len(d) for d in n)])
+def frontier_table(points: list[tuple[str, float, float, int]], recommended: float | None, rule: str | None) -> str:
+    """Top-1 of (dataset, alpha, top-1, n) ``points`` as a table: a row per dataset, a column per alpha (0 is
+    zero-shot, 1 fine-tuned), the recommended alpha starred and explained below."""
+    alphas = sorted({alpha for _, alpha, _, _ in points})
+    top1 = {(name, alpha): acc for name, alpha, acc, _ in points}
+    sizes = {name: n for name, _, _, n in points}
+    width = max([len("top-1 at alpha"), *(len(name) for name in sizes)]) + 1
     head = "".join(f"{f'{a:g}' + ('*' if a == recommended else ''):>8}" for a in alphas)
     lines = [f"{'top-1 at alpha':<{width}}{head}"]
-    for d in n:
-        cells = "".join(f"{top1[(d, a)]:>8.1%}" if (d, a) in top1 else f"{'':>8}" for a in alphas)
-        lines.append(f"{d:<{width}}{cells}  (n={n[d]})")
+    for name, n in sizes.items():
+        cells = "".join(f"{top1[(name, a)]:>8.1%}" if (name, a) in top1 else f"{'':>8}" for a in alphas)
+        lines.append(f"{name:<{width}}{cells}  (n={n})")
     if recommended is not None:
-        lines.append(f"* recommended alpha {recommended:g} ({RULE} rule on the validation split; "
+        lines.append(f"* recommended alpha {recommended:g} ({rule} rule on the validation split; "
                      f"use it with --alpha {RECOMMENDED})")
     return "\n".join(lines)
 
@@ -232,6 +234,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json({"alpha": clf.alpha if clf.delta is not None else None, "results": rows})
     else:
+        if args.alpha == RECOMMENDED and clf.delta is not None:
+            print(f"at the checkpoint's recommended alpha {clf.alpha:g}", file=sys.stderr)
         for row in rows:
             preds = ", ".join(f"{p['label']} {p['score']:.3f}" for p in row["predictions"])
             print(f"{row['image']}: {preds}")
@@ -376,7 +380,7 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("classify", help="classify images zero-shot or with a checkpoint")
     _model_args(p, default_model=None)
     p.add_argument("--checkpoint", help="delta checkpoint; its base model and classes are the defaults")
-    p.add_argument("--alpha", type=_alpha, default=DEFAULT_ALPHA,
+    p.add_argument("--alpha", type=alpha_arg, default=DEFAULT_ALPHA,
                    help=f"0 = base, 1 = fine-tuned, between = interpolation, '{RECOMMENDED}' = the checkpoint's "
                         f"recommended alpha (1 when it has none); default {DEFAULT_ALPHA}")
     p.add_argument("--labels", help="comma-separated labels (default: the checkpoint's classes)")
@@ -389,7 +393,7 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder")
     _model_args(p, default_model=None)
     p.add_argument("--checkpoint")
-    p.add_argument("--alpha", type=_alpha, default=1.0,
+    p.add_argument("--alpha", type=alpha_arg, default=1.0,
                    help=f"0 = base, 1 = fine-tuned (default), between = interpolation, '{RECOMMENDED}' = the "
                         "checkpoint's recommended alpha")
     p.add_argument("--data", required=True, help="ImageFolder directory or CSV manifest")
@@ -403,7 +407,7 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("apply", help="merge a delta checkpoint into its base weights (one safetensors file)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--alpha", type=_alpha, default=DEFAULT_ALPHA,
+    p.add_argument("--alpha", type=alpha_arg, default=DEFAULT_ALPHA,
                    help=f"as for classify (default {DEFAULT_ALPHA})")
     p.add_argument("--model", default=None, help="override the base model of the checkpoint")
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="with --model: its base weights")

@@ -5,7 +5,7 @@
     saft jobs create --dataset ID [finetune options] [--follow]
     saft jobs list [--status S] | show ID | follow ID | cancel ID | delete ID
     saft jobs download ID --out FILE [--mask]        SHA-256 verified, written atomically
-    saft jobs classify ID IMAGE... [--alpha A]       with the job's fine-tuned model, on the server
+    saft jobs classify ID IMAGE... [--alpha A|recommended]   with the job's model, on the server
 
 The local commands (``saft finetune``, ``saft classify --checkpoint``) run the model in this process; these
 run nothing locally and need no torch. Server and key: ``--url``/``--api-key`` or ``SAFT_URL``/``SAFT_API_KEY``.
@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from saft_core.cli import Subcommands, add_model_options, add_training_options
+from saft_core.cli import Subcommands, add_model_options, add_training_options, alpha_arg, frontier_table
 from saft_core.config import TrainConfig
 from saft_core.flags import config_values
 
@@ -130,8 +130,10 @@ def _finish(job: Job, client: Client, args: argparse.Namespace) -> int:
         _print_json({"job": job.model_dump(mode="json"), "evaluations": [e.model_dump(mode="json") for e in evaluations]})
     else:
         print(_job_line(job))
-        for e in evaluations:
-            print(f"{e.dataset_name:>16} {e.model:>10}: top1 {e.top1:6.1%}  top5 {e.top5:6.1%}  (n={e.n})")
+        if evaluations:
+            ckpt = job.checkpoint
+            print(frontier_table([(e.dataset_name, e.alpha, e.top1, e.n) for e in evaluations],
+                                 ckpt.recommended_alpha if ckpt else None, ckpt.alpha_rule if ckpt else None))
         if job.checkpoint:
             print(f"checkpoint: {job.checkpoint.size_bytes:,} bytes, sha256 {job.checkpoint.sha256}")
     if job.status == "failed":
@@ -290,6 +292,8 @@ def cmd_jobs_classify(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         _print_json(result)
         return 0
+    if args.alpha == "recommended" and result.alpha is not None:
+        print(f"at the job's recommended alpha {result.alpha:g}", file=sys.stderr)
     for path, r in zip(args.images, result.results, strict=True):
         print(f"{path}: " + ", ".join(f"{p.label} {p.score:.3f}" for p in r.predictions))
     return 0
@@ -356,6 +360,8 @@ def register(sub: Subcommands) -> None:
     j = _add(js, "classify", cmd_jobs_classify, "classify images on the server with a succeeded job's model")
     j.add_argument("id")
     j.add_argument("images", nargs="+", metavar="IMAGE")
-    j.add_argument("--alpha", type=float, default=None, help="0 = base, 1 = fine-tuned (default), between = interpolated")
+    j.add_argument("--alpha", type=alpha_arg, default=None,
+                   help="0 = base, 1 = fine-tuned, between = interpolated, 'recommended' = the job's recommended "
+                        "alpha (default: the server's, 1)")
     j.add_argument("--labels", help="comma-separated labels (default: the job's classes)")
     j.add_argument("--top-k", type=int, default=None, help="labels per image (default: the server's, 5)")

@@ -229,13 +229,17 @@ class Checkpoint(Base):
     pretrained: Mapped[str | None] = mapped_column(String(500), nullable=True)
     base_sha256: Mapped[str] = mapped_column(String(64))
     classes: Mapped[list[str]] = mapped_column(JSON)
+    # the alpha the job recommends and the rule that chose it (saft_core.frontier); null without a validation split
+    recommended_alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
+    alpha_rule: Mapped[str | None] = mapped_column(String(50), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="checkpoint")
 
 
 class Evaluation(Base):
-    """Accuracy of the zero-shot or fine-tuned model on one dataset ("validation" or an eval dataset id)."""
+    """Accuracy of the model at ``alpha`` (0 zero-shot, 1 fine-tuned, between interpolated) on one dataset
+    ("validation" or an eval dataset id)."""
 
     __tablename__ = "evaluations"
 
@@ -243,6 +247,7 @@ class Evaluation(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     dataset: Mapped[str] = mapped_column(String(200))
     model: Mapped[str] = mapped_column(String(20))
+    alpha: Mapped[float] = mapped_column(Float)
     top1: Mapped[float] = mapped_column(Float)
     top5: Mapped[float] = mapped_column(Float)
     n: Mapped[int] = mapped_column(Integer)

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from saft_core.config import SnapshotConfig
 from saft_core.errors import Cancelled, SaftError
+from saft_core.frontier import RULE
 from saft_core.results import Callbacks, FinetuneResult, Progress
 from saft_service import jobs
 from saft_service.allowed_models import resolve_pretrained
@@ -224,6 +225,8 @@ def _record_success(
             pretrained=result.model.pretrained,  # as the core resolved it ("default" -> the model's tag)
             base_sha256=result.base_sha256,
             classes=list(result.classes),
+            recommended_alpha=result.recommended_alpha,
+            alpha_rule=RULE if result.recommended_alpha is not None else None,  # the rule the core applied
             created_at=utcnow(),
         )
         mask = None
@@ -248,6 +251,7 @@ def _record_success(
                 job_id=job_id,
                 dataset=e.dataset,
                 model=e.model,
+                alpha=float(e.alpha),
                 top1=float(e.top1),
                 top5=float(e.top5),
                 n=int(e.n),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from pydantic import Field
 
 from saft_core.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
+from saft_core.frontier import DEFAULT_ALPHA, resolve_alpha
 from saft_service.allowed_models import check_model, resolve_pretrained
 from saft_service.jobs import JobStatus
 from saft_service.jobspec import stored_spec
@@ -47,9 +49,12 @@ def classify(
         Form(description='JSON list, e.g. ["cat", "dog"]. Default with job_id: the job\'s classes.'),
     ] = None,
     alpha: Annotated[
-        float,
-        Form(ge=0.0, le=1.0, description="With job_id: 1 = fine-tuned, 0 = base, between = interpolated."),
-    ] = 1.0,
+        Annotated[float, Field(ge=0.0, le=1.0)] | Literal["recommended"],
+        Form(
+            description="With job_id: 1 = fine-tuned, 0 = base, between = interpolated, `recommended` = the "
+            "alpha the job recommends (1 when it has none). The response says which alpha was applied."
+        ),
+    ] = DEFAULT_ALPHA,
     top_k: Annotated[int, Form(ge=1, le=100, description="Labels returned per image.")] = 5,
 ) -> ClassifyPublic:
     """Give `job_id` for a fine-tuned model (its classes are the default labels) or `model` (default
@@ -75,6 +80,7 @@ def classify(
         spec = stored_spec(job.spec)
         model_spec = ModelSpec(name=spec.model, pretrained=spec.pretrained)
         checkpoint, sha = storage.absolute(job.checkpoint.path), job.checkpoint.sha256
+        alpha = resolve_alpha(alpha, job.checkpoint.recommended_alpha)
         if label_list is None:
             label_list = list(job.checkpoint.classes)
     else:

@@ -222,19 +222,25 @@ def download_checkpoint(job: TenantJob, storage: StorageDep) -> FileResponse:
     "/{job_id}/evaluations",
     response_model=EvaluationsPublic,
     responses=NOT_FOUND,
-    summary="Zero-shot and fine-tuned accuracy",
+    summary="Accuracy along alpha, from zero-shot to fine-tuned",
 )
 def list_evaluations(job: TenantJob, session: SessionDep) -> EvaluationsPublic:
-    """Top-1/top-5 of the zero-shot baseline and the fine-tuned model on the validation split ('validation')
-    and on each eval dataset (by id). Empty until the job succeeded."""
+    """Top-1/top-5 on the validation split ('validation') and on each eval dataset (by id) at each alpha of a
+    fixed grid from 0 (the zero-shot baseline) to 1 (the fine-tuned model), and the alpha the job recommends.
+    Empty until the job succeeded."""
     rows = list(
-        session.scalars(select(Evaluation).where(Evaluation.job_id == job.id).order_by(Evaluation.id))
+        session.scalars(select(Evaluation).where(Evaluation.job_id == job.id).order_by(Evaluation.alpha, Evaluation.id))
     )
     names = {
         d.id: d.name
         for d in session.scalars(select(Dataset).where(Dataset.id.in_({r.dataset for r in rows})))
     }
-    return EvaluationsPublic(data=[EvaluationPublic.of(r, names.get(r.dataset, r.dataset)) for r in rows])
+    ckpt = job.checkpoint
+    return EvaluationsPublic(
+        data=[EvaluationPublic.of(r, names.get(r.dataset, r.dataset)) for r in rows],
+        recommended_alpha=ckpt.recommended_alpha if ckpt else None,
+        alpha_rule=ckpt.alpha_rule if ckpt else None,
+    )
 
 
 def _not_available(job: Job, what: str) -> str:

@@ -187,7 +187,7 @@ def test_a_job_that_cannot_run_fails_with_an_actionable_error(pg_stack: Stack, d
     assert not (pg_stack.data_dir / "jobs" / done["id"]).exists()
 
 
-def test_full_finetuning_job_has_a_checkpoint_but_no_mask(pg_stack: Stack, dataset_id: str) -> None:
+def test_full_finetuning_job_has_a_checkpoint_but_no_mask(pg_stack: Stack, dataset_id: str, shapes_dir: Path) -> None:
     body = {
         "dataset_id": dataset_id,
         "method": {"type": "full"},
@@ -203,5 +203,11 @@ def test_full_finetuning_job_has_a_checkpoint_but_no_mask(pg_stack: Stack, datas
         assert r.status_code == 404 and r.json()["code"] == "mask_not_available"
         assert "full fine-tuning" in r.json()["detail"]
         assert c.get(f"/v1/jobs/{done['id']}/checkpoint").status_code == 200
-        models = {e["model"] for e in c.get(f"/v1/jobs/{done['id']}/evaluations").json()["data"]}
-        assert models == set()  # no validation split and no eval sets were asked for
+        evaluations = c.get(f"/v1/jobs/{done['id']}/evaluations").json()
+        assert evaluations == {"data": [], "recommended_alpha": None, "alpha_rule": None}  # no validation split
+        assert done["checkpoint"]["recommended_alpha"] is None and done["checkpoint"]["alpha_rule"] is None
+        # nothing recommended: classify at the recommended alpha uses the fine-tuned model (alpha 1)
+        image = next(p for p in shapes_dir.rglob("*.png"))
+        r = c.post("/v1/classify", data={"job_id": done["id"], "alpha": "recommended"},
+                   files=[("images", (image.name, image.read_bytes(), "image/png"))])
+        assert r.status_code == 200 and r.json()["alpha"] == 1.0, r.text

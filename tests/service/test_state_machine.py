@@ -71,6 +71,51 @@ def test_migrations_match_the_tables(settings: Settings) -> None:
     assert diff == []
 
 
+def test_the_frontier_migration_backfills_the_two_ends(settings: Settings) -> None:
+    """Evaluations stored before alphas existed become alpha 0 (zero-shot) and 1 (fine-tuned); their checkpoints
+    recommend nothing. Down again, the rows between the ends go (the old schema has no place for them)."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    cfg = db.alembic_config(settings)
+    frontier = next(r for r in ScriptDirectory.from_config(cfg).walk_revisions() if r.path.endswith("_alpha_frontier.py"))
+    command.downgrade(cfg, frontier.down_revision)
+    engine = db.get_engine(settings)
+    with engine.begin() as conn:
+        table = {n: sa.Table(n, sa.MetaData(), autoload_with=conn) for n in ("tenants", "jobs", "checkpoints", "evaluations")}
+        assert "alpha" not in table["evaluations"].c and "recommended_alpha" not in table["checkpoints"].c
+        now = utcnow()
+        conn.execute(table["tenants"].insert(), {"id": "tn_old", "name": "old", "created_at": now})
+        conn.execute(table["jobs"].insert(), {
+            "id": "job_old", "tenant_id": "tn_old", "status": "succeeded", "step": 2, "total_steps": 2,
+            "spec": {"dataset_id": "ds_x"}, "metrics": {}, "cancel_requested": False, "attempts": 1, "created_at": now,
+        })
+        conn.execute(table["checkpoints"].insert(), {
+            "job_id": "job_old", "path": "jobs/job_old/checkpoint.safetensors", "sha256": "0" * 64, "size_bytes": 1,
+            "base_model": "saft-tiny", "base_sha256": "1" * 64, "classes": ["a", "b"], "created_at": now,
+        })
+        conn.execute(table["evaluations"].insert(), [
+            {"job_id": "job_old", "dataset": d, "model": m, "top1": 0.5, "top5": 1.0, "n": 6, "num_classes": 2}
+            for d in ("validation", "ds_y") for m in ("fine-tuned", "zero-shot")
+        ])
+    command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT dataset, model, alpha FROM evaluations ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [("validation", "fine-tuned", 1.0), ("validation", "zero-shot", 0.0),
+                                            ("ds_y", "fine-tuned", 1.0), ("ds_y", "zero-shot", 0.0)]
+        ckpt = conn.execute(sa.text("SELECT recommended_alpha, alpha_rule FROM checkpoints")).one()
+        assert tuple(ckpt) == (None, None)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO evaluations (job_id, dataset, model, alpha, top1, top5, n, num_classes) "
+                             "VALUES ('job_old', 'ds_y', 'interpolated', 0.5, 0.5, 1.0, 6, 2)"))
+    command.downgrade(cfg, frontier.down_revision)
+    with engine.connect() as conn:
+        models = conn.execute(sa.text("SELECT model FROM evaluations")).scalars().all()
+        assert sorted(models) == ["fine-tuned", "fine-tuned", "zero-shot", "zero-shot"]
+    command.upgrade(cfg, "head")
+
+
 def test_happy_path_queued_running_succeeded(session: Session) -> None:
     job = new_job(session)
     assert job.status == "queued"

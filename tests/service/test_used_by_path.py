@@ -14,6 +14,8 @@ import httpx
 import pytest
 from safetensors import safe_open
 
+from saft_core.frontier import ALPHA_GRID, RULE, recommend_alpha
+
 from .conftest import Stack, wait_for_job
 
 pytestmark = pytest.mark.service
@@ -165,12 +167,19 @@ def test_checkpoint_download_matches_its_sha256(trained: Trained, tmp_path: Path
     assert any(k.endswith(":idx") for k in keys) and any(k.endswith(":delta") for k in keys)
 
 
-def test_evaluations_cover_both_models_on_every_set(trained: Trained) -> None:
+def test_evaluations_cover_every_set_along_alpha_with_a_recommendation(trained: Trained) -> None:
     with trained.stack.client() as c:
-        evals = c.get(f"/v1/jobs/{trained.job['id']}/evaluations").json()["data"]
-    got = {(e["dataset"], e["model"]) for e in evals}
+        body = c.get(f"/v1/jobs/{trained.job['id']}/evaluations").json()
+    evals = body["data"]
     ev_id = trained.eval_dataset["id"]
-    assert got == {(d, m) for d in ("validation", ev_id) for m in ("zero-shot", "fine-tuned")}
+    assert [(e["alpha"], e["dataset"]) for e in evals] == [(a, d) for a in ALPHA_GRID for d in ("validation", ev_id)]
+    assert [e["model"] for e in evals if e["dataset"] == ev_id] == [
+        "zero-shot", "interpolated", "interpolated", "interpolated", "fine-tuned"]
+    # the recommendation is the frontier's rule over the validation rows, also on the job's checkpoint
+    validation = {e["alpha"]: e["top1"] for e in evals if e["dataset"] == "validation"}
+    assert body["recommended_alpha"] == recommend_alpha(validation, 6) and body["alpha_rule"] == RULE
+    assert trained.job["checkpoint"]["recommended_alpha"] == body["recommended_alpha"]
+    assert trained.job["checkpoint"]["alpha_rule"] == RULE
     for e in evals:
         assert 0.0 <= e["top1"] <= e["top5"] <= 1.0
         assert e["num_classes"] == 3
@@ -212,6 +221,27 @@ def test_classify_with_the_finetuned_model_and_zero_shot(trained: Trained, shape
         assert at0["results"][0]["predictions"][0]["score"] == pytest.approx(
             base["results"][0]["predictions"][0]["score"], abs=1e-4
         )
+
+
+def test_classify_at_the_recommended_alpha(trained: Trained, shapes_dir: Path) -> None:
+    """`alpha=recommended` applies the job's recommended alpha and says which; a bad alpha is a 422."""
+    recommended = trained.job["checkpoint"]["recommended_alpha"]
+    assert recommended in ALPHA_GRID
+    files = [("images", ("a.png", (shapes_dir / "green_triangle" / "0002.png").read_bytes(), "image/png"))]
+    with trained.stack.client() as c:
+        answers = {}
+        for alpha in ("recommended", repr(recommended), "0", "1"):
+            r = c.post("/v1/classify", data={"job_id": trained.job["id"], "alpha": alpha, "top_k": "3"}, files=files)
+            assert r.status_code == 200, r.text
+            answers[alpha] = r.json()
+        assert answers["recommended"]["alpha"] == recommended
+        assert answers["recommended"]["results"] == answers[repr(recommended)]["results"]
+        assert answers["0"]["alpha"] == 0.0 and answers["1"]["alpha"] == 1.0
+        # the ends differ on this image, so the equality above tells the recommended alpha from the others
+        assert answers["0"]["results"] != answers["1"]["results"]
+        for bad in ("best", "1.5", "-0.5"):
+            r = c.post("/v1/classify", data={"job_id": trained.job["id"], "alpha": bad}, files=files)
+            assert r.status_code == 422 and r.json()["code"] == "validation_error", r.text
 
 
 def test_jobs_list_pages_with_a_cursor(trained: Trained) -> None:

@@ -3,7 +3,14 @@ import math
 import pytest
 
 from saft_core.errors import ConfigError
-from saft_core.frontier import ALPHA_GRID, RECOMMENDED, check_alphas, parse_alpha, recommend_alpha, resolve_alpha
+from saft_core.frontier import (
+    ALPHA_GRID,
+    RECOMMENDED,
+    check_alphas,
+    parse_alpha,
+    recommend_alpha,
+    resolve_alpha,
+)
 
 
 def test_recommends_smallest_alpha_within_one_standard_error():

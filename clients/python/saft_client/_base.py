@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pydantic
@@ -220,7 +220,7 @@ def classify_form(
     model: str | None,
     pretrained: str | None,
     labels: list[str] | None,
-    alpha: float | None,
+    alpha: float | Literal["recommended"] | None,
     top_k: int | None,
 ) -> dict[str, str]:
     form: dict[str, str] = {}
@@ -233,7 +233,7 @@ def classify_form(
     if labels is not None:
         form["labels"] = json.dumps(list(labels))
     if alpha is not None:
-        form["alpha"] = repr(float(alpha))
+        form["alpha"] = alpha if alpha == "recommended" else repr(float(alpha))
     if top_k is not None:
         form["top_k"] = str(int(top_k))
     return form

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -192,7 +192,7 @@ class AsyncClient:
         model: str | None = None,
         pretrained: str | None = None,
         labels: list[str] | None = None,
-        alpha: float | None = None,
+        alpha: float | Literal["recommended"] | None = None,
         top_k: int | None = None,
     ) -> Classification:
         """As ``Client.classify``."""

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -204,11 +204,12 @@ class Client:
         model: str | None = None,
         pretrained: str | None = None,
         labels: list[str] | None = None,
-        alpha: float | None = None,
+        alpha: float | Literal["recommended"] | None = None,
         top_k: int | None = None,
     ) -> Classification:
         """Classify images (paths or ``(filename, bytes)``) with a succeeded job's model (``job``; ``alpha``
-        0 = base .. 1 = fine-tuned; labels default to its classes) or zero-shot with ``model`` and ``labels``."""
+        0 = base .. 1 = fine-tuned, or ``"recommended"``: the job's recommended alpha; labels default to its
+        classes) or zero-shot with ``model`` and ``labels``. The answer's ``alpha`` is the one applied."""
         form = classify_form(job, model, pretrained, labels, alpha, top_k)
         files = [
             ("images", (name, data, mimetypes.guess_type(name)[0] or "application/octet-stream"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -85,9 +85,14 @@ class JobError(_Model):
 
 
 class CheckpointInfo(_Model):
+    """The job's checkpoint; ``recommended_alpha`` is the alpha the job recommends (``alpha="recommended"`` in
+    classify), None when it had no validation split or the server is older than the alpha frontier."""
+
     sha256: str
     size_bytes: int
     url: str
+    recommended_alpha: float | None = None
+    alpha_rule: str | None = None
 
 
 class Job(_Model):
@@ -154,15 +159,25 @@ class JobEvent(_Model):
 
 
 class Evaluation(_Model):
-    """Top-1/top-5 accuracy (fractions in [0, 1]) on ``n`` images (server schema ``EvaluationPublic``)."""
+    """Top-1/top-5 accuracy (fractions in [0, 1]) on ``n`` images of the model at ``alpha`` (0 zero-shot,
+    1 fine-tuned, between interpolated) (server schema ``EvaluationPublic``)."""
 
     dataset: str
     dataset_name: str
-    model: Literal["zero-shot", "fine-tuned"]
+    model: Literal["zero-shot", "interpolated", "fine-tuned"]
+    alpha: float
     top1: float
     top5: float
     n: int
     num_classes: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha_of_an_older_server(cls, data: Any) -> Any:
+        """A server older than the alpha frontier sends only the two ends, without their alpha."""
+        if isinstance(data, dict) and "alpha" not in data and data.get("model") in ("zero-shot", "fine-tuned"):
+            return {**data, "alpha": 0.0 if data["model"] == "zero-shot" else 1.0}
+        return data
 
 
 class MaskTensor(_Model):

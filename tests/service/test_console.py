@@ -252,28 +252,38 @@ def test_a_saft_job_runs_live_to_succeeded(ui: Session) -> None:
     assert ui.take_errors() == []
 
 
-def test_mask_chart_and_evaluation_bars_show_the_apis_numbers(ui: Session) -> None:
+def test_mask_chart_and_the_frontier_show_the_apis_numbers(ui: Session) -> None:
     page = ui.page
     job_id = ui.ids["job"]
     with ui.api() as c:
         mask = c.get(f"/v1/jobs/{job_id}/mask").json()
-        evals = c.get(f"/v1/jobs/{job_id}/evaluations").json()["data"]
+        body = c.get(f"/v1/jobs/{job_id}/evaluations").json()
+    evals, rec = body["data"], body["recommended_alpha"]
     sync_api.expect(page.locator("#mask [data-k]")).to_have_attribute("data-k", str(mask["k"]))
     charted = page.evaluate("""() => ['mask-image', 'mask-text'].map(id =>
         Chart.getChart(id).data.datasets.flatMap(d => d.data).reduce((a, b) => a + b, 0))""")
     image = sum(t["selected"] for t in mask["tensors"] if t["name"].startswith("visual."))
     assert charted == [image, mask["k"] - image]
     assert mask["k"] > 0
-    bars = page.evaluate("Chart.getChart('eval-chart').data")
+    # the frontier: a line per set through every alpha of the API's rows, then the recommended alpha's marker
+    assert rec is not None  # the job has a validation split
+    lines = page.evaluate("Chart.getChart('frontier-chart').data.datasets.map(d => [d.label, d.data])")
     sets = list(dict.fromkeys(e["dataset_name"] for e in evals))
-    assert bars["labels"] == sets and set(sets) == {"validation", "shifted"}
-    for i, name in enumerate(sets):
-        for series, model in ((0, "zero-shot"), (1, "fine-tuned")):
-            top1 = next(e["top1"] for e in evals if e["dataset_name"] == name and e["model"] == model)
-            assert bars["datasets"][series]["data"][i] == pytest.approx(top1 * 100)
-            row = page.locator(f'#eval-table tr:has-text("{name}")')
+    assert set(sets) == {"validation", "shifted"}
+    assert [label for label, _ in lines] == [*sets, f"recommended α = {rec:g}"]
+    for name, points in lines[:-1]:
+        rows = [e for e in evals if e["dataset_name"] == name]
+        assert [p["x"] for p in points] == [e["alpha"] for e in rows] and len(rows) == 5
+        assert [p["y"] for p in points] == pytest.approx([e["top1"] * 100 for e in rows])
+    assert {p["x"] for p in lines[-1][1]} == {rec}
+    sync_api.expect(page.locator("#recommended-alpha")).to_have_text(f"{rec:g}")
+    for name in sets:
+        row = page.locator(f'#eval-table tr:has-text("{name}")')
+        for alpha in (0.0, 1.0, rec):
+            top1 = next(e["top1"] for e in evals if e["dataset_name"] == name and e["alpha"] == alpha)
             sync_api.expect(row).to_contain_text(f"{top1 * 100:.1f} %")
     ui.shot("07-job-succeeded")
+    page.locator("#evaluations").screenshot(path=str(ui.shots / "07-frontier.png"))
     assert ui.take_errors() == []
 
 
@@ -297,6 +307,17 @@ def test_classify_base_and_fine_tuned_side_by_side(ui: Session, archives: dict[s
     page.eval_on_selector("#alpha", "el => { el.value = 0; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }")
     sync_api.expect(page.locator("#tuned-title")).to_have_text("Interpolated (α = 0.00)")
     sync_api.expect(page.locator("#pred-tuned li").first).to_contain_text(f"{base['score'] * 100:.1f} %")
+    # The recommended alpha's button moves the slider there: the right column is the API's alpha=recommended.
+    with ui.api() as c:
+        files = {"images": (archives["image"].name, archives["image"].read_bytes(), "image/png")}
+        answer = c.post("/v1/classify", files=files, data={"job_id": ui.ids["job"], "alpha": "recommended"}).json()
+    page.click("#alpha-recommended")
+    rec = answer["alpha"]
+    sync_api.expect(page.locator("#alpha-out")).to_have_text(f"{rec:.2f}")
+    title = "Fine-tuned" if rec == 1 else f"Interpolated (α = {rec:.2f})"
+    sync_api.expect(page.locator("#tuned-title")).to_have_text(title)
+    top = answer["results"][0]["predictions"][0]
+    sync_api.expect(page.locator("#pred-tuned li").first).to_contain_text(f"{top['score'] * 100:.1f} %")
     assert ui.take_errors() == []
 
 
@@ -392,7 +413,7 @@ def test_offline_the_console_and_the_docs_render_fully(ui: Session, browser: Any
         page.fill("#key", ui.keys["a"])
         page.click("text=Sign in >> nth=-1")
         sync_api.expect(page.locator("#eval-table")).to_be_visible()
-        drawn = page.evaluate("""() => ['loss-chart', 'eval-chart', 'mask-image', 'mask-text'].map(id =>
+        drawn = page.evaluate("""() => ['loss-chart', 'frontier-chart', 'mask-image', 'mask-text'].map(id =>
             Chart.getChart(id)?.getDatasetMeta(0).data.length || 0)""")
         assert all(n > 0 for n in drawn), drawn
         ui.page.bring_to_front()

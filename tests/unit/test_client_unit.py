@@ -16,6 +16,7 @@ import pytest
 from saft_client import Client, ConnectionFailed, RateLimited, RetryPolicy, SaftClientError, Unavailable
 from saft_client._base import SSEDecoder, job_body, parse_retry_after
 from saft_client._transfer import ReadableChunks, folder_files, zip_chunks
+from saft_client.models import CheckpointInfo, Evaluation
 
 JOB = {"id": "job_1"}
 
@@ -157,3 +158,12 @@ def test_stream_yields_a_late_event_once_and_resumes_after_the_largest_sse_id() 
         ids = [e.id for e in c.jobs.stream("job_1")]
     assert ids == [1, 3, 2, 4]
     assert "Last-Event-ID" not in seen[0].headers and seen[1].headers["Last-Event-ID"] == "3"
+
+
+def test_an_older_servers_evaluations_still_parse() -> None:
+    """Before the alpha frontier a server sent the two ends without their alpha: the client fills it in."""
+    old = {"dataset": "validation", "dataset_name": "validation", "top1": 0.5, "top5": 1.0, "n": 6, "num_classes": 3}
+    assert Evaluation.model_validate({**old, "model": "zero-shot"}).alpha == 0.0
+    assert Evaluation.model_validate({**old, "model": "fine-tuned"}).alpha == 1.0
+    assert Evaluation.model_validate({**old, "model": "interpolated", "alpha": 0.25}).alpha == 0.25
+    assert CheckpointInfo.model_validate({"sha256": "0" * 64, "size_bytes": 1, "url": "/x"}).recommended_alpha is None

@@ -74,20 +74,37 @@ export function maskChart(canvas, tower, title, yMax) {
   });
 }
 
-/** Zero-shot vs fine-tuned top-1 (%) per evaluation set. */
-export function evaluationChart(canvas, sets) {
+const SET_COLORS = [COLORS.blue, COLORS.orange, COLORS.teal, COLORS.purple, COLORS.red, COLORS.pink, COLORS.yellow];
+
+/**
+ * The robustness frontier: top-1 (%) against alpha (0 = zero-shot, 1 = fine-tuned), one line per evaluation
+ * set (`sets[i].points`: [{alpha, top1}]), and the recommended alpha (null: none) as a dashed vertical line
+ * with its points drawn larger.
+ */
+export function frontierChart(canvas, sets, recommended) {
+  const marked = (ctx) => (ctx.raw?.x === recommended ? 6 : 3);
+  const datasets = sets.map((s, i) => ({
+    label: s.name, borderColor: SET_COLORS[i % SET_COLORS.length], backgroundColor: SET_COLORS[i % SET_COLORS.length],
+    data: s.points.map((p) => ({ x: p.alpha, y: p.top1 * 100 })), pointRadius: marked, pointHoverRadius: 7,
+  }));
+  if (recommended != null) {
+    datasets.push({
+      label: `recommended α = ${recommended}`, borderColor: COLORS.grey, backgroundColor: COLORS.grey, borderDash: [5, 4],
+      data: [{ x: recommended, y: 0 }, { x: recommended, y: 100 }], pointRadius: 0, pointHoverRadius: 0,
+    });
+  }
   return new Chart(canvas, {
-    type: "bar",
-    data: {
-      labels: sets.map((s) => s.name),
-      datasets: [
-        { label: "zero-shot", backgroundColor: COLORS.grey, data: sets.map((s) => s.zero?.top1 * 100) },
-        { label: "fine-tuned", backgroundColor: COLORS.blue, data: sets.map((s) => s.tuned?.top1 * 100) },
-      ],
-    },
+    type: "line",
+    data: { datasets },
     options: {
-      plugins: { legend: { position: "bottom" }, tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${c.parsed.y.toFixed(1)} %` } } },
-      scales: { y: { beginAtZero: true, max: 100, title: { display: true, text: "top-1 accuracy (%)" } } },
+      plugins: {
+        legend: { position: "bottom", labels: { boxWidth: 12 } },
+        tooltip: { filter: (item) => item.dataset.pointRadius !== 0, callbacks: { label: (c) => `${c.dataset.label} at α ${c.parsed.x}: ${c.parsed.y.toFixed(1)} %` } },
+      },
+      scales: {
+        x: { type: "linear", min: 0, max: 1, ticks: { stepSize: 0.25 }, title: { display: true, text: "α (0 = zero-shot, 1 = fine-tuned)" } },
+        y: { beginAtZero: true, max: 100, title: { display: true, text: "top-1 accuracy (%)" } },
+      },
     },
   });
 }

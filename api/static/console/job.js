@@ -2,7 +2,7 @@
 // and once it succeeded: evaluations, where the mask went, downloads with SHA-256, and "try it".
 
 import { api, ApiError, followEvents, sha256Hex } from "./api.js";
-import { evaluationChart, groupMask, lossChart, maskChart } from "./charts.js";
+import { frontierChart, groupMask, lossChart, maskChart } from "./charts.js";
 import { badge, dropZone, esc, fail, fmt, onLeave, problemBox, toast } from "./ui.js";
 
 const ACTIVE = new Set(["queued", "running"]);
@@ -149,39 +149,46 @@ async function showResults(box, job) {
     job.method.type === "saft" ? api(`/v1/jobs/${job.id}/mask`) : null,
   ]);
   box.innerHTML = `
-    <section class="card" id="evaluations"><h2>Zero-shot vs fine-tuned</h2></section>
+    <section class="card" id="evaluations"><h2>Accuracy along α, from zero-shot to fine-tuned</h2></section>
     <section class="card" id="try"><h2>Try it</h2></section>
     <section class="card" id="mask"><h2>Where SAFT put its budget</h2></section>
     <section class="card" id="downloads"><h2>Downloads</h2></section>`;
-  showEvaluations(box.querySelector("#evaluations"), evals.data);
+  showEvaluations(box.querySelector("#evaluations"), evals);
   showMask(box.querySelector("#mask"), mask, job);
   showDownloads(box.querySelector("#downloads"), job, mask);
   showTry(box.querySelector("#try"), job);
 }
 
-function showEvaluations(card, rows) {
+function showEvaluations(card, { data: rows, recommended_alpha: rec, alpha_rule: rule }) {
   if (!rows.length) { card.insertAdjacentHTML("beforeend", `<p class="empty">No evaluation sets: give a validation fraction or eval datasets.</p>`); return; }
-  const sets = [];
+  const sets = []; // per dataset: its points along alpha (the API lists them by alpha), and the two ends
   for (const r of rows) {
     let s = sets.find((x) => x.id === r.dataset);
-    if (!s) sets.push((s = { id: r.dataset, name: r.dataset_name, n: r.n }));
-    s[r.model === "zero-shot" ? "zero" : "tuned"] = r;
+    if (!s) sets.push((s = { id: r.dataset, name: r.dataset_name, n: r.n, points: [] }));
+    s.points.push(r);
   }
+  const at = (s, alpha) => s.points.find((p) => p.alpha === alpha);
+  const recHead = rec == null ? "" : `<th class="num" data-recommended="${rec}">At α = ${rec}</th>`;
   card.insertAdjacentHTML("beforeend", `<div class="grid eval-layout">
-    <div class="chart" style="height:240px"><canvas id="eval-chart"></canvas></div>
-    <div><p class="small muted">Top-1 accuracy of the base model (zero-shot) and the fine-tuned one; top-5 as zero-shot → fine-tuned.</p>
+    <div class="chart" style="height:280px"><canvas id="frontier-chart"></canvas></div>
+    <div><p class="small muted">Top-1 accuracy with the weights at base + α × (fine-tuned − base): α = 0 is the base
+    model (zero-shot), α = 1 the fine-tuned one. ${rec == null
+      ? "No recommended α: the job had no validation split."
+      : `Recommended: α = <strong id="recommended-alpha">${rec}</strong>, the smallest α whose validation top-1 is within one standard error of the best (${esc(rule)}).`}</p>
     <table class="table compact" id="eval-table">
-      <thead><tr><th>Set</th><th class="num">Images</th><th class="num">Zero-shot</th><th class="num">Fine-tuned</th><th class="num">Change</th><th class="num">Top-5</th></tr></thead>
+      <thead><tr><th>Set</th><th class="num">Images</th><th class="num">Zero-shot</th><th class="num">Fine-tuned</th><th class="num">Change</th>${recHead}<th class="num">Top-5</th></tr></thead>
       <tbody>${sets.map((s) => {
-        const delta = s.zero && s.tuned ? (s.tuned.top1 - s.zero.top1) * 100 : null;
+        const zero = at(s, 0), tuned = at(s, 1);
+        const delta = zero && tuned ? (tuned.top1 - zero.top1) * 100 : null;
         return `<tr data-set="${esc(s.id)}"><td>${esc(s.name)}</td><td class="num">${s.n}</td>
-          <td class="num" data-zero-top1="${s.zero?.top1}">${fmt.pct(s.zero?.top1)}</td>
-          <td class="num" data-tuned-top1="${s.tuned?.top1}">${fmt.pct(s.tuned?.top1)}</td>
+          <td class="num" data-zero-top1="${zero?.top1}">${fmt.pct(zero?.top1)}</td>
+          <td class="num" data-tuned-top1="${tuned?.top1}">${fmt.pct(tuned?.top1)}</td>
           <td class="num ${delta > 0 ? "up" : delta < 0 ? "down" : ""}">${delta == null ? "–" : `${delta > 0 ? "+" : ""}${delta.toFixed(1)}`}</td>
-          <td class="num">${fmt.pct(s.zero?.top5)} → ${fmt.pct(s.tuned?.top5)}</td></tr>`;
+          ${rec == null ? "" : `<td class="num" data-rec-top1="${at(s, rec)?.top1}">${fmt.pct(at(s, rec)?.top1)}</td>`}
+          <td class="num">${fmt.pct(zero?.top5)} → ${fmt.pct(tuned?.top5)}</td></tr>`;
       }).join("")}</tbody>
     </table></div></div>`);
-  const chart = evaluationChart(card.querySelector("#eval-chart"), sets);
+  const chart = frontierChart(card.querySelector("#frontier-chart"), sets, rec);
   onLeave(() => chart.destroy());
 }
 
@@ -246,6 +253,7 @@ function showDownloads(card, job, mask) {
 }
 
 function showTry(card, job) {
+  const rec = job.checkpoint.recommended_alpha;
   card.insertAdjacentHTML("beforeend", `<div class="try-layout"><div>
     <div class="try">
       <div class="dropzone small" id="try-drop" tabindex="0" role="button" aria-label="Choose an image to classify">
@@ -253,7 +261,8 @@ function showTry(card, job) {
       </div>
       <input type="file" id="try-file" accept="image/*" hidden>
       <label class="alpha">α <input type="range" id="alpha" min="0" max="1" step="0.05" value="1">
-        <output id="alpha-out">1.00</output><small class="hint">0 = base model, 1 = fine-tuned</small></label>
+        <output id="alpha-out">1.00</output>${rec == null ? "" : `<button type="button" class="ghost small" id="alpha-recommended">recommended α = ${rec}</button>`}
+        <small class="hint">0 = base model, 1 = fine-tuned</small></label>
     </div>
     <div id="try-problem"></div></div>
     <div class="grid two preds">
@@ -297,4 +306,9 @@ function showTry(card, job) {
   });
   $("#alpha").addEventListener("input", (e) => { $("#alpha-out").textContent = Number(e.target.value).toFixed(2); });
   $("#alpha").addEventListener("change", () => run("tuned"));
+  $("#alpha-recommended")?.addEventListener("click", () => {
+    $("#alpha").value = String(rec);
+    $("#alpha-out").textContent = rec.toFixed(2);
+    run("tuned");
+  });
 }

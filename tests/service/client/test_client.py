@@ -24,6 +24,8 @@ from saft_client import (
 )
 from saft_client.models import SERVER_SCHEMAS
 
+from saft_core.frontier import ALPHA_GRID, RULE
+
 from ..conftest import free_port, wait_for_job
 from .conftest import RemoteRun
 from .faults import FaultTransport
@@ -49,10 +51,12 @@ def test_used_by_path(remote_run: RemoteRun, tmp_path: Path) -> None:
         assert {r.dataset.id, r.eval_dataset.id} <= {d.id for d in c.datasets.list(page_size=1)}
         assert c.datasets.get(r.dataset.id).counts == r.dataset.counts
         evals = c.jobs.evaluations(job)
-        assert {(e.dataset, e.model) for e in evals} == {
-            (d, m) for d in ("validation", r.eval_dataset.id) for m in ("zero-shot", "fine-tuned")
-        }
+        assert [(e.alpha, e.dataset) for e in evals] == [
+            (a, d) for a in ALPHA_GRID for d in ("validation", r.eval_dataset.id)
+        ]
+        assert {e.model for e in evals if 0 < e.alpha < 1} == {"interpolated"}
         assert all(0.0 <= e.top1 <= e.top5 <= 1.0 and e.n > 0 for e in evals)
+        assert job.checkpoint.recommended_alpha in ALPHA_GRID and job.checkpoint.alpha_rule == RULE
         mask = c.jobs.mask(job)
         assert mask.k == sum(t.selected for t in mask.tensors) > 0
         # Downloads: verified, and the same bytes the job's checksum names.
@@ -66,6 +70,7 @@ def test_used_by_path(remote_run: RemoteRun, tmp_path: Path) -> None:
         first = sorted(image.iterdir())[0]
         res = c.classify([first], job=job, alpha=0.5, top_k=3)
         assert res.job_id == job.id and res.alpha == 0.5 and res.labels == r.dataset.class_names
+        assert c.classify([first], job=job, alpha="recommended").alpha == job.checkpoint.recommended_alpha
         assert res.results[0].predictions[0].label == "red circle"
         assert len(res.results[0].predictions) == 3 and abs(sum(p.score for p in res.results[0].predictions) - 1) < 0.05
         zs = c.classify([("x.png", first.read_bytes())], labels=["red circle", "blue square"])

@@ -21,7 +21,10 @@ def test_follow_draws_stage_step_and_loss_and_exits_zero(remote_run: RemoteRun) 
     assert follow is not None and follow.returncode == 0, follow.stdout
     out = follow.stdout
     assert "[training]" in out and "loss=" in out  # the stage line and the bar's postfix
-    assert "job succeeded" in out and remote_run.job.id in out and "fine-tuned: top1" in out
+    assert "job succeeded" in out and remote_run.job.id in out
+    # the frontier table: a row per set, a column per alpha, the recommended one starred and explained
+    rec = remote_run.job.checkpoint.recommended_alpha
+    assert "top-1 at alpha" in out and f"* recommended alpha {rec:g} (one-standard-error rule" in out
 
 
 def test_datasets_upload_and_list(remote_run: RemoteRun, tmp_path: Path) -> None:
@@ -44,7 +47,8 @@ def test_jobs_list_show_download_classify(remote_run: RemoteRun, tmp_path: Path)
     job_id = r.job.id
     assert job_id in [j["id"] for j in cli_json(r.stack, "jobs", "list", "--status", "succeeded")]
     shown = cli_json(r.stack, "jobs", "show", job_id)
-    assert shown["job"]["status"] == "succeeded" and len(shown["evaluations"]) == 4
+    assert shown["job"]["status"] == "succeeded" and len(shown["evaluations"]) == 10  # 2 sets x 5 alphas
+    assert {e["alpha"] for e in shown["evaluations"]} == {0.0, 0.25, 0.5, 0.75, 1.0}
     out = cli_json(r.stack, "jobs", "download", job_id, "--out", str(tmp_path / "d.safetensors"))
     assert out["sha256"] == r.job.checkpoint.sha256 == hashlib.sha256((tmp_path / "d.safetensors").read_bytes()).hexdigest()
     cli_json(r.stack, "jobs", "download", job_id, "--mask", "--out", str(tmp_path / "m.safetensors"))
@@ -55,6 +59,10 @@ def test_jobs_list_show_download_classify(remote_run: RemoteRun, tmp_path: Path)
     assert res["job_id"] == job_id and len(res["results"][0]["predictions"]) == 2
     human = run_cli(r.stack, "jobs", "classify", job_id, str(image))
     assert human.returncode == 0 and human.stdout.startswith(f"{image}: red circle ")
+    rec = cli_json(r.stack, "jobs", "classify", job_id, str(image), "--alpha", "recommended")
+    assert rec["alpha"] == r.job.checkpoint.recommended_alpha
+    out = run_cli(r.stack, "jobs", "classify", job_id, str(image), "--alpha", "best")
+    assert out.returncode == 2 and "or 'recommended'" in out.stderr
 
 
 def test_errors_exit_2_with_the_problem(remote_run: RemoteRun) -> None:

@@ -35,8 +35,9 @@ def main() -> None:
         print(f"dataset {ds.id}: {ds.num_images} images, classes {ds.class_names}")
         job = c.jobs.create(dataset=ds, ratio=0.01, epochs=args.epochs, batch_size=8, validation_fraction=0.25)
         job = c.jobs.wait(job, on_event=show, raise_on_failure=True)
-        for e in c.jobs.evaluations(job):
-            print(f"  {e.dataset_name} {e.model}: top1 {e.top1:.1%}")
+        for e in c.jobs.evaluations(job):  # each set at each alpha, from zero-shot (0) to fine-tuned (1)
+            print(f"  {e.dataset_name} at alpha {e.alpha:g} ({e.model}): top1 {e.top1:.1%}")
+        print("recommended alpha:", job.checkpoint.recommended_alpha)
         print("checkpoint:", c.jobs.download_checkpoint(job, args.out))
         image = next(p for p in sorted(args.folder.rglob("*")) if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
         best = c.classify([image], job=job).results[0].predictions[0]

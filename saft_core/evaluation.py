@@ -105,6 +105,8 @@ def evaluate_along_alpha(
     the weights it wants afterwards. Progress counts the batches of all passes as one stage, so a bar runs
     once from 0 to the total instead of restarting for every set and alpha.
     """
+    if not sets:  # nothing to score: leave the weights alone (a dense switch copies the whole model)
+        return []
     cb = callbacks or Callbacks()
     batches = [math.ceil(len(ds) / batch_size) for _, ds in sets]
     total = len(alphas) * sum(batches)

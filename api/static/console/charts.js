@@ -83,6 +83,9 @@ const SET_COLORS = [COLORS.blue, COLORS.orange, COLORS.teal, COLORS.purple, COLO
  */
 export function frontierChart(canvas, sets, recommended) {
   const marked = (ctx) => (ctx.raw?.x === recommended ? 6 : 3);
+  // the y axis from a round number below the lowest point, so that close lines stay apart
+  const lowest = Math.min(...sets.flatMap((s) => s.points.map((p) => p.top1 * 100)));
+  const yMin = Math.max(0, Math.floor((lowest - 5) / 10) * 10);
   const datasets = sets.map((s, i) => ({
     label: s.name, borderColor: SET_COLORS[i % SET_COLORS.length], backgroundColor: SET_COLORS[i % SET_COLORS.length],
     data: s.points.map((p) => ({ x: p.alpha, y: p.top1 * 100 })), pointRadius: marked, pointHoverRadius: 7,
@@ -90,7 +93,7 @@ export function frontierChart(canvas, sets, recommended) {
   if (recommended != null) {
     datasets.push({
       label: `recommended α = ${recommended}`, borderColor: COLORS.grey, backgroundColor: COLORS.grey, borderDash: [5, 4],
-      data: [{ x: recommended, y: 0 }, { x: recommended, y: 100 }], pointRadius: 0, pointHoverRadius: 0,
+      data: [{ x: recommended, y: yMin }, { x: recommended, y: 100 }], pointRadius: 0, pointHoverRadius: 0,
     });
   }
   return new Chart(canvas, {
@@ -102,8 +105,8 @@ export function frontierChart(canvas, sets, recommended) {
         tooltip: { filter: (item) => item.dataset.pointRadius !== 0, callbacks: { label: (c) => `${c.dataset.label} at α ${c.parsed.x}: ${c.parsed.y.toFixed(1)} %` } },
       },
       scales: {
-        x: { type: "linear", min: 0, max: 1, ticks: { stepSize: 0.25 }, title: { display: true, text: "α (0 = zero-shot, 1 = fine-tuned)" } },
-        y: { beginAtZero: true, max: 100, title: { display: true, text: "top-1 accuracy (%)" } },
+        x: { type: "linear", min: 0, max: 1, ticks: { stepSize: 0.25, callback: (v) => String(v) }, title: { display: true, text: "α (0 = zero-shot, 1 = fine-tuned)" } },
+        y: { min: yMin, max: 100, title: { display: true, text: "top-1 accuracy (%)" } },
       },
     },
   });

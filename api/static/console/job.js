@@ -168,7 +168,7 @@ function showEvaluations(card, { data: rows, recommended_alpha: rec, alpha_rule:
     s.points.push(r);
   }
   const at = (s, alpha) => s.points.find((p) => p.alpha === alpha);
-  const recHead = rec == null ? "" : `<th class="num" data-recommended="${rec}">At α = ${rec}</th>`;
+  const recHead = rec == null ? "" : `<th class="num as-written" data-recommended="${rec}">α = ${rec}</th>`;
   card.insertAdjacentHTML("beforeend", `<div class="grid eval-layout">
     <div class="chart" style="height:280px"><canvas id="frontier-chart"></canvas></div>
     <div><p class="small muted">Top-1 accuracy with the weights at base + α × (fine-tuned − base): α = 0 is the base

@@ -89,10 +89,11 @@ export function frontierChart(canvas, sets, recommended) {
   const datasets = sets.map((s, i) => ({
     label: s.name, borderColor: SET_COLORS[i % SET_COLORS.length], backgroundColor: SET_COLORS[i % SET_COLORS.length],
     data: s.points.map((p) => ({ x: p.alpha, y: p.top1 * 100 })), pointRadius: marked, pointHoverRadius: 7,
+    clip: 8, // a line at 100 % is drawn whole, not cut by the top of the plot
   }));
   if (recommended != null) {
     datasets.push({
-      label: `recommended α = ${recommended}`, borderColor: COLORS.grey, backgroundColor: COLORS.grey, borderDash: [5, 4],
+      label: `recommended α = ${recommended}`, borderColor: COLORS.grey, backgroundColor: "transparent", borderDash: [5, 4],
       data: [{ x: recommended, y: yMin }, { x: recommended, y: 100 }], pointRadius: 0, pointHoverRadius: 0,
     });
   }

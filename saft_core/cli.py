@@ -190,7 +190,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                   f"in {sum(t.selected > 0 for t in result.mask.tensors)} tensors; mask: {mask_out}")
         print(f"training loss {m['train_loss_first']:.4f} -> {m['train_loss_last']:.4f} over {int(m['train_steps'])} steps")
         points = [(e.dataset, e.alpha, e.top1, e.n) for e in result.evaluations]
-        print(frontier_table(points, result.recommended_alpha, RULE))
+        if points:  # no validation split and no eval set: nothing was scored
+            print(frontier_table(points, result.recommended_alpha, RULE))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Classification in the API process: a memory-bounded LRU of loaded classifiers and image decoding.
+"""Classification in the API process: a memory-bounded LRU of loaded classifiers, and uploaded images' errors.
 
 Loading a model takes seconds, so classifiers are cached by (model, pretrained, checkpoint sha256, alpha), up
 to ``SAFT_CLASSIFIER_CACHE_SIZE`` models and ``SAFT_CLASSIFIER_CACHE_BYTES`` bytes of weights (least recently
@@ -11,7 +11,6 @@ twice).
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections import OrderedDict
@@ -19,11 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from saft_core.config import ModelSpec
-from saft_core.data import check_image_size
-from saft_core.errors import DataError
+from saft_core.images import ImageDecodeError, decode_image
 from saft_core.inference import Classifier
 from saft_service.limits import LimitError, check_name, loads_bounded
 from saft_service.settings import Settings
@@ -151,24 +149,15 @@ def parse_labels(raw: str | None, settings: Settings) -> list[str] | None:
 _DRAFT_SIZE = (1024, 1024)
 
 
-def decode_image(data: bytes, name: str | None, index: int, max_pixels: int) -> Image.Image:
-    """Decode one uploaded image to RGB, or answer 422 saying which file is bad.
-
-    The size is read from the header first: an image over ``max_pixels`` is refused (``image_too_large``)
-    without being decoded. JPEGs are decoded at a reduced scale where that still leaves enough pixels."""
+def decode_upload(data: bytes, index: int, max_pixels: int) -> Image.Image:
+    """Decode the ``index``-th uploaded image with the core's decoder, or answer 422 saying which one is bad
+    (``invalid_image``, or ``image_too_large`` over ``max_pixels``, refused from its header)."""
     what = f"image {index}"
     if not data:
         raise ProblemError(422, "invalid_image", f"{what} is empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            check_image_size(im, max_pixels)
-            if im.format == "JPEG":
-                im.draft("RGB", _DRAFT_SIZE)
-            im.load()
-            return im.convert("RGB")
-    except DataError as e:
-        raise ProblemError(422, e.code, f"{what}: {e.message} (SAFT_MAX_IMAGE_PIXELS)") from e
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ProblemError(422, "image_too_large", f"{what}: {e}") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ProblemError(422, "invalid_image", f"{what} is not a decodable image: {e}") from e
+        return decode_image(data, max_pixels=max_pixels, draft=_DRAFT_SIZE)
+    except ImageDecodeError as e:
+        if e.code == "image_too_large":
+            raise ProblemError(422, e.code, f"{what}: {e.message} (SAFT_MAX_IMAGE_PIXELS)") from e
+        raise ProblemError(422, e.code, f"{what} is not a decodable image: {e.message}") from e

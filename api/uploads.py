@@ -3,11 +3,11 @@
 An archive is refused, with a message that says which entry is wrong, when an entry
 - escapes the folder (absolute path, ``..``) or is a link, device or other special file,
 - is not ``<class>/<image>`` or a top-level ``classes.json`` (one wrapping folder is allowed and stripped),
-- has a suffix outside ``saft_core.data.IMAGE_EXTENSIONS``, or repeats a name,
+- has a suffix outside ``saft_core.images.IMAGE_EXTENSIONS``, or repeats a name,
 or when the archive holds more than ``max_members`` entries or more than ``max_bytes`` once extracted (counted
 while writing, so a lying header does not help). Junk from archivers (``__MACOSX/``, ``.DS_Store``, dot files)
 is skipped. Extraction writes only into a fresh staging directory, which callers delete on failure; decoding
-every image is left to ``saft_core.data.load_dataset(verify=True)``.
+every image is left to ``saft_core.datasets.load_dataset(verify=True)``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from saft_core.data import CLASS_NAMES_FILE, IMAGE_EXTENSIONS
+from saft_core.datasets import CLASS_NAMES_FILE
+from saft_core.images import IMAGE_EXTENSIONS
 from saft_service.limits import LimitError, check_name, loads_bounded
 from saft_service.settings import Settings
 from saft_service.storage import is_storage_full

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from open_clip import image_transform
 
-from saft_core import world
-from saft_core.data import load_dataset, make_loader
+from saft_core.data import make_loader
+from saft_core.datasets import load_dataset
+from saft_worlds import world
 
 
 def epoch_seconds(loader: torch.utils.data.DataLoader) -> float:

@@ -46,16 +46,17 @@ from typing import Any
 
 import torch
 
-from saft_core import world
 from saft_core.checkpoint import SparseDelta, apply_delta, load_delta
 from saft_core.config import DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, TrainConfig
-from saft_core.data import load_dataset, make_loader, sample_shots
+from saft_core.data import make_loader
+from saft_core.datasets import load_dataset, sample_shots
 from saft_core.evaluation import accuracy
 from saft_core.frontier import ALPHA_GRID, recommend_alpha
 from saft_core.models import load_model
 from saft_core.pipeline import finetune
 from saft_core.training import train
 from saft_core.zeroshot import Prompts, build_head
+from saft_worlds import world
 
 log = logging.getLogger("benchmarks.shift")
 

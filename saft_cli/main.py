@@ -8,15 +8,18 @@ import api.cli
 import saft_core.cli
 import saft_service.cli
 import saft_service.remote_cli
+import saft_worlds.cli
 import worker.cli
 
 from . import serve
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``saft`` parser: the core's commands, then the service's, the API's, the worker's and ``serve``."""
+    """The ``saft`` parser: the core's commands, the generators' (synth, world), then ``serve``, the API's, the
+    worker's and the service's."""
     parser, sub = saft_core.cli.new_parser()
     saft_core.cli.register(sub)
+    saft_worlds.cli.register(sub)
     serve.register(sub)
     api.cli.register(sub)
     worker.cli.register(sub)

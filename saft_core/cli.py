@@ -1,4 +1,4 @@
-"""The core's commands of ``saft``: finetune, classify, evaluate, apply, synth, world.
+"""The core's commands of ``saft``: finetune, classify, evaluate, apply.
 
 ``register(sub)`` adds them to a ``saft`` parser (the ``saft_cli`` package composes them with the service's);
 ``main()`` runs them alone, without the service installed. The fine-tuning flags come from the config
@@ -215,8 +215,7 @@ def frontier_table(points: list[tuple[str, float, float, int]], recommended: flo
 
 # ---------------------------------------------------------------------------------------------- classify
 def cmd_classify(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
+    from .images import ImageDecodeError, decode_image
     from .inference import Classifier
 
     spec = ModelSpec(args.model, args.pretrained, args.init_seed) if (args.model or not args.checkpoint) else None
@@ -224,10 +223,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     images = []
     for path in args.images:
         try:
-            with Image.open(path) as im:
-                images.append(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise SaftError(f"cannot read image {path}: {e}", code="invalid_image") from e
+            images.append(decode_image(path))
+        except ImageDecodeError as e:
+            raise ImageDecodeError(f"cannot read image {path}: {e.message}", code=e.code) from e
     clf = Classifier.load(spec, args.checkpoint, alpha=args.alpha, device=args.device)
     results = clf.classify(images, labels, top_k=args.top_k, templates=args.template)
     rows = [{"image": str(p), "predictions": [{"label": lab, "score": s} for lab, s in r]}
@@ -246,7 +244,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import apply_delta, load_delta
-    from .data import load_dataset
+    from .datasets import load_dataset
     from .evaluation import evaluate_dataset
     from .models import load_model
     from .results import variant_at
@@ -297,40 +295,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- synth
-def cmd_synth(args: argparse.Namespace) -> int:
-    from .synthetic import render_shapes
-
-    root = render_shapes(args.out, per_class=args.per_class, seed=args.seed)
-    print(f"wrote {args.per_class} images per class for 3 classes to {root}")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------- world
-def cmd_world_domains(args: argparse.Namespace) -> int:
-    from .world import DOMAINS
-
-    print("\n".join(DOMAINS))
-    return 0
-
-
-def cmd_world_render(args: argparse.Namespace) -> int:
-    from .world import CLASSES, DOMAINS, Shift, render_image_folder
-
-    if args.domain not in DOMAINS:
-        raise SaftError(f"unknown domain {args.domain!r}; domains: {', '.join(DOMAINS)}", code="invalid_config")
-    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else CLASSES
-    unknown = [c for c in classes if c not in CLASSES]
-    if unknown:
-        raise SaftError(f"unknown classes {unknown}; classes: {', '.join(CLASSES)}", code="invalid_config")
-    if args.per_class < 1:
-        raise SaftError("--per-class must be >= 1", code="invalid_config")
-    root = render_image_folder(args.out, args.domain, args.per_class, args.seed, classes=classes,
-                               shift=Shift.v2() if args.shifted else None, size=args.size)
-    print(f"wrote {args.per_class * len(classes)} {args.domain} images ({len(classes)} classes) to {root}")
-    return 0
-
-
 # Options whose flag means something other than the field: a grad clip of 0 disables it (the config says None);
 # the scoring batch defaults to the training batch.
 _TRAIN_BY_HAND = ("grad_clip",)
@@ -364,7 +328,7 @@ def new_parser() -> tuple[argparse.ArgumentParser, Subcommands]:
 
 
 def register(sub: Subcommands) -> None:
-    """Add the core's commands (finetune, classify, evaluate, apply, synth, world) to ``sub``."""
+    """Add the core's commands (finetune, classify, evaluate, apply) to ``sub``."""
     p = sub.add_parser("finetune", help="fine-tune a CLIP model with SAFT (or fully) and write a delta checkpoint")
     _model_args(p)
     p.add_argument("--train", required=True, help="ImageFolder directory or CSV manifest (path,label)")
@@ -414,26 +378,6 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="with --model: its base weights")
     p.add_argument("--init-seed", type=int, default=0)
     p.set_defaults(func=cmd_apply)
-
-    p = sub.add_parser("synth", help="write a small generated ImageFolder (coloured shapes) for demos")
-    p.add_argument("--out", required=True)
-    p.add_argument("--per-class", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser("world", help="the procedural image-text world (domains, renders)")
-    wsub = p.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
-    w = wsub.add_parser("domains", help="print the domain names, one a line")
-    w.set_defaults(func=cmd_world_domains)
-    w = wsub.add_parser("render", help="write an ImageFolder of one domain")
-    w.add_argument("--domain", required=True)
-    w.add_argument("--per-class", type=int, required=True)
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--out", required=True)
-    w.add_argument("--classes", help="comma-separated subset of the classes (default: all)")
-    w.add_argument("--shifted", action="store_true", help="shifted generation parameters (a 'V2' resample)")
-    w.add_argument("--size", type=int, default=64, help="image side in pixels")
-    w.set_defaults(func=cmd_world_render)
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .data import ImageDataset, make_loader
+from .data import make_loader
+from .datasets import ImageDataset
 from .models import LoadedModel
 from .results import Callbacks, EvalScore, Progress, Variant, variant_at
 from .zeroshot import build_head, clip_logits

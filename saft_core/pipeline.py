@@ -14,7 +14,8 @@ import torch
 
 from .checkpoint import checkpoint_metadata, load_mask, read_metadata, save_delta, save_mask
 from .config import FinetuneConfig
-from .data import ImageDataset, load_dataset, make_loader, sample_shots, split_validation
+from .data import make_loader
+from .datasets import ImageDataset, load_dataset, sample_shots, split_validation
 from .evaluation import evaluate_along_alpha
 from .frontier import ALPHA_GRID, recommend_alpha
 from .masking import Mask, select_topk

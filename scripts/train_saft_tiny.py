@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saft_core import world  # noqa: E402
 from saft_core.checkpoint import save_weights  # noqa: E402
 from saft_core.config import ModelSpec  # noqa: E402
 from saft_core.models import load_model  # noqa: E402
+from saft_worlds import world  # noqa: E402
 
 log = logging.getLogger("train_saft_tiny")
 
@@ -128,7 +128,7 @@ def main() -> int:
     # 4) zero-shot accuracy per domain on renders with seeds the corpus never used
     import tempfile
 
-    from saft_core.data import load_dataset
+    from saft_core.datasets import load_dataset
     from saft_core.evaluation import evaluate_dataset
 
     zero_shot = {}

@@ -16,7 +16,7 @@ from saft_service.jobspec import stored_spec
 from saft_service.limits import ID_PATTERN, LimitError
 from saft_service.tables import Job
 
-from ..classify import ClassifierCache, decode_image, parse_labels
+from ..classify import ClassifierCache, decode_upload, parse_labels
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
 from ..problems import CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, UNAVAILABLE, ProblemError
 from ..schemas import ClassifyPublic, ImagePredictions, Prediction
@@ -90,7 +90,7 @@ def classify(
             raise ProblemError(422, "invalid_labels", "zero-shot classification needs labels (a JSON list)")
         alpha = 1.0
     session.commit()  # decoding and inference take seconds: hold no database connection through them
-    pictures = [decode_image(f.file.read(), f.filename, i, settings.max_image_pixels) for i, f in enumerate(images)]
+    pictures = [decode_upload(f.file.read(), i, settings.max_image_pixels) for i, f in enumerate(images)]
     load_spec = replace(model_spec, pretrained=resolve_pretrained(model_spec.pretrained, settings))
     cache: ClassifierCache = request.app.state.classifiers
     k = min(top_k, len(label_list))

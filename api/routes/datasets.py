@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from sqlalchemy import select
 
-from saft_core.data import load_dataset
+from saft_core.datasets import load_dataset
 from saft_core.errors import DataError
 from saft_service.job_datasets import active_job_using
 from saft_service.limits import NO_CONTROL_CHARACTERS

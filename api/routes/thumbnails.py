@@ -7,9 +7,8 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
-from PIL import Image, UnidentifiedImageError
 
-from saft_core.data import IMAGE_EXTENSIONS
+from saft_core.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 
 from ..deps import StorageDep, TenantDataset
 from ..problems import AUTH_RESPONSES, NOT_FOUND, ProblemError
@@ -51,13 +50,11 @@ def thumbnail(
             404, "image_not_found", f"class {class_id!r} has {len(files)} image(s); index {index} is past the end"
         )
     try:
-        with Image.open(files[index]) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, cheaper for big photos
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        im = decode_image(files[index], draft=(size, size))  # JPEG: decoded at a reduced scale, cheaper
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+    except (ImageDecodeError, OSError) as e:
         # The reason stays in the log: an OSError's text names the server's path.
         log.warning("thumbnail of %s/%s/%d: %s", dataset.id, class_id, index, e)
         raise ProblemError(410, "artifact_missing", f"image {index} of {class_id!r} cannot be read") from e

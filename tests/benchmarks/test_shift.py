@@ -17,11 +17,12 @@ from benchmarks.shift import (
 )
 from saft_core.checkpoint import apply_delta
 from saft_core.config import ModelSpec, TrainConfig
-from saft_core.data import load_dataset, make_loader
+from saft_core.data import make_loader
+from saft_core.datasets import load_dataset
 from saft_core.models import load_model
-from saft_core.synthetic import render_shapes
 from saft_core.training import train
 from saft_core.zeroshot import Prompts
+from saft_worlds.shapes import render_shapes
 
 
 def test_lora_trains_only_adapters_and_merges(tmp_path):
@@ -150,7 +151,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
 def test_real_data_path_with_image_folders(tmp_path):
     """The path for real CLIP and ImageNet-style folders (``--train-dir`` etc.), run on rendered folders."""
     from benchmarks.shift import main
-    from saft_core import world
+    from saft_worlds import world
 
     for name, domain, per_class, seed in (("train", "painting", 6, 1), ("val", "painting", 3, 2),
                                           ("id", "painting", 3, 3), ("sketch", "sketch", 3, 4)):

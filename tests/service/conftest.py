@@ -276,7 +276,7 @@ def stack(request: pytest.FixtureRequest) -> Stack:
 
 
 def render(root: Path, per_class: int, seed: int) -> Path:
-    from saft_core.synthetic import render_shapes
+    from saft_worlds.shapes import render_shapes
 
     return render_shapes(root, per_class=per_class, seed=seed)
 

@@ -65,7 +65,7 @@ def test_openapi_describes_every_route_with_bearer_auth(client: TestClient) -> N
 
 def test_a_job_the_queue_cannot_take_stays_queued_and_says_so(client: TestClient, tmp_path: Path) -> None:
     """The row first, then the message: the reaper sends it once the queue is back (see test_liveness)."""
-    from saft_core.synthetic import render_shapes
+    from saft_worlds.shapes import render_shapes
 
     data = zip_dir(render_shapes(tmp_path / "s", per_class=2))
     ds = client.post("/v1/datasets", data={"name": "s"}, files={"file": ("s.zip", data)})
@@ -141,7 +141,7 @@ def test_serve_restart_requeues_orphaned_running_jobs_to_resume(settings: Settin
 
 
 def test_datasets_list_pages_newest_first_and_refuses_a_forged_cursor(client: TestClient, tmp_path: Path) -> None:
-    from saft_core.synthetic import render_shapes
+    from saft_worlds.shapes import render_shapes
 
     data = zip_dir(render_shapes(tmp_path / "s", per_class=1))
     made = [client.post("/v1/datasets", data={"name": f"d{i}"}, files={"file": ("s.zip", data)}).json()["id"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saft_core.config import DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, TrainConfig
-from saft_core.synthetic import draw_shape, render_shapes
+from saft_worlds.shapes import draw_shape, render_shapes
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,8 @@ import signal
 
 import pytest
 
-from saft_core.data import load_dataset, make_loader, sample_shots, split_validation
+from saft_core.data import make_loader
+from saft_core.datasets import load_dataset, sample_shots, split_validation
 from saft_core.errors import DataError
 
 from .conftest import draw_image

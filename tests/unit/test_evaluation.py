@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from saft_core.data import load_dataset, make_loader
+from saft_core.data import make_loader
+from saft_core.datasets import load_dataset
 from saft_core.evaluation import evaluate_along_alpha, evaluate_dataset
 from saft_core.frontier import ALPHA_GRID
 from saft_core.masking import select_topk

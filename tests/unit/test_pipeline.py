@@ -10,7 +10,8 @@ from safetensors import safe_open
 
 from saft_core.checkpoint import apply_delta, load_delta, load_mask, read_metadata
 from saft_core.config import ModelSpec
-from saft_core.data import load_dataset, make_loader
+from saft_core.data import make_loader
+from saft_core.datasets import load_dataset
 from saft_core.errors import Cancelled, CheckpointError
 from saft_core.frontier import ALPHA_GRID, RULE, recommend_alpha
 from saft_core.models import load_model, weights_sha256

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from saft_core import sparse_grad
 from saft_core.config import ModelSpec, TrainConfig
-from saft_core.data import load_dataset, make_loader
+from saft_core.data import make_loader
+from saft_core.datasets import load_dataset
 from saft_core.masking import Mask, select_topk
 from saft_core.models import load_model
 from saft_core.sparse_grad import SparseGradEngine, entry_grads, make_plan

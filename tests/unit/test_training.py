@@ -6,7 +6,8 @@ import torch
 from benchmarks.shift import LoraUpdate
 from saft_core.checkpoint import SparseDelta, apply_delta
 from saft_core.config import ScoringConfig, TrainConfig
-from saft_core.data import load_dataset, make_loader
+from saft_core.data import make_loader
+from saft_core.datasets import load_dataset
 from saft_core.errors import Cancelled
 from saft_core.masking import Mask, select_topk
 from saft_core.models import load_model

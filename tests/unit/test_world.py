@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from saft_core import world
-from saft_core.data import load_dataset
+from saft_core.datasets import load_dataset
+from saft_worlds import world
 
 
 def test_world_has_enough_classes_and_domains():

@@ -23,14 +23,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from .palette import COLOURS
+
 CLASSES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "cross", "ring",
     "crescent", "diamond", "hexagon", "arrow", "heart", "house",
 )
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 215), "yellow": (235, 205, 35),
-    "purple": (135, 55, 185), "orange": (240, 135, 25), "pink": (235, 120, 180), "brown": (130, 80, 40),
-}
 SIZES = ("small", "large")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 DOMAINS: tuple[str, ...] = ("photo", "sketch", "cartoon", "painting", "clutter")

@@ -1,7 +1,8 @@
 """Small generated image datasets for demos and tests: coloured shapes on noisy backgrounds.
 
 Each class is a (colour, shape) pair, so a CLIP model can be fine-tuned to tell them apart in seconds. This is
-not a benchmark world; it only makes the CLI and the service runnable without downloading anything.
+not a benchmark world; it only makes the CLI and the service runnable without downloading anything. Colours
+come from the world's palette (``palette.COLOURS``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
-    "purple": (140, 60, 190), "orange": (240, 140, 30),
-}
+from .palette import COLOURS
+
 SHAPES = ("circle", "square", "triangle")
+DEFAULT_CLASSES: tuple[tuple[str, str], ...] = (("red", "circle"), ("blue", "square"), ("green", "triangle"))
 
 
 def draw_shape(colour: str, shape: str, rng: random.Random, size: int = 64) -> Image.Image:
@@ -47,7 +47,7 @@ def render_shapes(
     size: int = 64,
 ) -> Path:
     """Write an ImageFolder of ``per_class`` PNGs for each (colour, shape) class and a classes.json."""
-    classes = classes or [("red", "circle"), ("blue", "square"), ("green", "triangle")]
+    classes = classes or list(DEFAULT_CLASSES)
     root = Path(out)
     rng = random.Random(seed)
     names = {}

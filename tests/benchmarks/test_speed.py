@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from benchmarks.speed import VARIANTS, main
 
 
+@pytest.mark.slow  # a process per variant, each timing its steps
 def test_quick_speed_benchmark_reports_every_variant(tmp_path, capsys):
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "speed.json").read_text())

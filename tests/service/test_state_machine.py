@@ -260,14 +260,47 @@ def test_finished_jobs_cannot_change(session: Session) -> None:
     assert job.status == "cancelled" and job.error_code is None
 
 
+# The job life of the design, written here on its own and not read from jobs.TRANSITIONS: queued -> running ->
+# succeeded | failed | cancelled; a queued job can also be cancelled or fail (worker lost), a running one can go
+# back to the queue (reaper) or start again (redelivery after its process died). Nothing leaves an end state.
+JOB_LIFE: dict[str, set[str]] = {
+    "queued": {"running", "failed", "cancelled"},
+    "running": {"queued", "running", "succeeded", "failed", "cancelled"},
+    "succeeded": set(),
+    "failed": set(),
+    "cancelled": set(),
+}
+
+
 def test_the_state_machine_refuses_an_edge_its_table_does_not_have(session: Session) -> None:
+    """Every move the design does not have is refused and leaves the row as it was; every move it has is taken.
+    Widening the table (say cancelled -> queued) fails here, as does narrowing it."""
+    for source, targets in JOB_LIFE.items():
+        for target in jobs.JobStatus:
+            job = new_job(session)
+            job.status = source  # put the row in the state under test directly: the move is what is tested
+            session.commit()
+            sources = [jobs.JobStatus(source)]
+            if target.value in targets:
+                assert jobs._transition(session, job.id, target, sources), f"{source} -> {target.value}"
+                session.commit()
+                session.refresh(job)
+                assert job.status == target.value
+                continue
+            with pytest.raises(jobs.IllegalTransition, match=f"is {source}; it cannot become {target.value}"):
+                jobs._transition(session, job.id, target, sources)
+            session.rollback()
+            session.refresh(job)
+            assert job.status == source, f"{source} -> {target.value} changed the row"
+
+
+def test_writers_refuse_jobs_in_the_wrong_state(session: Session) -> None:
+    """The public writers check the row's state as well: none moves a job its source list does not name."""
     job = new_job(session)
     jobs.request_cancel(session, job)
     session.commit()
-    with pytest.raises(jobs.IllegalTransition):  # cancelled -> queued is not an edge
-        jobs._transition(session, job.id, jobs.JobStatus.QUEUED, [jobs.JobStatus.CANCELLED])
-    assert not jobs.requeue(session, job, "test")  # running -> queued is, but the job is not running
-    with pytest.raises(jobs.IllegalTransition):  # nor queued -> succeeded
-        jobs._transition(session, job.id, jobs.JobStatus.SUCCEEDED, [jobs.JobStatus.QUEUED])
+    assert not jobs.requeue(session, job, "test")  # running -> queued is an edge, but the job is not running
+    assert not jobs.fail(session, job.id, "x", "y")
+    assert jobs.claim(session, job.id, worker="w1") is None
     session.refresh(job)
     assert job.status == "cancelled"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from saft_core.config import DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, TrainConfig
+from saft_core.models import LoadedModel, load_model
 from saft_worlds.shapes import draw_shape, render_shapes
 
 
@@ -27,6 +30,18 @@ def shapes_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shapes_eval_dir(tmp_path_factory) -> Path:
     return render_shapes(tmp_path_factory.mktemp("shapes_eval") / "eval", per_class=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def _saft_tiny_once() -> LoadedModel:
+    """saft-tiny with the seeded random init, loaded once; tests take copies of it (``saft_tiny``)."""
+    return load_model(ModelSpec("saft-tiny", None, init_seed=0), "cpu")
+
+
+@pytest.fixture
+def saft_tiny(_saft_tiny_once: LoadedModel) -> LoadedModel:
+    """A private copy of saft-tiny: whatever a test does to its weights, flags or gradients stays in that test."""
+    return replace(_saft_tiny_once, model=copy.deepcopy(_saft_tiny_once.model))
 
 
 def draw_image(path: Path, seed: int = 0) -> Path:

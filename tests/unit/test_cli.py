@@ -1,4 +1,5 @@
-"""The ``saft`` console script, run as a user would: a subprocess with real files."""
+"""The ``saft`` command line. Arguments and errors run in this process (``main(argv)``, output captured);
+the end-to-end runs are a user's: a subprocess with real files (marked slow)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from saft_cli.main import main
 from saft_core.checkpoint import load_delta, load_mask
 from saft_core.frontier import ALPHA_GRID
-
-pytestmark = pytest.mark.slow
 
 
 def saft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "saft_cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
+
+
+def saft_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the ``saft`` command in this process: (exit status, stdout, stderr). argparse's refusals exit."""
+    try:
+        status = main(list(args))
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +40,7 @@ def finetuned(shapes_dir, shapes_eval_dir, tmp_path_factory):
     return out, json.loads(r.stdout.strip().splitlines()[-1]), r
 
 
+@pytest.mark.slow
 def test_finetune_writes_checkpoint_and_mask_with_progress(finetuned):
     out, summary, r = finetuned
     assert out.is_file() and Path(summary["mask"]).is_file()
@@ -45,6 +56,7 @@ def test_finetune_writes_checkpoint_and_mask_with_progress(finetuned):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+@pytest.mark.slow
 def test_finetune_json_reports_timings_and_memory_and_dense_engine_agrees(finetuned, shapes_dir, tmp_path):
     out, summary, _ = finetuned
     assert set(summary["timings"]) == {"scoring_s", "masking_s", "training_s", "evaluating_s"}
@@ -64,6 +76,7 @@ def test_finetune_json_reports_timings_and_memory_and_dense_engine_agrees(finetu
         torch.testing.assert_close(a.tensors[n][1], b.tensors[n][1], rtol=1e-2, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_finetune_twice_with_same_seed_is_identical(finetuned, shapes_dir, tmp_path):
     out, summary, _ = finetuned
     again = tmp_path / "again.safetensors"
@@ -76,6 +89,7 @@ def test_finetune_twice_with_same_seed_is_identical(finetuned, shapes_dir, tmp_p
                for n in a.tensors)
 
 
+@pytest.mark.slow
 def test_classify_evaluate_and_apply(finetuned, shapes_eval_dir, tmp_path):
     out, summary, _ = finetuned
     image = next((shapes_eval_dir / "red_circle").iterdir())
@@ -100,6 +114,7 @@ def test_classify_evaluate_and_apply(finetuned, shapes_eval_dir, tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1])["top1"] == pytest.approx(ev["top1"])
 
 
+@pytest.mark.slow  # a second fine-tune
 def test_frontier_table_and_classify_at_the_recommended_alpha(finetuned, shapes_dir, shapes_eval_dir, tmp_path):
     out = tmp_path / "val.safetensors"
     r = saft("finetune", "--train", str(shapes_dir), "--eval", f"shifted={shapes_eval_dir}", "--validation-fraction",
@@ -125,13 +140,20 @@ def test_frontier_table_and_classify_at_the_recommended_alpha(finetuned, shapes_
     assert r.returncode == 2 and "alpha must be a number in [0, 1] or 'recommended'" in r.stderr
 
 
-def test_zero_shot_classify_needs_labels(shapes_eval_dir):
+def test_zero_shot_classify_needs_labels(shapes_eval_dir, capsys):
     image = next((shapes_eval_dir / "red_circle").iterdir())
-    r = saft("classify", "--model", "saft-tiny", str(image))
-    assert r.returncode == 2 and "labels are required" in r.stderr
-    r = saft("classify", "--model", "saft-tiny", "--labels", "cat,dog", "--json", str(image))
-    assert r.returncode == 0, r.stderr
-    assert len(json.loads(r.stdout.strip().splitlines()[-1])["results"][0]["predictions"]) == 2
+    status, _, err = saft_here(capsys, "classify", "--model", "saft-tiny", str(image))
+    assert status == 2 and "labels are required" in err
+    status, out, err = saft_here(capsys, "classify", "--model", "saft-tiny", "--labels", "cat,dog", "--json", str(image))
+    assert status == 0, err
+    assert len(json.loads(out.strip().splitlines()[-1])["results"][0]["predictions"]) == 2
+
+
+def test_an_unreadable_image_exits_2_naming_it(tmp_path, capsys):
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not a png")
+    status, _, err = saft_here(capsys, "classify", "--model", "saft-tiny", "--labels", "a,b", str(bad))
+    assert status == 2 and f"cannot read image {bad}: cannot identify image file" in err
 
 
 @pytest.mark.parametrize(
@@ -143,14 +165,15 @@ def test_zero_shot_classify_needs_labels(shapes_eval_dir):
         (["--workers", "-1"], "argument --workers: must be >= 0, got -1"),
     ],
 )
-def test_bad_finetune_arguments_exit_2_with_message(shapes_dir, tmp_path, args, message):
-    r = saft("finetune", "--train", str(shapes_dir), "--out", str(tmp_path / "x.safetensors"), *args)
-    assert r.returncode == 2
-    assert message in r.stderr
+def test_bad_finetune_arguments_exit_2_with_message(shapes_dir, tmp_path, capsys, args, message):
+    status, _, err = saft_here(capsys, "finetune", "--train", str(shapes_dir), "--out", str(tmp_path / "x.safetensors"), *args)
+    assert status == 2
+    assert message in err
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
-def test_bad_dataset_exit_2(tmp_path):
+def test_bad_dataset_exit_2(tmp_path, capsys):
     (tmp_path / "only" / "cls").mkdir(parents=True)
-    r = saft("finetune", "--train", str(tmp_path / "only"), "--out", str(tmp_path / "x.safetensors"))
-    assert r.returncode == 2 and "no images found" in r.stderr
+    status, _, err = saft_here(capsys, "finetune", "--train", str(tmp_path / "only"), "--out", str(tmp_path / "x.safetensors"))
+    assert status == 2 and "no images found" in err
+

@@ -10,17 +10,18 @@ import pytest
 import saft_core.cli
 from saft_cli.main import build_parser
 
-CORE = {"finetune", "classify", "evaluate", "apply", "synth", "world"}
+CORE = {"finetune", "classify", "evaluate", "apply"}
+WORLDS = {"synth", "world"}
 SERVICE = {"serve", "api", "worker", "migrate", "keys", "datasets", "jobs"}
 
 
 def test_saft_has_every_layers_commands(capsys):  # capsys: the --help texts stay out of the log
     parser = build_parser()
-    for name in CORE | SERVICE:
+    for name in CORE | WORLDS | SERVICE:
         with pytest.raises(SystemExit) as e:
             parser.parse_args([name, "--help"])
         assert e.value.code == 0
-    assert all(name in parser.format_help() for name in CORE | SERVICE)
+    assert all(name in parser.format_help() for name in CORE | WORLDS | SERVICE)
 
 
 def test_the_core_alone_has_only_its_commands():
@@ -28,7 +29,7 @@ def test_the_core_alone_has_only_its_commands():
     saft_core.cli.register(sub)
     text = parser.format_help()
     assert all(name in text for name in CORE)
-    assert not any(f"    {name} " in text for name in SERVICE)
+    assert not any(f"    {name} " in text for name in WORLDS | SERVICE)
 
 
 def test_each_command_is_wired_to_its_layer():
@@ -37,7 +38,7 @@ def test_each_command_is_wired_to_its_layer():
     assert parser.parse_args(["api"]).func.__module__ == "api.cli"
     assert parser.parse_args(["serve"]).func.__module__ == "saft_cli.serve"
     assert parser.parse_args(["keys", "list"]).func.__module__ == "saft_service.cli"
-    assert parser.parse_args(["world", "domains"]).func.__module__ == "saft_core.cli"
+    assert parser.parse_args(["world", "domains"]).func.__module__ == "saft_worlds.cli"
 
 
 def test_python_m_saft_cli_is_the_saft_command():

@@ -55,9 +55,9 @@ def test_stages_run_in_order(run):
     assert stages == ["loading", "scoring", "masking", "training", "evaluating", "saving"]
 
 
-def test_mask_is_exact_brute_force_topk_of_recomputed_scores(run, shapes_dir):
+def test_mask_is_exact_brute_force_topk_of_recomputed_scores(run, shapes_dir, saft_tiny):
     result, _ = run
-    loaded = load_model(ModelSpec("saft-tiny", None, init_seed=0), "cpu")
+    loaded = saft_tiny  # the run's base: saft-tiny, init seed 0
     scores = recompute_scores(loaded.model, loaded.tokenizer, loaded.preprocess_eval, load_dataset(shapes_dir))
     n = sum(s.numel() for s in scores.values())
     k = round(0.001 * n)
@@ -67,7 +67,7 @@ def test_mask_is_exact_brute_force_topk_of_recomputed_scores(run, shapes_dir):
     assert {name: idx.tolist() for name, idx in mask.items()} == expected
 
 
-def test_entries_outside_mask_are_bitwise_unchanged_and_checkpoint_reproduces_logits(shapes_dir, tmp_path):
+def test_entries_outside_mask_are_bitwise_unchanged_and_checkpoint_reproduces_logits(shapes_dir, saft_tiny):
     # Train in-process, keep the fine-tuned model, and compare it with base + checkpoint.
     from saft_core.masking import select_topk
     from saft_core.scoring import score_parameters
@@ -75,7 +75,7 @@ def test_entries_outside_mask_are_bitwise_unchanged_and_checkpoint_reproduces_lo
     from saft_core.zeroshot import Prompts
 
     cfg = tiny_config(shapes_dir, train={"epochs": 3, "learning_rate": 5e-3})
-    loaded = load_model(cfg.model, "cpu")
+    loaded = saft_tiny  # cfg.model
     base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     ds = load_dataset(shapes_dir)
     prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
@@ -131,10 +131,10 @@ def test_checkpoint_file_format(run):
     assert sorted(p.name for p in result.checkpoint_path.parent.iterdir()) == ["checkpoint.safetensors", "mask.safetensors"]
 
 
-def test_alpha_zero_gives_the_base_and_wrong_base_is_refused(run):
+def test_alpha_zero_gives_the_base_and_wrong_base_is_refused(run, saft_tiny):
     result, _ = run
     delta = load_delta(result.checkpoint_path)
-    loaded = load_model(ModelSpec("saft-tiny", None, init_seed=0), "cpu")
+    loaded = saft_tiny  # the run's base
     before = weights_sha256(loaded.model)
     apply_delta(loaded.model, delta, alpha=0.0, base_sha256=loaded.sha256)
     assert weights_sha256(loaded.model) == before
@@ -148,6 +148,7 @@ def test_alpha_zero_gives_the_base_and_wrong_base_is_refused(run):
     assert weights_sha256(other.model) == untouched
 
 
+@pytest.mark.slow  # two fine-tunes
 def test_same_seed_gives_identical_checkpoint(shapes_dir, tmp_path):
     a = finetune(tiny_config(shapes_dir), tmp_path / "a")
     b = finetune(tiny_config(shapes_dir), tmp_path / "b")
@@ -159,6 +160,7 @@ def test_same_seed_gives_identical_checkpoint(shapes_dir, tmp_path):
     assert any(float(d.abs().max()) > 0 for _, d in da.tensors.values())
 
 
+@pytest.mark.slow  # two fine-tunes, one with worker processes
 def test_data_loader_workers_change_nothing_but_speed(shapes_dir, shapes_eval_dir, tmp_path, monkeypatch):
     """Images transformed in 2 worker processes give the checkpoint and scores of the in-process run."""
     import saft_core.evaluation
@@ -187,6 +189,7 @@ def test_data_loader_workers_change_nothing_but_speed(shapes_dir, shapes_eval_di
     assert [(e.dataset, e.top1, e.top5) for e in a.evaluations] == [(e.dataset, e.top1, e.top5) for e in b.evaluations]
 
 
+@pytest.mark.slow  # two fine-tunes with worker processes
 def test_augmented_run_with_workers_is_repeatable(shapes_dir, tmp_path):
     """Random crops drawn in 2 loader workers: the same seed gives the same checkpoint."""
     cfg = dict(data={"workers": 2}, train={"augment": True, "epochs": 1}, evaluate_zero_shot=False)

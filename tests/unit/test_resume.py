@@ -32,6 +32,7 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / CHECKPOINT_FILE))
 
 
+@pytest.mark.slow  # three fine-tunes a case
 @pytest.mark.parametrize(
     ("method", "augment", "cut"),
     [("saft", True, 8), ("saft", False, 6), ("full", False, 3)],
@@ -68,6 +69,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one(shapes_dir, tmp_path, method
     assert result.metrics["train_steps"] == 12
 
 
+@pytest.mark.slow  # two fine-tunes
 def test_a_snapshot_of_another_configuration_is_ignored(shapes_dir, tmp_path) -> None:
     cfg = tiny_config(shapes_dir, train=dict(batch_size=4))
     snap = SnapshotConfig(dir=str(tmp_path / "snap"), interval_s=0.0)

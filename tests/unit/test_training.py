@@ -20,13 +20,13 @@ from saft_core.zeroshot import Prompts, build_head
 from .conftest import tiny_config
 
 
-@pytest.fixture(scope="module")
-def setup(shapes_dir):
+@pytest.fixture
+def setup(shapes_dir, saft_tiny):
+    """The run's config, a private copy of saft-tiny (tests train it), the dataset and its prompts."""
     cfg = tiny_config(shapes_dir)
-    loaded = load_model(cfg.model, "cpu")
     ds = load_dataset(shapes_dir)
-    prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
-    return cfg, loaded, ds, prompts
+    prompts = Prompts.build(saft_tiny.tokenizer, ds.class_names, cfg.data.templates, "cpu")
+    return cfg, saft_tiny, ds, prompts
 
 
 @pytest.mark.parametrize("grad_engine", ["sparse", "dense"])
@@ -49,7 +49,6 @@ def test_optimizer_state_exists_only_for_selected_entries(setup, grad_engine):
     state_entries = sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in opt.state.values())
     assert state_entries == 2 * mask.k
     assert all(p.grad is None for p in loaded.model.parameters())  # dense gradients were dropped
-    update.set_weights(0.0)
 
 
 def test_gradients_are_masked_before_clipping(setup):
@@ -68,7 +67,6 @@ def test_gradients_are_masked_before_clipping(setup):
     norm = torch.nn.utils.clip_grad_norm_(update.trainable(), 1e-6)
     torch.testing.assert_close(norm, dense.reshape(-1)[idx].norm())
     assert dense.norm() > norm  # the dense norm would have clipped differently
-    update.set_weights(0.0)
 
 
 def test_progress_and_cancellation(setup):
@@ -86,7 +84,6 @@ def test_progress_and_cancellation(setup):
         train(loaded.model, loader, prompts, update, TrainConfig(epochs=1, batch_size=8), device=loaded.device,
               callbacks=Callbacks(should_cancel=lambda: len(seen) >= 8, on_progress=seen.append))
     assert len(seen) == 8
-    update.set_weights(0.0)
 
 
 def test_saft_full_and_lora_implement_the_update_protocol():

@@ -1,12 +1,11 @@
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from saft_cli.main import main
 from saft_core.datasets import load_dataset
-from saft_worlds import world
+from saft_worlds import palette, world
 
 
 def test_world_has_enough_classes_and_domains():
@@ -57,13 +56,23 @@ def test_render_image_folder_loads_as_dataset(tmp_path):
     assert ds.classes == ["heart", "ring", "star"] and ds.counts() == {"heart": 2, "ring": 2, "star": 2}
 
 
-def test_world_cli(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "saft_cli", "world", "domains"], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.split() == list(world.DOMAINS)
-    r = subprocess.run([sys.executable, "-m", "saft_cli", "world", "render", "--domain", "sketch",
-                        "--per-class", "1", "--seed", "2", "--out", str(tmp_path / "s")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+def test_world_cli(tmp_path, capsys):
+    assert main(["world", "domains"]) == 0
+    assert capsys.readouterr().out.split() == list(world.DOMAINS)
+    assert main(["world", "render", "--domain", "sketch", "--per-class", "1", "--seed", "2",
+                 "--out", str(tmp_path / "s")]) == 0
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == sorted(world.CLASSES)
-    r = subprocess.run([sys.executable, "-m", "saft_cli", "world", "render", "--domain", "oil",
-                        "--per-class", "1", "--out", str(tmp_path / "x")], capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown domain 'oil'" in r.stderr
+    assert main(["world", "render", "--domain", "oil", "--per-class", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown domain 'oil'" in capsys.readouterr().err
+    assert main(["world", "render", "--domain", "photo", "--classes", "star,blob", "--per-class", "1",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "unknown classes ['blob']" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_renders_are_pinned_to_the_palette_saft_tiny_was_trained_with():
+    """The bundled weights saw these exact colours: a palette change must show here, not as a silent drift."""
+    assert palette.COLOURS["red"] == (215, 40, 40) and palette.COLOURS["brown"] == (130, 80, 40)
+    scene = world.Scene(cls="star", colour="red", size="large", position="center", domain="cartoon")
+    centre = np.asarray(world.render(scene, seed=4, size=64))[32, 32]
+    assert tuple(int(c) for c in centre) == (236, 44, 44)  # 1.1 x red, as the cartoon renderer fills it

@@ -35,7 +35,7 @@ class ImageDecodeError(DataError):
     code = "invalid_image"
 
 
-def check_image_size(im: Image.Image, max_pixels: int | None) -> None:
+def _check_pixels(im: Image.Image, max_pixels: int | None) -> None:
     """Refuse an opened (not yet decoded) image over ``max_pixels`` (width x height, read from its header)."""
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
@@ -62,7 +62,7 @@ def decode_image(
         source = io.BytesIO(source)
     try:
         with Image.open(source) as im:
-            check_image_size(im, max_pixels)
+            _check_pixels(im, max_pixels)
             if draft is not None and im.format == "JPEG":
                 im.draft("RGB", draft)
             im.load()

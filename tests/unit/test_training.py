@@ -118,8 +118,7 @@ class LogitScaleOnly:
 
 
 def test_train_drives_any_update_through_the_protocol(setup, tmp_path):
-    cfg, _, ds, prompts = setup
-    loaded = load_model(cfg.model, "cpu")  # its own model: this test changes what trains
+    cfg, loaded, ds, prompts = setup  # a private copy of the model: this test changes what trains
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     update = LogitScaleOnly(loaded.model)
     assert isinstance(update, Update) and not isinstance(update, ResumableUpdate)

@@ -23,7 +23,7 @@ from .conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def trained(shapes_dir):
+def _trained_once(shapes_dir):
     """A SAFT run trained in this process (a large step so the fine-tuned model differs from the base)."""
     cfg = tiny_config(shapes_dir, train={"epochs": 3, "learning_rate": 2e-2, "ratio": 0.01})
     loaded = load_model(cfg.model, "cpu")
@@ -34,6 +34,14 @@ def trained(shapes_dir):
     update = SparseUpdate(loaded.model, select_topk(scores, cfg.train.ratio))
     train(loaded.model, make_loader(ds, loaded.preprocess_eval, 8, shuffle=True), prompts, update, cfg.train,
           device=loaded.device)
+    return cfg, loaded, update
+
+
+@pytest.fixture
+def trained(_trained_once):
+    """The run, handed to each test at its fine-tuned weights (alpha 1), whatever alpha the last test left."""
+    cfg, loaded, update = _trained_once
+    update.set_weights(1.0)
     return cfg, loaded, update
 
 
@@ -51,7 +59,6 @@ def test_the_ends_of_the_frontier_are_the_scores_measured_without_it(trained, sh
     update.set_weights(1.0)
 
     rows = evaluate_along_alpha(loaded, sets, ALPHA_GRID, update.set_weights, templates=templates, batch_size=5)
-    update.set_weights(1.0)
     assert [(r.alpha, r.dataset) for r in rows] == [(a, name) for a in ALPHA_GRID for name, _ in sets]
     assert {r.model for r in rows if 0 < r.alpha < 1} == {"interpolated"}
     for r in rows:
@@ -70,7 +77,6 @@ def test_progress_runs_once_over_every_pass(trained, shapes_dir, shapes_eval_dir
     alphas = (0.25, 0.5, 1.0)
     evaluate_along_alpha(loaded, sets, alphas, update.set_weights, templates=list(cfg.data.templates),
                          batch_size=5, callbacks=Callbacks(on_progress=seen.append))
-    update.set_weights(1.0)
     total = len(alphas) * (math.ceil(24 / 5) + math.ceil(12 / 5))
     assert [p.step for p in seen] == list(range(1, total + 1))
     assert {p.total for p in seen} == {total} and {p.stage for p in seen} == {"evaluating"}

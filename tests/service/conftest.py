@@ -192,19 +192,29 @@ def create_key(env: dict[str, str], tenant: str) -> str:
     return key
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+@contextmanager
+def scratch_postgres(prefix: str) -> Iterator[str]:
+    """A new, empty Postgres database, dropped on exit (its connections too); yields its SQLAlchemy URL. Skips
+    the test when Postgres is not reachable. Dispose of engines on it before leaving the block."""
     if not reachable(PG_HOST, PG_PORT):
         pytest.skip(f"Postgres is not reachable at {PG_HOST}:{PG_PORT}")
     import psycopg
 
-    name = f"saft_test_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with scratch_postgres("saft_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from saft_service import db, jobs, keys
 from saft_service.settings import Settings
 from saft_service.tables import Job, JobEvent, utcnow
 
-from .conftest import PG_HOST, PG_PORT, reachable
+from .conftest import scratch_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -30,22 +29,13 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
         yield s
         db.get_engine(s).dispose()
         return
-    if not reachable(PG_HOST, PG_PORT):
-        pytest.skip(f"Postgres is not reachable at {PG_HOST}:{PG_PORT}")
-    import psycopg
-
-    name = f"saft_es_{secrets.token_hex(4)}"
-    admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    s = Settings(data_dir=tmp_path, database_url=f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}")
-    try:
-        db.upgrade(s)
-        yield s
-    finally:
-        db.get_engine(s).dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("saft_es") as url:
+        s = Settings(data_dir=tmp_path, database_url=url)
+        try:
+            db.upgrade(s)
+            yield s
+        finally:
+            db.get_engine(s).dispose()
 
 
 def test_a_job_finishing_in_the_middle_of_a_read_still_has_its_last_event_sent(settings: Settings) -> None:

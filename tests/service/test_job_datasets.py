@@ -22,7 +22,7 @@ from saft_service.settings import Settings
 from saft_service.submission import QuotaExceeded, submit_job
 from saft_service.tables import Dataset, JobDataset, Tenant, utcnow
 
-from .conftest import PG_HOST, PG_PORT, reachable
+from .conftest import scratch_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -32,22 +32,12 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
     if request.param == "sqlite":
         yield Settings(data_dir=tmp_path, max_active_jobs=2)
         return
-    if not reachable(PG_HOST, PG_PORT):
-        pytest.skip(f"Postgres is not reachable at {PG_HOST}:{PG_PORT}")
-    import psycopg
-
-    name = f"saft_jd_{secrets.token_hex(4)}"
-    admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    s = Settings(data_dir=tmp_path, database_url=url, max_active_jobs=2)
-    try:
-        yield s
-    finally:
-        db.get_engine(s).dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("saft_jd") as url:
+        s = Settings(data_dir=tmp_path, database_url=url, max_active_jobs=2)
+        try:
+            yield s
+        finally:
+            db.get_engine(s).dispose()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from saft_service import db, jobs, keys
 from saft_service.settings import Settings
 from saft_service.tables import Base, Job, JobEvent, utcnow
 
-from .conftest import PG_HOST, PG_PORT, reachable
+from .conftest import scratch_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -30,22 +30,13 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
         db.upgrade(s)
         yield s
         return
-    if not reachable(PG_HOST, PG_PORT):
-        pytest.skip(f"Postgres is not reachable at {PG_HOST}:{PG_PORT}")
-    import psycopg
-
-    name = f"saft_sm_{secrets.token_hex(4)}"
-    admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    s = Settings(data_dir=tmp_path, database_url=f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}")
-    try:
-        db.upgrade(s)
-        yield s
-    finally:
-        db.get_engine(s).dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("saft_sm") as url:
+        s = Settings(data_dir=tmp_path, database_url=url)
+        try:
+            db.upgrade(s)
+            yield s
+        finally:
+            db.get_engine(s).dispose()
 
 
 @pytest.fixture

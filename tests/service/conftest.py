@@ -11,6 +11,7 @@ Both use small upload limits so the limit tests stay small.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -26,10 +27,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from saft_service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -209,6 +213,22 @@ def scratch_postgres(prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def migrated_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings of a migrated, empty database of each kind, for tests that use the store in-process."""
+    from saft_service import db
+    from saft_service.settings import Settings
+
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            s = Settings(data_dir=tmp_path)
+        else:
+            s = Settings(data_dir=tmp_path, database_url=stack.enter_context(scratch_postgres("saft_store")))
+        stack.callback(lambda: db.get_engine(s).dispose())  # before the database is dropped
+        db.upgrade(s)
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,24 +16,10 @@ from saft_service import db, jobs, keys
 from saft_service.settings import Settings
 from saft_service.tables import Job, JobEvent, utcnow
 
-from .conftest import scratch_postgres
 
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "sqlite":
-        s = Settings(data_dir=tmp_path)
-        db.upgrade(s)
-        yield s
-        db.get_engine(s).dispose()
-        return
-    with scratch_postgres("saft_es") as url:
-        s = Settings(data_dir=tmp_path, database_url=url)
-        try:
-            db.upgrade(s)
-            yield s
-        finally:
-            db.get_engine(s).dispose()
+@pytest.fixture
+def settings(migrated_settings: Settings) -> Settings:
+    return migrated_settings
 
 
 def test_a_job_finishing_in_the_middle_of_a_read_still_has_its_last_event_sent(settings: Settings) -> None:
@@ -77,7 +61,7 @@ def test_a_job_finishing_in_the_middle_of_a_read_still_has_its_last_event_sent(s
     assert seen == [("status", "queued"), ("status", "cancelled"), ("end", "")]
 
 
-@pytest.mark.parametrize("settings", ["postgres"], indirect=True)  # SQLite commits in id order (one writer)
+@pytest.mark.parametrize("migrated_settings", ["postgres"], indirect=True)  # SQLite commits in id order (one writer)
 def test_an_event_committed_after_a_larger_id_is_still_sent(settings: Settings) -> None:
     factory = db.session_factory(settings)
     engine = db.get_engine(settings)

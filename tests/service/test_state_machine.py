@@ -8,7 +8,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -19,24 +18,10 @@ from saft_service import db, jobs, keys
 from saft_service.settings import Settings
 from saft_service.tables import Base, Job, JobEvent, utcnow
 
-from .conftest import scratch_postgres
 
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    """A migrated database of each kind."""
-    if request.param == "sqlite":
-        s = Settings(data_dir=tmp_path)
-        db.upgrade(s)
-        yield s
-        return
-    with scratch_postgres("saft_sm") as url:
-        s = Settings(data_dir=tmp_path, database_url=url)
-        try:
-            db.upgrade(s)
-            yield s
-        finally:
-            db.get_engine(s).dispose()
+@pytest.fixture
+def settings(migrated_settings: Settings) -> Settings:
+    return migrated_settings
 
 
 @pytest.fixture

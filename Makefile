@@ -47,7 +47,7 @@ test-unit: $(STAMP)
 test-service: $(STAMP)
 	$(VENV)/bin/pytest tests/service
 
-## The distribution-shift benchmark (--quick: about 2 minutes on 2 cores; full: see benchmarks/results).
+## The distribution-shift benchmark (--quick: about 4 minutes on 2 cores; full: about an hour, see benchmarks/results).
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.shift --quick --out var/bench-quick
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from saft_core.config import DEFAULT_PRETRAINED
-from saft_core.models import is_architecture, pretrained_tags
 
 from .limits import LimitError
 from .settings import Settings
@@ -41,6 +40,10 @@ def check_model(name: str, pretrained: str | None, settings: Settings) -> None:
                 f"model {name!r}: Hugging Face Hub models are not enabled on this service (SAFT_ALLOW_HF_HUB)",
             )
         return
+    # open_clip's registry imports torch: loaded here, on the first check, so that modules which only import this
+    # one (the dataset routes, the upload check) stay free of it
+    from saft_core.models import is_architecture, pretrained_tags
+
     tags = pretrained_tags(name)
     if not tags and not is_architecture(name):
         raise LimitError("unknown_model", f"model {name!r} is not a known model; see GET /v1/models")

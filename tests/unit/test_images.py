@@ -90,9 +90,10 @@ def test_draft_decodes_a_big_jpeg_at_a_reduced_scale_but_not_below_the_draft():
 
 
 def test_the_upload_check_does_not_import_torch(shapes_dir: Path):
-    """Checking an upload (extract, list, decode every image) runs in the API without loading torch."""
+    """The dataset routes and the upload check (extract, list, decode every image) run without loading torch."""
     code = (
         "import sys\n"
+        "import api.routes.datasets\n"
         "import api.uploads\n"
         "from saft_core.datasets import load_dataset\n"
         f"ds = load_dataset({str(shapes_dir)!r}, verify=True, max_pixels=10_000)\n"

@@ -435,9 +435,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("| wise-ft (full at alpha 0.5) | " + " | ".join(
             _pct(methods["full"]["frontier"]["0.5"], c) for c in cols + ood_cols) + " | - |")
     target = results.get("target_id")
-    lines += ["", "At the alpha the product's rule recommends (one standard error on the validation render, per seed), "
-              "and each frontier's best OOD average at an ID of at least full fine-tuning's minus 1 point"
-              + (f" ({100 * target:.1f} %)" if target is not None else "") + ":", "",
+    lines += ["", "At the alpha the product's rule recommends (one standard error on the validation render, per seed)"
+              + (f", and each frontier's best OOD average at an ID of at least full fine-tuning's minus 1 point "
+                 f"({100 * target:.1f} %)" if target is not None else " (no full fine-tuning run: no ID target)") + ":", "",
               "| method | recommended alphas | ID | OOD avg | new classes | best OOD avg at ID target | max ID |",
               "|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
@@ -447,7 +447,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {', '.join(str(a) for a in m['recommended_alpha'])} | {_pct(r, 'id')} | "
                      f"{_pct(r, 'ood_avg')} | {_pct(r, 'new_classes')} | "
                      f"{'-' if best is None else f'{100 * best:.1f}'} | {100 * max_id:.1f} |")
-    alphas = list(first and next(iter(methods.values()))["frontier"])
+    alphas = list(next(iter(methods.values()))["frontier"])
     lines += ["", "Frontiers: ID / OOD average at each alpha (mean over seeds):", "",
               "| method | " + " | ".join(f"alpha {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
     for name, m in methods.items():

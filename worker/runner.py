@@ -296,11 +296,11 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
             return
         # The stored request, trusted: it was validated when it was submitted. Whether this version of the core
         # can still run it is decided when it is mapped onto the core's config (step 2 of ``_run_claimed``).
-        attempt, spec, tenant_id = job.attempts, stored_spec(job.spec), job.tenant_id
+        attempt, spec = job.attempts, stored_spec(job.spec)
+        # read in the claim's transaction: a database error here leaves the job unclaimed and the message retried
+        ids = [spec.dataset_id, *spec.eval_dataset_ids]
+        rows = {d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == job.tenant_id)}
     job_dir = storage.job_dir(job_id)
-    ids = [spec.dataset_id, *spec.eval_dataset_ids]
-    with session_scope(settings) as s:
-        rows = {d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == tenant_id)}
     out_dir = job_dir / f"attempt-{attempt}"
     for leftover in job_dir.glob("attempt-*"):  # outputs of attempts whose worker was lost
         remove_tree(leftover)

@@ -149,9 +149,11 @@ class IdempotentRoute(APIRoute):
         handler = super().get_route_handler()
         if not any(d.call is idempotency_key_header for d in self.dependant.dependencies):
             return handler
-        endpoint = f"{','.join(sorted(self.methods))} {self.path_format}"
+        methods = ",".join(sorted(self.methods))
 
         async def idempotent_handler(request: Request) -> Response:
+            # The concrete path: a key names one request, so completing another upload with it is a reuse.
+            endpoint = f"{methods} {request.url.path}"
             key = request.headers.get(HEADER)
             if key is None:
                 return await handler(request)

@@ -20,7 +20,7 @@ from . import problems
 from .classify import ClassifierCache
 from .deps import key_checker
 from .limits import AuthenticateFirst, ContentLengthLimit, JsonBodyLimit
-from .routes import classify, console, datasets, health, jobs, models, thumbnails
+from .routes import classify, console, datasets, health, jobs, models, thumbnails, uploads, usage
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ DESCRIPTION = """\
 Fine-tune CLIP models with SAFT (sparse adaptation: only the ~0.1 % of parameters with the largest gradient
 scores are trained) and serve them.
 
-1. `POST /v1/datasets` an ImageFolder archive; 2. `POST /v1/jobs`; 3. poll `GET /v1/jobs/{id}` or stream
+1. `POST /v1/datasets` an ImageFolder archive (larger ones: the resumable `/v1/uploads`); 2. `POST /v1/jobs`; 3. poll `GET /v1/jobs/{id}` or stream
 `GET /v1/jobs/{id}/events/stream`; 4. download `GET /v1/jobs/{id}/checkpoint`; 5. `POST /v1/classify`.
 
 Every `/v1` call needs `Authorization: Bearer <key>` (make one with `saft keys create --tenant NAME`).
@@ -78,12 +78,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ContentLengthLimit,
         default=settings.max_request_bytes,
-        by_prefix={"/v1/datasets": settings.max_upload_bytes, "/v1/jobs": settings.max_json_body_bytes},
+        by_prefix={
+            "/v1/datasets": settings.max_upload_bytes,
+            "/v1/uploads": settings.max_upload_part_bytes,
+            "/v1/jobs": settings.max_json_body_bytes,
+        },
     )
     app.add_middleware(AuthenticateFirst, check=key_checker(settings))
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(datasets.router, max_body_size=settings.max_upload_bytes)
+    app.include_router(uploads.router, max_body_size=settings.max_upload_part_bytes)
+    app.include_router(usage.router)
     # Body limits per router, not on the app: the app-level check answers a declared length in plain text
     # before any middleware of ours could answer it as a problem (ContentLengthLimit does that instead).
     app.include_router(jobs.router, max_body_size=settings.max_json_body_bytes)
@@ -91,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(thumbnails.router)
     console.install(app)
     problems.document_problems(app)
+    datasets.document_bodies(app)
     return app
 
 

@@ -6,14 +6,14 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from saft_service.allowed_models import check_model
 from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod, stored_spec
-from saft_service.limits import LimitError, check_json_value, check_name
+from saft_service.limits import MAX_INT64, NO_CONTROL_CHARACTERS, LimitError, check_json_value, check_name
 from saft_service.settings import get_settings
-from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask
+from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask, Upload
 
 # --- datasets ---------------------------------------------------------------------------------------------
 
@@ -29,7 +29,12 @@ class DatasetPublic(BaseModel):
     classes: list[str] = Field(description="Class folder names, sorted; a job's labels come from these.")
     class_names: list[str] = Field(description="Names used in prompts (from classes.json, else the folders).")
     counts: dict[str, int] = Field(description="Images per class.")
-    size_bytes: int
+    size_bytes: int = Field(description="Bytes of its images (counted against the storage quota unless external).")
+    external: bool = Field(
+        False, description="Registered in place from a server path: the service reads the files where they are "
+        "and never deletes them."
+    )
+    source_path: str | None = Field(None, description="The server folder of an external dataset.")
     created_at: datetime
 
     @classmethod
@@ -43,6 +48,8 @@ class DatasetPublic(BaseModel):
             class_names=ds.class_names,
             counts=ds.counts,
             size_bytes=ds.size_bytes,
+            external=bool(ds.external),
+            source_path=ds.path if ds.external else None,
             created_at=ds.created_at,
         )
 
@@ -50,6 +57,95 @@ class DatasetPublic(BaseModel):
 class DatasetsPublic(BaseModel):
     data: list[DatasetPublic]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class PathSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["path"]
+    path: str = Field(
+        min_length=1, max_length=4096, pattern=NO_CONTROL_CHARACTERS,
+        description="An absolute path on the server, under one of the operator's import roots (SAFT_IMPORT_ROOTS): "
+        "an ImageFolder directory (read in place) or a .zip/.tar/.tar.gz archive (extracted into the store).",
+    )
+
+
+class DatasetImport(BaseModel):
+    """Register a dataset that is already on the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS, description="A name for people.")
+    source: PathSource
+
+
+# --- multipart uploads ------------------------------------------------------------------------------------
+
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    filename: str = Field(
+        min_length=1, max_length=255, pattern=NO_CONTROL_CHARACTERS,
+        description="The archive's file name (.zip, .tar, .tar.gz), for people and logs.",
+    )
+    size: int = Field(alias="bytes", ge=1, le=MAX_INT64, description="The whole file's size in bytes.")
+    sha256: str | None = Field(
+        None, pattern=SHA256_HEX, description="The whole file's SHA-256 (lowercase hex); checked on completion."
+    )
+
+
+class UploadPartPublic(BaseModel):
+    number: int = Field(description="1 to parts_total.")
+    size: int
+    sha256: str = Field(description="SHA-256 of the part as stored; compare with yours to know what to resend.")
+
+
+class UploadPublic(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    filename: str
+    size: int = Field(alias="bytes", description="The whole file's size in bytes.")
+    sha256: str | None
+    part_size: int = Field(description="Every part but the last has exactly this many bytes.")
+    parts_total: int
+    parts: list[UploadPartPublic] = Field(description="The parts received, by number.")
+    bytes_received: int
+    status: Literal["pending", "completing"]
+    created_at: datetime
+    expires_at: datetime = Field(description="An upload not completed by then is deleted with its parts.")
+
+    @classmethod
+    def of(cls, upload: Upload) -> UploadPublic:
+        parts = [UploadPartPublic(number=p.number, size=p.size_bytes, sha256=p.sha256) for p in upload.parts]
+        return cls(
+            id=upload.id, filename=upload.filename, size=upload.size_bytes, sha256=upload.sha256,
+            part_size=upload.part_size, parts_total=upload.parts_total, parts=parts,
+            bytes_received=sum(p.size for p in parts), status=upload.status,  # type: ignore[arg-type]
+            created_at=upload.created_at, expires_at=upload.expires_at,
+        )
+
+
+class UploadsPublic(BaseModel):
+    data: list[UploadPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class UploadComplete(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS, description="A name for people.")
+
+
+class UsagePublic(BaseModel):
+    storage_bytes: int = Field(description="Bytes this tenant stores now (the sum of the three below).")
+    storage_quota_bytes: int | None = Field(description="SAFT_TENANT_STORAGE_BYTES; null: no quota.")
+    datasets_bytes: int = Field(description="Uploaded datasets (external ones are not counted).")
+    uploads_bytes: int = Field(description="Multipart uploads in flight (their declared size, reserved).")
+    jobs_bytes: int = Field(description="Checkpoints and masks of jobs.")
 
 
 # --- jobs -------------------------------------------------------------------------------------------------

@@ -50,17 +50,35 @@ class Limits:
     max_classes_json_bytes: int
     max_class_name_chars: int
     max_json_depth: int
+    quota_bytes: int | None = None  # what the tenant may still store (SAFT_TENANT_STORAGE_BYTES); None: no quota
 
     @classmethod
-    def of(cls, settings: Settings) -> Limits:
+    def of(cls, settings: Settings, *, max_bytes: int | None = None, quota_bytes: int | None = None) -> Limits:
         return cls(
             max_members=settings.max_archive_members,
-            max_bytes=settings.max_extracted_bytes,
+            max_bytes=max_bytes if max_bytes is not None else settings.max_extracted_bytes,
             max_classes=settings.max_classes,
             max_classes_json_bytes=settings.max_classes_json_bytes,
             max_class_name_chars=settings.max_class_name_chars,
             max_json_depth=settings.max_json_depth,
+            quota_bytes=quota_bytes,
         )
+
+    @property
+    def budget(self) -> int:
+        """Most bytes an extraction may write: the size limit, or the quota left when that is smaller."""
+        return self.max_bytes if self.quota_bytes is None else min(self.max_bytes, self.quota_bytes)
+
+    def over_budget(self, what: str) -> UploadError:
+        """The refusal of an extraction that goes past ``budget``: the quota's when that is what binds."""
+        if self.quota_bytes is not None and self.quota_bytes < self.max_bytes:
+            return UploadError(
+                "storage_quota_exceeded",
+                f"{what} needs more than the {self.quota_bytes:,} bytes this tenant may still store "
+                "(SAFT_TENANT_STORAGE_BYTES)",
+                status=413,
+            )
+        return UploadError("archive_too_large", f"{what} is over the limit of {self.max_bytes} bytes", status=413)
 
 
 @dataclass(frozen=True)
@@ -157,10 +175,8 @@ def _plan(
         declared += size
         if parts[-1:] == (CLASS_NAMES_FILE,) and size > limits.max_classes_json_bytes:
             raise _classes_file_too_large(limits)
-        if declared > limits.max_bytes:
-            raise UploadError(
-                "archive_too_large", f"the archive extracts to more than {limits.max_bytes} bytes", status=413
-            )
+        if declared > limits.budget:
+            raise limits.over_budget("the extracted archive")
         files.append(_Entry(parts, size, ref))
     if not files:
         raise UploadError("invalid_dataset", "the archive holds no files; expected <class>/<image> entries")
@@ -194,16 +210,14 @@ def _plan(
     return files
 
 
-def _copy_limited(src: BinaryIO, dst: Path, budget: int, where: str) -> int:
+def _copy_limited(src: BinaryIO, dst: Path, budget: int, where: str, limits: Limits) -> int:
     """Copy ``src`` to ``dst``; refuse once more than ``budget`` bytes were written. Returns bytes written."""
     written = 0
     with dst.open("xb") as out:
         while chunk := src.read(1 << 20):
             written += len(chunk)
             if written > budget:
-                raise UploadError(
-                    "archive_too_large", f"extracting {where!r} went over the size limit", status=413
-                )
+                raise limits.over_budget(f"extracting {where!r}")
             out.write(chunk)
     return written
 
@@ -262,7 +276,7 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
     caller deletes.
     """
     kind = _archive_kind(fileobj)
-    budget = limits.max_bytes
+    budget = limits.budget
     try:
         dest.mkdir(parents=True, exist_ok=False)
         if kind == "zip":
@@ -272,7 +286,7 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
                     target = dest.joinpath(*e.parts)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(e.ref) as src:  # type: ignore[arg-type]
-                        budget -= _copy_limited(src, target, budget, "/".join(e.parts))
+                        budget -= _copy_limited(src, target, budget, "/".join(e.parts), limits)
         else:
             with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
                 entries = _plan(_tar_entries(tf, limits), limits)
@@ -285,7 +299,7 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
                             "unsafe_archive", f"entry {'/'.join(e.parts)!r} cannot be read as a file"
                         )
                     with src:
-                        budget -= _copy_limited(src, target, budget, "/".join(e.parts))
+                        budget -= _copy_limited(src, target, budget, "/".join(e.parts), limits)
     except OSError as e:
         if is_storage_full(e):
             raise UploadError(
@@ -303,4 +317,51 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
             shutil.rmtree(dest, ignore_errors=True)
             raise UploadError("unsafe_archive", f"entry {p.name!r} escaped the archive folder")
     check_classes(dest, limits)
-    return limits.max_bytes - budget
+    return limits.budget - budget
+
+
+def check_folder(root: Path, limits: Limits, *, allowed: list[Path]) -> int:
+    """Check a dataset folder already on the server as an archive is checked: ImageFolder layout
+    (``<class>/<image>`` and an optional top-level ``classes.json``; dot files and archiver junk are ignored),
+    image suffixes, entry count, names, classes. A symbolic link is followed only to a target under one of
+    ``allowed`` (the import roots). Returns the bytes of the files, which stay where they are."""
+    allowed_suffixes = ", ".join(sorted(IMAGE_EXTENSIONS))
+    count = size = 0
+
+    def inside(p: Path) -> bool:
+        target = p.resolve()
+        return any(target.is_relative_to(a) for a in allowed)
+
+    for top in sorted(root.iterdir()):
+        if top.name.startswith(".") or top.name in _JUNK_DIRS or top.name in _JUNK_FILES:
+            continue
+        if top.is_symlink() and not inside(top):
+            raise UploadError("path_not_allowed", f"{top.name!r} is a link that leaves the import roots")
+        if top.is_file() and top.name == CLASS_NAMES_FILE:
+            continue
+        if not top.is_dir():
+            raise UploadError(
+                "invalid_dataset",
+                f"{top.name!r} is not in ImageFolder layout: put each image directly in its class folder "
+                "(<class>/<image>) and nothing else at the top but an optional classes.json",
+            )
+        for entry in sorted(top.iterdir()):
+            if entry.name.startswith(".") or entry.name in _JUNK_FILES:
+                continue
+            where = f"{top.name}/{entry.name}"
+            if entry.is_symlink() and not inside(entry):
+                raise UploadError("path_not_allowed", f"{where!r} is a link that leaves the import roots")
+            if not entry.is_file():
+                raise UploadError(
+                    "invalid_dataset", f"{where!r} is not an image file: class folders hold images only"
+                )
+            if entry.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise UploadError("invalid_dataset", f"{where!r} is not an image file (accepted: {allowed_suffixes})")
+            count += 1
+            if count > limits.max_members:
+                raise UploadError(
+                    "too_many_files", f"the folder has more than {limits.max_members} images", status=413
+                )
+            size += entry.stat().st_size
+    check_classes(root, limits)
+    return size

@@ -11,6 +11,8 @@ act per pass, and every change is a compare-and-set on the job row anyway):
    sent because the API died between the row and the message, or refused while the broker was down) and that
    was last sent more than ``requeue_after`` seconds ago is sent again. A duplicate message is harmless: the
    claim is a compare-and-set on the row.
+3. A multipart upload past its ``expires_at`` (``SAFT_UPLOAD_TTL`` after it was created) is deleted with its
+   parts, and so is an upload folder that no row names (see saft_service/multipart.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from . import jobs
 from .db import session_scope
+from .multipart import reap_uploads
 from .queue import QueueUnavailable, enqueue_job, pending_job_ids
 from .settings import Settings
 from .tables import Job, utcnow
@@ -44,6 +47,7 @@ class ReapReport:
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    uploads_removed: list[str] = field(default_factory=list)
     skipped: bool = False  # another process holds the reaper's lock
 
 
@@ -113,6 +117,8 @@ def reap_once(settings: Settings, now: datetime | None = None, *, judge_heartbea
             jobs.mark_enqueued(session, job_id)
         if job_id in lost:
             report.resent.append(job_id)
+    with session_scope(settings) as session:  # step 3: deletes are idempotent, so no lock is needed
+        report.uploads_removed = reap_uploads(session, settings, now)
     if report.requeued or report.failed or report.cancelled or report.resent:
         log.warning(
             "reaper: requeued %s, failed %s, cancelled %s, re-sent %s",

@@ -7,13 +7,17 @@ Point the two variables at Postgres and Redis for production.
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 class Settings(BaseSettings):
@@ -40,6 +44,27 @@ class Settings(BaseSettings):
         2048 * MiB, ge=1, description="Largest total size of an extracted archive."
     )
     max_archive_members: int = Field(100_000, ge=1, description="Most entries an uploaded archive may hold.")
+    # Multipart, resumable uploads (POST /v1/uploads, then a PUT per part, then complete).
+    upload_part_bytes: int = Field(
+        16 * MiB, ge=1, description="Part size of a multipart upload (larger when a file needs more parts than "
+        "SAFT_MAX_UPLOAD_PARTS)."
+    )
+    max_upload_parts: int = Field(10_000, ge=1, description="Most parts of one multipart upload.")
+    max_multipart_bytes: int = Field(
+        256 * GiB, ge=1, description="Largest file a multipart upload may declare."
+    )
+    upload_ttl: int = Field(
+        24 * 3600, ge=60, description="Seconds an incomplete multipart upload is kept; then the reaper removes it."
+    )
+    tenant_storage_bytes: int | None = Field(
+        None, ge=0, description="Bytes each tenant may store (datasets, uploads in flight, job outputs); "
+        "unset: no quota."
+    )
+    import_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders under which datasets already on the server may be registered in place "
+        "(a JSON list or paths separated by ':'); unset: imports are refused.",
+    )
     max_request_bytes: int = Field(
         64 * MiB, ge=1, description="Largest body of any other request (classify)."
     )
@@ -156,6 +181,26 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("INFO", description="Logging level of the API and worker.")
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [p for p in value.split(os.pathsep) if p.strip()]
+        return value
+
+    @property
+    def resolved_import_roots(self) -> list[Path]:
+        """The import roots, absolute and with links resolved (a path is checked against these)."""
+        return [p.expanduser().resolve() for p in self.import_roots]
+
+    @property
+    def max_upload_part_bytes(self) -> int:
+        """The largest part any upload may have (its request-body limit)."""
+        return max(self.upload_part_bytes, -(-self.max_multipart_bytes // self.max_upload_parts))
 
     @property
     def resolved_data_dir(self) -> Path:

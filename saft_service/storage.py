@@ -2,9 +2,11 @@
 
     <data_dir>/datasets/<dataset id>/<class>/<image>   extracted, verified uploads
     <data_dir>/jobs/<job id>/checkpoint.safetensors    sparse delta (and mask.safetensors)
+    <data_dir>/uploads/<upload id>/<n>.part            parts of a multipart upload in flight
     <data_dir>/staging/                               uploads being checked; moved into place or deleted
 
-Rows store paths relative to the data dir.
+Rows store paths relative to the data dir, except a dataset registered in place (``Dataset.external``), whose
+absolute path must stay under one of the operator's import roots (``SAFT_IMPORT_ROOTS``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import hashlib
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .tables import Dataset
 
 
 class Storage:
@@ -23,6 +29,7 @@ class Storage:
 
     def __init__(self, settings: Settings) -> None:
         self.root = settings.resolved_data_dir
+        self.import_roots = settings.resolved_import_roots
 
     @property
     def datasets(self) -> Path:
@@ -32,8 +39,25 @@ class Storage:
     def staging(self) -> Path:
         return self.root / "staging"
 
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
     def dataset_dir(self, dataset_id: str) -> Path:
         return self.datasets / dataset_id
+
+    def upload_dir(self, upload_id: str) -> Path:
+        return self.uploads / upload_id
+
+    def dataset_files(self, dataset: Dataset) -> Path:
+        """Where a dataset's images are: under the data dir, or (external) where the operator keeps them, which
+        must still be under an import root (a root the operator removed makes its datasets unreadable)."""
+        if not dataset.external:
+            return self.absolute(dataset.path)
+        path = Path(dataset.path).resolve()
+        if not any(path.is_relative_to(root) for root in self.import_roots):
+            raise ValueError(f"dataset {dataset.id} is outside the import roots (SAFT_IMPORT_ROOTS) now")
+        return path
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
@@ -52,7 +76,7 @@ class Storage:
         return shutil.disk_usage(self.root).free
 
     def ensure(self) -> None:
-        for d in (self.datasets, self.staging, self.root / "jobs"):
+        for d in (self.datasets, self.staging, self.uploads, self.root / "jobs"):
             d.mkdir(parents=True, exist_ok=True)
 
 

@@ -94,7 +94,9 @@ class ApiKey(Base):
 
 
 class Dataset(Base):
-    """An uploaded ImageFolder, extracted and verified under ``path`` (relative to the data dir)."""
+    """An ImageFolder, verified: uploaded and extracted under ``path`` (relative to the data dir), or, when
+    ``external``, registered in place where it already was on the server (``path`` absolute, under one of the
+    operator's import roots; its files are the operator's and never deleted by the service)."""
 
     __tablename__ = "datasets"
 
@@ -108,9 +110,56 @@ class Dataset(Base):
     class_names: Mapped[list[str]] = mapped_column(JSON)
     counts: Mapped[dict[str, int]] = mapped_column(JSON)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    external: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at"),)
+
+
+class Upload(Base):
+    """A multipart upload in flight: a file of ``size_bytes`` sent in ``parts_total`` parts of ``part_size``
+    (the last shorter), stored under ``<data dir>/uploads/<id>/``. Completing it makes a dataset and deletes
+    the row; the reaper deletes it after ``expires_at``. Its declared size counts against the tenant's quota
+    from the moment it is created."""
+
+    __tablename__ = "uploads"
+
+    PENDING = "pending"
+    COMPLETING = "completing"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("upl"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    part_size: Mapped[int] = mapped_column(BigInteger)
+    parts_total: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default=PENDING)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+    parts: Mapped[list[UploadPart]] = relationship(
+        order_by="UploadPart.number", cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
+
+    __table_args__ = (Index("ix_uploads_tenant_created", "tenant_id", "created_at", "id"),)
+
+    def part_bytes(self, number: int) -> int:
+        """The size part ``number`` (1-based) must have."""
+        return self.part_size if number < self.parts_total else self.size_bytes - self.part_size * (number - 1)
+
+
+class UploadPart(Base):
+    """A part received and stored (``<n>.part`` in the upload's folder), with its SHA-256."""
+
+    __tablename__ = "upload_parts"
+
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Job(Base):

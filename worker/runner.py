@@ -37,6 +37,7 @@ from saft_service.jobspec import JobSpec, stored_spec, to_finetune_config
 from saft_service.settings import Settings, get_settings
 from saft_service.storage import Storage, client_message, is_storage_full, remove_tree, sha256_file
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, Mask, MaskTensor, utcnow
+from saft_service.usage import StorageQuotaExceeded, lock_tenant, tenant_usage
 
 from .failures import INTERNAL_ERROR, STORAGE_FULL, job_failure
 
@@ -216,6 +217,10 @@ def _record_success(
         job = s.get(Job, job_id)
         if job is None:
             raise RuntimeError(f"job {job_id} was deleted while it ran")
+        # The outputs count against the tenant's storage quota (raises StorageQuotaExceeded, nothing stored).
+        outputs = ckpt.stat().st_size + (Path(result.mask_path).stat().st_size if result.mask_path else 0)
+        lock_tenant(s, job.tenant_id)
+        tenant_usage(s, job.tenant_id, settings).check(outputs)
         checkpoint = Checkpoint(
             job_id=job_id,
             path=storage.relative(ckpt),
@@ -328,10 +333,15 @@ def _run_claimed(
         return
     # 2. Map the spec onto the core's config, once; snapshots go where the next attempt will look.
     try:
+        folders = {i: storage.dataset_files(rows[i]) for i in [spec.dataset_id, *spec.eval_dataset_ids]}
+    except ValueError as e:  # an external dataset whose import root the operator has since removed
+        end("dataset_missing", str(e))
+        return
+    try:
         cfg = to_finetune_config(
             spec.model_copy(update={"pretrained": resolve_pretrained(spec.pretrained, settings)}),
-            train_dir=storage.absolute(rows[spec.dataset_id].path),
-            eval_dirs={i: storage.absolute(rows[i].path) for i in spec.eval_dataset_ids},
+            train_dir=folders[spec.dataset_id],
+            eval_dirs={i: folders[i] for i in spec.eval_dataset_ids},
             device=settings.device,
             workers=settings.data_workers,
         )
@@ -376,6 +386,9 @@ def _run_claimed(
         # Still unreachable: leave the job running. Its heartbeat goes stale, the reaper requeues it, and the
         # next attempt resumes from the final snapshot (training is not done again).
         log.error("job %s: could not record its result; it will be requeued and resumed", job_id)
+        return
+    except StorageQuotaExceeded as e:
+        end(e.code, f"{e.message}; the job's outputs were removed")
         return
     except Exception as e:
         log.exception("job %s: could not record its result", job_id)

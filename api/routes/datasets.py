@@ -1,26 +1,28 @@
-"""Datasets: upload an ImageFolder archive, list, read, delete."""
+"""Datasets: upload an ImageFolder archive or register a server path, list, read, delete."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 
-from saft_core.datasets import load_dataset
-from saft_core.errors import DataError
 from saft_service.job_datasets import active_job_using
 from saft_service.limits import NO_CONTROL_CHARACTERS
-from saft_service.storage import is_storage_full, redact_paths, remove_tree
-from saft_service.tables import Dataset, new_id, utcnow
+from saft_service.settings import Settings
+from saft_service.storage import remove_tree
+from saft_service.tables import Dataset
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
 from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
+from ..ingest import ingest_archive, ingest_folder
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
-from ..schemas import DatasetPublic, DatasetsPublic
-from ..uploads import Limits, UploadError, extract_archive
+from ..schemas import DatasetImport, DatasetPublic, DatasetsPublic
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -28,82 +30,127 @@ router = APIRouter(
 )
 
 
+IMPORT_BODY = {
+    "application/json": {"schema": {"$ref": "#/components/schemas/DatasetImport"}},
+}
+
+
+async def json_import(request: Request) -> DatasetImport | None:
+    """The JSON body of an import (``{name, source: {type: "path", path}}``); None for a form upload."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return None
+    try:
+        return DatasetImport.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err.get("loc", ()))} for err in e.errors(include_url=False)]
+        ) from e
+
+
+def document_bodies(app: FastAPI) -> None:
+    """The OpenAPI document of ``POST /v1/datasets``: two bodies, a form upload (``file`` and ``name``, both
+    required) or a JSON import (``DatasetImport``, which no parameter declares, so its schema is added here)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        imported = DatasetImport.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(imported.pop("$defs", {}))
+        schemas["DatasetImport"] = imported
+        form = doc["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        body = schemas[form["$ref"].rsplit("/", 1)[-1]]
+        for prop in body["properties"].values():
+            options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+            prop.update(options[0] if options else {})
+            prop.pop("default", None)
+        body["required"] = ["file", "name"]
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _import_target(raw: str, settings: Settings) -> Path:
+    """The resolved path of an import, which must be under an import root. A path that leaves the roots is
+    refused with one answer whether or not it exists, so the answer tells nothing about the server's files."""
+    roots = settings.resolved_import_roots
+    if not roots:
+        raise ProblemError(403, "imports_disabled", "this service registers no server paths (SAFT_IMPORT_ROOTS is "
+                                                    "unset); upload the dataset instead")
+    refused = ProblemError(422, "path_not_allowed", f"{raw[:200]!r} is not under an import root of this service")
+    candidate = PurePosixPath(raw)
+    if not candidate.is_absolute() or ".." in candidate.parts:
+        raise refused
+    target = Path(raw).resolve()  # links followed: a link that points out of the roots is refused too
+    if not any(target.is_relative_to(root) for root in roots):
+        raise refused
+    if not target.exists():
+        raise ProblemError(422, "path_not_found", f"{raw[:200]!r} does not exist")
+    return target
+
+
 @router.post(
     "",
     response_model=DatasetPublic,
     status_code=201,
-    summary="Upload a dataset",
+    summary="Upload a dataset, or register one already on the server",
     responses={
         **INVALID,
         **TOO_LARGE,
         **IDEMPOTENCY_RESPONSES,
+        403: problem_doc("`imports_disabled`: this service registers no server paths."),
         415: problem_doc("The file is not a .zip, .tar or .tar.gz archive."),
         507: problem_doc("The service's storage is full (`storage_full`); nothing was stored."),
     },
     dependencies=[IDEMPOTENT],
+    openapi_extra={"requestBody": {"content": IMPORT_BODY}},
 )
 def create_dataset(
-    file: Annotated[
-        UploadFile, File(description="A .zip, .tar or .tar.gz of <class>/<image> (+ classes.json).")
-    ],
-    name: Annotated[
-        str, Form(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS, description="A name for people.")
-    ],
     tenant: CurrentTenant,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
+    imported: Annotated[DatasetImport | None, Depends(json_import)],
+    file: Annotated[
+        UploadFile | None, File(description="A .zip, .tar or .tar.gz of <class>/<image> (+ classes.json).")
+    ] = None,
+    name: Annotated[
+        str | None,
+        Form(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS, description="A name for people."),
+    ] = None,
 ) -> DatasetPublic:
-    """The archive is checked (safe paths, no links, size and count limits, ImageFolder layout, every image
-    decodable) before anything is stored; a refused upload leaves nothing behind."""
-    storage.ensure()
-    staging = storage.staging / new_id("up")
-    final = None
-    try:
-        # 1. Check and extract into a private staging folder.
-        size = extract_archive(file.file, staging, Limits.of(settings))
-        # 2. The core's loader decodes every image (none over the pixel limit) and checks the classes.
-        ds = load_dataset(staging, verify=True, max_pixels=settings.max_image_pixels)
-        # 3. Move into place and record it.
-        dataset_id = new_id("ds")
-        final = storage.dataset_dir(dataset_id)
-        staging.rename(final)
-        row = Dataset(
-            id=dataset_id,
-            tenant_id=tenant.id,
-            name=name.strip() or dataset_id,
-            status="ready",
-            path=storage.relative(final),
-            num_images=len(ds),
-            classes=list(ds.classes),
-            class_names=list(ds.class_names),
-            counts=ds.counts(),
-            size_bytes=size,
-            created_at=utcnow(),
+    """A form upload (`file`, `name`): the archive is checked (safe paths, no links, size and count limits,
+    ImageFolder layout, every image decodable) before anything is stored; a refused upload leaves nothing
+    behind. For archives over `SAFT_MAX_UPLOAD_BYTES` use the resumable `/v1/uploads`.
+
+    A JSON body `{"name": ..., "source": {"type": "path", "path": "/data/..."}}` registers a dataset that is
+    already on the server, under one of the operator's import roots (`SAFT_IMPORT_ROOTS`): a folder is checked
+    the same way and read in place (`external: true`; deleting the dataset never deletes those files), an
+    archive is extracted into the store like an upload."""
+    if imported is not None:
+        target = _import_target(imported.source.path, settings)
+        if target.is_dir():
+            row = ingest_folder(
+                target, shown=imported.source.path, name=imported.name, tenant=tenant, session=session,
+                settings=settings,
+            )
+        else:
+            with target.open("rb") as f:
+                row = ingest_archive(f, name=imported.name, tenant=tenant, session=session, settings=settings,
+                                     storage=storage)
+        return DatasetPublic.of(row)
+    if file is None or name is None:
+        missing = [n for n, v in (("file", file), ("name", name)) if v is None]
+        raise RequestValidationError(
+            [{"loc": ("body", m), "msg": "Field required", "type": "missing", "input": None} for m in missing]
         )
-        session.add(row)
-        session.commit()
-        final = None
-    except UploadError as e:
-        raise ProblemError(e.status, e.code, redact_paths(e.message, {staging: "the archive"})) from e
-    except DataError as e:
-        raise ProblemError(422, e.code, redact_paths(e.message, {staging: "the archive"})) from e
-    except OSError as e:
-        if not is_storage_full(e):
-            raise
-        raise ProblemError(507, "storage_full", "the service's storage is full; try again later") from e
-    finally:
-        remove_tree(staging)
-        if final is not None:  # stored files but no row: undo
-            remove_tree(final)
-    log.info(
-        "tenant %s uploaded dataset %s (%d images, %d classes)",
-        tenant.name,
-        row.id,
-        row.num_images,
-        len(row.classes),
+    return DatasetPublic.of(
+        ingest_archive(file.file, name=name, tenant=tenant, session=session, settings=settings, storage=storage)
     )
-    return DatasetPublic.of(row)
 
 
 @router.get("", response_model=DatasetsPublic, summary="List datasets, newest first")
@@ -127,15 +174,16 @@ def get_dataset(dataset: TenantDataset) -> DatasetPublic:
     "/{dataset_id}",
     status_code=204,
     responses={**NOT_FOUND, **CONFLICT},
-    summary="Delete a dataset and its files",
+    summary="Delete a dataset and its files (an external dataset's files are left alone)",
 )
 def delete_dataset(dataset: TenantDataset, session: SessionDep, storage: StorageDep) -> Response:
     """Refused (409 dataset_in_use) while a queued or running job trains or evaluates on it."""
     job = active_job_using(session, dataset.id)
     if job is not None:
         raise ProblemError(409, "dataset_in_use", f"job {job.id} ({job.status}) uses this dataset; cancel it first")
-    path = storage.absolute(dataset.path)
+    path = None if dataset.external else storage.absolute(dataset.path)  # the operator's files stay
     session.delete(dataset)
     session.commit()
-    remove_tree(path)
+    if path is not None:
+        remove_tree(path)
     return Response(status_code=204)

@@ -37,7 +37,10 @@ def thumbnail(
     # The class must be one of the stored row's: a name from the URL never becomes a path on its own.
     if class_id not in dataset.classes:
         raise ProblemError(404, "class_not_found", f"dataset {dataset.id} has no class {class_id!r}")
-    folder = storage.absolute(dataset.path) / class_id
+    try:
+        folder = storage.dataset_files(dataset) / class_id
+    except ValueError as e:  # an external dataset whose import root the operator removed
+        raise ProblemError(410, "artifact_missing", f"the images of dataset {dataset.id} are gone") from e
     try:  # the dataset may be deleted while this runs
         files = sorted(
             p for p in folder.iterdir()

@@ -45,6 +45,7 @@ LIMITS = {
     "SAFT_MAX_UPLOAD_BYTES": str(3 * 1024 * 1024),
     "SAFT_MAX_EXTRACTED_BYTES": str(4 * 1024 * 1024),
     "SAFT_MAX_ARCHIVE_MEMBERS": "300",
+    "SAFT_UPLOAD_PART_BYTES": "2048",  # a few parts for the small generated datasets
     "SAFT_PROGRESS_INTERVAL": "0.2",
     "SAFT_LOG_LEVEL": "INFO",
 }
@@ -154,6 +155,7 @@ class Stack:
     keys: dict[str, str]
     procs: list[Proc]
     env: dict[str, str]
+    import_root: Path | None = None  # SAFT_IMPORT_ROOTS: datasets here may be registered in place
 
     def client(self, tenant: str = "alpha", **kw: object) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
@@ -251,8 +253,9 @@ def pg_stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
     queue = f"saft-test-{secrets.token_hex(4)}"
     # Data-loader worker processes inside the Celery pool's child, as a GPU deployment runs them.
     models_dir = tmp_path_factory.mktemp("pg-models")  # the allow-listed weights folder (empty until a test)
+    import_root = tmp_path_factory.mktemp("pg-imports")
     env = base_env(data_dir, SAFT_DATABASE_URL=postgres_url, SAFT_BROKER_URL=redis_url, SAFT_QUEUE_NAME=queue,
-                   SAFT_DATA_WORKERS="2", SAFT_MODELS_DIR=str(models_dir))
+                   SAFT_DATA_WORKERS="2", SAFT_MODELS_DIR=str(models_dir), SAFT_IMPORT_ROOTS=str(import_root))
     migrate = subprocess.run(saft("migrate"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
     keys = {t: create_key(env, t) for t in ("alpha", "beta")}
@@ -261,7 +264,7 @@ def pg_stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
         Proc.start("worker", saft("worker"), env),
         Proc.start("api", saft("api", "--host", "127.0.0.1", "--port", str(port)), env),
     ]
-    stack = Stack("postgres+redis", f"http://127.0.0.1:{port}", data_dir, keys, procs, env)
+    stack = Stack("postgres+redis", f"http://127.0.0.1:{port}", data_dir, keys, procs, env, import_root)
     try:
         wait_ready(stack)
         yield stack
@@ -277,10 +280,11 @@ def pg_stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
 def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """``saft serve`` on the embedded default, nothing else running; the key comes from its output."""
     data_dir = tmp_path_factory.mktemp("embedded-data")
-    env = base_env(data_dir)
+    import_root = tmp_path_factory.mktemp("embedded-imports")
+    env = base_env(data_dir, SAFT_IMPORT_ROOTS=str(import_root))
     port = free_port()
     proc = Proc.start("serve", saft("serve", "--port", str(port)), env)
-    stack = Stack("embedded", f"http://127.0.0.1:{port}", data_dir, {}, [proc], env)
+    stack = Stack("embedded", f"http://127.0.0.1:{port}", data_dir, {}, [proc], env, import_root)
     try:
         wait_ready(stack)
         key_lines = [ln for ln in proc.lines if ln.startswith("API key")]
@@ -376,6 +380,14 @@ def stored_datasets(stack: Stack) -> set[str]:
     return {p.name for p in ds.iterdir()} | {f"staging/{p.name}" for p in staging.iterdir()}
 
 
+def stack_settings(stack: Stack) -> Settings:
+    """The settings of ``stack``'s processes, for reading or changing its store from a test."""
+    from saft_service.settings import Settings
+
+    return Settings(data_dir=stack.data_dir, database_url=stack.env.get("SAFT_DATABASE_URL"),
+                    broker_url=stack.env.get("SAFT_BROKER_URL"))
+
+
 @contextmanager
 def second_api(base: Stack, name: str, **env: str) -> Iterator[Stack]:
     """Another ``saft api`` process on ``base``'s database and keys, with ``env`` on top (e.g. a queue no worker
@@ -383,7 +395,7 @@ def second_api(base: Stack, name: str, **env: str) -> Iterator[Stack]:
     full_env = {**base.env, **env}
     port = free_port()
     api = Proc.start(name, saft("api", "--host", "127.0.0.1", "--port", str(port)), full_env)
-    stack = Stack(name, f"http://127.0.0.1:{port}", base.data_dir, dict(base.keys), [api], full_env)
+    stack = Stack(name, f"http://127.0.0.1:{port}", base.data_dir, dict(base.keys), [api], full_env, base.import_root)
     try:
         wait_ready(stack)
         yield stack

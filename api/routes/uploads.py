@@ -1,0 +1,299 @@
+"""Multipart, resumable uploads of large dataset archives: create, send parts (any order, in parallel, again),
+list what arrived, complete into a dataset, abort. See saft_service/multipart.py for the life of an upload."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from saft_service import multipart
+from saft_service.limits import ID_PATTERN
+from saft_service.multipart import MultipartError
+from saft_service.storage import Storage
+from saft_service.tables import Tenant, Upload, UploadPart, utcnow
+from saft_service.usage import StorageQuotaExceeded
+
+from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
+from ..ingest import ingest_archive
+from ..pagination import newest_first_page
+from ..problems import AUTH_RESPONSES, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
+from ..schemas import (
+    DatasetPublic,
+    UploadComplete,
+    UploadCreate,
+    UploadPartPublic,
+    UploadPublic,
+    UploadsPublic,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(
+    prefix="/v1/uploads", tags=["uploads"], responses=AUTH_RESPONSES, route_class=IdempotentRoute
+)
+
+UploadId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
+GONE = {410: problem_doc("`upload_expired`: the upload passed its `expires_at` and was deleted.")}
+BUSY = {409: problem_doc("`upload_completing`: the upload is being completed; `upload_incomplete`: parts are missing.")}
+WRITE_CHUNK = 4 << 20  # bytes gathered before one write + hash in a thread (keeps the event loop free)
+# Problems of completing that come from the archive itself: no resend can fix them, so the upload goes.
+_KEEP_UPLOAD_ON = {"storage_full", "storage_quota_exceeded"}
+
+
+def _problem(e: MultipartError) -> ProblemError:
+    return ProblemError(e.status, e.code, e.message, **e.extra)
+
+
+def _tenant_upload(session: Session, storage: Storage, tenant: Tenant, upload_id: str) -> Upload:
+    """The tenant's upload; 404 when unknown or another tenant's, 410 (and deleted) once expired."""
+    upload = session.get(Upload, upload_id)
+    if upload is None or upload.tenant_id != tenant.id:
+        raise ProblemError(404, "upload_not_found", f"no upload {upload_id} in this tenant")
+    if upload.expires_at < utcnow():
+        multipart.delete_upload(session, storage, upload_id)
+        raise ProblemError(410, "upload_expired", f"upload {upload_id} expired at {upload.expires_at.isoformat()}; "
+                                                  "start a new one")
+    return upload
+
+
+@router.post(
+    "",
+    response_model=UploadPublic,
+    status_code=201,
+    summary="Start a multipart upload",
+    responses={**INVALID, **TOO_LARGE, **IDEMPOTENCY_RESPONSES},
+    dependencies=[IDEMPOTENT],
+)
+def create_upload(body: UploadCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> UploadPublic:
+    """Declare the file (name, size, optionally its SHA-256); the answer says how to cut it: `part_size` and
+    `parts_total`. Then `PUT` each part, in any order and in parallel, and `complete`. The declared size counts
+    against the tenant's storage quota at once (413 `storage_quota_exceeded` if it does not fit)."""
+    try:
+        upload = multipart.create_upload(
+            session, settings, tenant_id=tenant.id, filename=body.filename, size=body.size, sha256=body.sha256
+        )
+    except MultipartError as e:
+        raise _problem(e) from e
+    except StorageQuotaExceeded as e:
+        raise ProblemError(413, e.code, e.message) from e
+    log.info("tenant %s started upload %s (%d bytes in %d parts)", tenant.name, upload.id, upload.size_bytes,
+             upload.parts_total)
+    return UploadPublic.of(upload)
+
+
+@router.get("", response_model=UploadsPublic, summary="List uploads in flight, newest first")
+def list_uploads(
+    tenant: CurrentTenant,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> UploadsPublic:
+    stmt = select(Upload).where(Upload.tenant_id == tenant.id, Upload.expires_at >= utcnow())
+    rows, next_cursor = newest_first_page(session, stmt, Upload, limit=limit, cursor=cursor)
+    return UploadsPublic(data=[UploadPublic.of(u) for u in rows], next_cursor=next_cursor)
+
+
+@router.get("/{upload_id}", response_model=UploadPublic, responses={**NOT_FOUND, **GONE}, summary="Get an upload")
+def get_upload(upload_id: UploadId, tenant: CurrentTenant, session: SessionDep, storage: StorageDep) -> UploadPublic:
+    """The parts received so far with their SHA-256: resend the ones missing or different from yours."""
+    return UploadPublic.of(_tenant_upload(session, storage, tenant, upload_id))
+
+
+def _expected_sha256(x_checksum: str | None, content_digest: str | None) -> str | None:
+    """The part's SHA-256 from ``X-Checksum-SHA256: <hex>`` or ``Content-Digest: sha-256=:<base64>:`` (RFC 9530)."""
+    if x_checksum is not None:
+        value = x_checksum.strip().lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ProblemError(422, "invalid_checksum_header", "X-Checksum-SHA256 must be 64 hexadecimal digits")
+        return value
+    if content_digest is None:
+        return None
+    for item in content_digest.split(","):
+        algorithm, _, value = item.strip().partition("=")
+        if algorithm.strip().lower() == "sha-256":
+            try:
+                raw = base64.b64decode(value.strip().strip(":"), validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                raise ProblemError(422, "invalid_checksum_header", "Content-Digest's sha-256 must be 32 bytes in base64")
+            return raw.hex()
+    return None  # only algorithms we do not check
+
+
+def _store_part(session: Session, upload_id: str, number: int, size: int, digest: str, tmp: os.PathLike[str],
+                final: os.PathLike[str]) -> None:
+    """Rename the received part into place and record it, while the upload is still pending."""
+    try:
+        if not multipart.hold_pending(session, upload_id):
+            session.rollback()
+            still_there = session.get(Upload, upload_id) is not None
+            raise ProblemError(409, "upload_completing", "the upload is being completed; parts can no longer change") \
+                if still_there else ProblemError(404, "upload_not_found", f"upload {upload_id} was deleted")
+        session.merge(UploadPart(upload_id=upload_id, number=number, size_bytes=size, sha256=digest, created_at=utcnow()))
+        os.replace(tmp, final)
+        session.commit()
+    except IntegrityError as e:  # the upload was deleted (aborted, expired) while the part arrived
+        session.rollback()
+        raise ProblemError(404, "upload_not_found", f"upload {upload_id} was deleted") from e
+
+
+@router.put(
+    "/{upload_id}/parts/{number}",
+    response_model=UploadPartPublic,
+    summary="Send one part",
+    responses={**NOT_FOUND, **GONE, **BUSY, **INVALID, 413: problem_doc("`part_too_large`: more bytes than the part has.")},
+    openapi_extra={"requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }},
+)
+async def put_part(
+    request: Request,
+    upload_id: UploadId,
+    number: Annotated[int, Path(description="1 to parts_total.")],
+    tenant: CurrentTenant,
+    session: SessionDep,
+    storage: StorageDep,
+    x_checksum_sha256: Annotated[str | None, Header(description="The part's SHA-256, hex; checked.")] = None,
+    content_digest: Annotated[str | None, Header(description="`sha-256=:<base64>:` (RFC 9530); checked.")] = None,
+) -> UploadPartPublic:
+    """The raw bytes of part `number`: exactly `part_size` bytes, the last part the rest. Sending a part again
+    replaces it. The part is streamed to disk (never held in memory) and kept only if its size and checksum
+    are right."""
+    upload = await run_in_threadpool(_tenant_upload, session, storage, tenant, upload_id)
+    await run_in_threadpool(session.commit)  # no connection held while the bytes arrive
+    if upload.status != Upload.PENDING:
+        raise ProblemError(409, "upload_completing", "the upload is being completed; parts can no longer change")
+    if not 1 <= number <= upload.parts_total:
+        raise ProblemError(422, "part_out_of_range", f"part {number} is out of range: this upload has parts 1 to "
+                                                     f"{upload.parts_total}")
+    expected = upload.part_bytes(number)
+    too_large = ProblemError(413, "part_too_large", f"part {number} must be {expected} bytes; more were sent",
+                             headers={"Connection": "close"})
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > expected:
+        raise too_large
+    want = _expected_sha256(x_checksum_sha256, content_digest)
+    tmp = multipart.temp_part_path(storage, upload_id, number)
+    final = multipart.part_path(storage, upload_id, number)
+    await anyio.to_thread.run_sync(lambda: tmp.parent.mkdir(parents=True, exist_ok=True))
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with tmp.open("xb") as out:
+            pending = bytearray()
+
+            def flush(block: bytes) -> None:
+                out.write(block)
+                digest.update(block)
+
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > expected:
+                    raise too_large
+                pending += chunk
+                if len(pending) >= WRITE_CHUNK:
+                    block, pending = bytes(pending), bytearray()
+                    await anyio.to_thread.run_sync(flush, block)
+            await anyio.to_thread.run_sync(flush, bytes(pending))
+        if size != expected:
+            raise ProblemError(422, "part_size_mismatch", f"part {number} must be {expected} bytes; {size} were sent")
+        got = digest.hexdigest()
+        if want is not None and got != want:
+            raise ProblemError(422, "checksum_mismatch", f"part {number}'s SHA-256 is {got}, not {want} as declared; "
+                                                         "send it again")
+        await run_in_threadpool(_store_part, session, upload_id, number, size, got, tmp, final)
+    except ClientDisconnect:
+        log.info("upload %s: the client went away during part %d", upload_id, number)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)  # renamed away on success
+    return UploadPartPublic(number=number, size=size, sha256=got)
+
+
+@router.post(
+    "/{upload_id}/complete",
+    response_model=DatasetPublic,
+    status_code=201,
+    summary="Complete an upload into a dataset",
+    responses={**NOT_FOUND, **GONE, **BUSY, **INVALID, **TOO_LARGE, **IDEMPOTENCY_RESPONSES,
+               415: problem_doc("The file is not a .zip, .tar or .tar.gz archive."),
+               507: problem_doc("The service's storage is full (`storage_full`); the upload is kept.")},
+    dependencies=[IDEMPOTENT],
+)
+def complete_upload(
+    upload_id: UploadId, body: UploadComplete, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep,
+    storage: StorageDep,
+) -> DatasetPublic:
+    """Every part must have arrived (409 `upload_incomplete` names the missing ones in `missing_parts`). The
+    parts are read in order as one file, checked against the declared SHA-256 (422 `checksum_mismatch`: the
+    upload is kept; compare the parts' hashes with yours and resend the ones that differ), then checked and
+    extracted exactly as `POST /v1/datasets` does. The answer is the dataset, and the upload is gone. An archive
+    the checks refuse deletes the upload too; a full disk or the quota keeps it for another try."""
+    upload = _tenant_upload(session, storage, tenant, upload_id)
+    if upload.status != Upload.PENDING:
+        raise ProblemError(409, "upload_completing", "another request is completing this upload")
+    missing = multipart.missing_parts(upload)
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise ProblemError(409, "upload_incomplete", f"{len(missing)} of {upload.parts_total} parts are missing: "
+                                                     f"{shown}", missing_parts=missing)
+    if not multipart.start_completing(session, upload_id):
+        raise ProblemError(409, "upload_completing", "another request is completing this upload")
+    # A multipart archive may extract to SAFT_MAX_EXTRACTED_BYTES or to four times its own size, whichever is
+    # larger (images barely compress; a bomb cannot grow much), and never past the tenant's quota.
+    max_bytes = max(settings.max_extracted_bytes, 4 * upload.size_bytes)
+    kept = True
+    try:
+        with multipart.open_parts(storage, upload) as reader:
+            if upload.sha256 is not None:
+                got = multipart.sha256_of(reader)
+                if got != upload.sha256:
+                    raise ProblemError(422, "checksum_mismatch", f"the file's SHA-256 is {got}, not {upload.sha256} "
+                                                                 "as declared; compare the parts' hashes with yours "
+                                                                 "and resend those that differ")
+            row = ingest_archive(
+                reader, name=body.name, tenant=tenant, session=session, settings=settings, storage=storage,
+                max_bytes=max_bytes, exclude_upload=upload_id,
+                also=lambda s: s.execute(delete(Upload).where(Upload.id == upload_id)),
+            )
+        kept = False
+    except ProblemError as e:
+        if e.code not in _KEEP_UPLOAD_ON and e.code != "checksum_mismatch":
+            session.rollback()
+            multipart.delete_upload(session, storage, upload_id)
+            kept = False
+            e.detail = f"{e.detail} (the upload was deleted)"
+        raise
+    finally:
+        if kept:
+            multipart.back_to_pending(session, upload_id)
+    multipart.remove_upload_files(storage, upload_id)
+    return DatasetPublic.of(row)
+
+
+@router.delete(
+    "/{upload_id}", status_code=204, responses={**NOT_FOUND, **GONE, **BUSY}, summary="Abort an upload"
+)
+def abort_upload(upload_id: UploadId, tenant: CurrentTenant, session: SessionDep, storage: StorageDep) -> Response:
+    """Deletes the upload and every part received; its reserved bytes are freed."""
+    upload = _tenant_upload(session, storage, tenant, upload_id)
+    if upload.status != Upload.PENDING:
+        raise ProblemError(409, "upload_completing", "the upload is being completed; wait for the answer")
+    multipart.delete_upload(session, storage, upload_id)
+    return Response(status_code=204)
+
+

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -57,6 +58,16 @@ def add_dataset(session: Session, tenant: Tenant, name: str) -> Dataset:
     return ds
 
 
+def add_old_dataset(session: Session, tenant: Tenant, name: str) -> Dataset:
+    """``add_dataset`` for a schema older than this code's tables: only the columns that existed then."""
+    values = {"id": f"ds_{name}_{secrets.token_hex(4)}", "tenant_id": tenant.id, "name": name, "status": "ready",
+              "path": f"datasets/{name}", "num_images": 6, "classes": ["a", "b"], "class_names": ["a", "b"],
+              "counts": {"a": 3, "b": 3}, "size_bytes": 1, "created_at": utcnow()}
+    old = sa.table("datasets", *(sa.column(k, Dataset.__table__.c[k].type) for k in values))
+    session.execute(sa.insert(old).values(**values))
+    return Dataset(**values)
+
+
 def rows(session: Session, job_id: str) -> set[tuple[str, str, str | None]]:
     stmt = select(JobDataset.dataset_id, JobDataset.role, JobDataset.eval_name).where(JobDataset.job_id == job_id)
     return {tuple(r) for r in session.execute(stmt)}  # type: ignore[misc]
@@ -67,7 +78,7 @@ def test_the_migration_backfills_the_rows_of_existing_jobs(empty_db: Settings) -
     command.upgrade(cfg, "0003")  # the schema before this table existed, with jobs an older version stored
     with db.session_factory(empty_db)() as s:
         tenant = keys.get_or_create_tenant(s, "old")
-        train, shifted, sketch = (add_dataset(s, tenant, n) for n in ("train", "shifted", "sketch"))
+        train, shifted, sketch = (add_old_dataset(s, tenant, n) for n in ("train", "shifted", "sketch"))
         specs: dict[str, dict[str, Any]] = {
             "both": {"dataset_id": train.id, "eval_dataset_ids": [shifted.id, sketch.id]},
             "train-only": {"dataset_id": shifted.id},  # written before eval_dataset_ids had a default in specs

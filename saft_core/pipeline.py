@@ -162,13 +162,15 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
                               f"(op not known to the engine): {', '.join(engine.fallbacks)}")
 
     # 5) evaluating: the validation split and every eval set along the alpha grid (the robustness frontier),
-    # then the fine-tuned weights back; alpha 0 is the zero-shot baseline
+    # then the fine-tuned weights back; alpha 0 is the zero-shot baseline. SAFT's switch writes k entries,
+    # always cheaper than reading a batch again: each image is read once. Full fine-tuning's switch writes every
+    # weight: the evaluation times it against a read and picks the order (evaluation.read_once_pays).
     stage("evaluating")
     sets = ([(VALIDATION, val_set)] if val_set is not None else []) + list(eval_sets.items())
     alphas = [a for a in ALPHA_GRID if a > 0.0 or cfg.evaluate_zero_shot]
     evaluations = evaluate_along_alpha(
         loaded, sets, alphas, update.set_weights, templates=templates, batch_size=cfg.scoring.batch_size,
-        callbacks=cb, workers=cfg.data.workers,
+        callbacks=cb, workers=cfg.data.workers, order="batch" if isinstance(update, SparseUpdate) else "auto",
     )
     update.set_weights(1.0)
     recommended = _recommend(evaluations)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .checkpoint import checkpoint_metadata, load_mask, read_metadata, save_delta, save_mask
 from .config import FinetuneConfig
-from .data import make_loader
+from .data import make_loader, resolve_workers
 from .datasets import ImageDataset, load_dataset, sample_shots, split_validation
 from .evaluation import evaluate_along_alpha
 from .frontier import ALPHA_GRID, recommend_alpha
@@ -118,8 +119,13 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     loaded = load_model(cfg.model, cfg.device)
     model, device = loaded.model, loaded.device
     train_set, val_set, eval_sets = _load_data(cfg)
+    # The count itself from here on: snapshots fingerprint it (augmentations drawn in workers depend on it), so an
+    # attempt resumed on a machine that chooses another count starts again instead of resuming another run.
+    chosen = "" if cfg.data.workers is not None else f" (chosen for {torch.device(device).type})"
+    cfg = replace(cfg, data=replace(cfg.data, workers=resolve_workers(cfg.data.workers, device)))
     workers = f"{cfg.data.workers} data-loader workers" if cfg.data.workers else "no data-loader workers"
-    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device}, {workers}")
+    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device}, "
+                          f"{workers}{chosen}")
     prompts = Prompts.build(loaded.tokenizer, train_set.class_names, templates, device)
     num_params = sum(p.numel() for p in model.parameters())
     loader_opts = {"num_workers": cfg.data.workers, "pin_memory": torch.device(device).type == "cuda"}

@@ -244,6 +244,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import apply_delta, load_delta
+    from .data import resolve_workers
     from .datasets import load_dataset
     from .evaluation import evaluate_dataset
     from .models import load_model
@@ -263,7 +264,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         score = evaluate_dataset(
             loaded, dataset, name=Path(args.data).name, variant=variant_at(alpha), alpha=alpha,
             templates=templates, batch_size=args.batch_size, callbacks=Callbacks(on_progress=bars.progress),
-            workers=args.workers,
+            workers=resolve_workers(args.workers, loaded.device),
         )
     finally:
         bars.close()

@@ -136,11 +136,12 @@ class DataConfig:
         lt=1.0,
     )
     templates: tuple[str, ...] = option("Prompt templates with one '{}' for the class name.", default=DEFAULT_TEMPLATES)
-    workers: int = option(
-        "DataLoader worker processes that transform images (resize, crop, normalise) for scoring, training and"
-        " evaluation; 0 does it in the main process. On a GPU a few workers keep the device fed. The same seed"
-        " and the same number of workers give the same checkpoint.",
-        default=0,
+    workers: int | None = option(
+        "DataLoader worker processes that decode and transform images (resize, crop, normalise) for scoring,"
+        " training and evaluation; 0 does it in the main process. Unset (None, the default): automatic, 0 on the"
+        " CPU, on CUDA min(8, cores / GPUs of the machine), at least 1 (data.auto_workers). The same seed and the"
+        " same number of workers give the same checkpoint.",
+        default=None,
         ge=0,
     )
 

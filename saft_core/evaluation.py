@@ -6,15 +6,19 @@ never trained on (base-to-new) are scored zero-shot the same way.
 
 ``evaluate_along_alpha`` scores a fine-tuned model at several points between its base weights and its
 fine-tuned ones (the robustness frontier, see frontier.py): the weights are switched by a callable of the
-caller's, so this module never needs to know how a method stores its update.
+caller's, so this module never needs to know how a method stores its update. Reading an image (decoding,
+transforming, moving it to the device) costs far more than switching SAFT's k weights, so each image is read
+once and scored at every alpha in turn (``count_hits_along_alpha``); where a switch costs more than reading a
+batch (full fine-tuning's switch writes every weight, see ``read_once_pays``), every alpha reads the images
+again instead. Either order gives the same scores, to the bit, as ``evaluate_dataset`` at each alpha.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, Protocol
 
 import torch
 
@@ -24,11 +28,53 @@ from .models import LoadedModel
 from .results import Callbacks, EvalScore, Progress, Variant, variant_at
 from .zeroshot import build_head, clip_logits
 
+Batch = tuple[torch.Tensor, torch.Tensor]  # images [B, 3, H, W], labels [B]
+# "batch": read each batch once and switch the weights to every alpha for it; "alpha": switch once per alpha and
+# read every set again for it (the order before the frontier read once); "auto": ``read_once_pays`` decides.
+Order = Literal["batch", "alpha", "auto"]
+STAGE = "evaluating"
+
+
+class Batches(Protocol):
+    """Batches of one set: a DataLoader or a list of pre-read batches (``len`` is the number of batches)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _hits(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """(top-1 hits, top-min(5, C) hits) of one batch against ``head`` [D, C]: a long tensor [2] on the device,
+    so that counting costs no synchronisation with it."""
+    k = min(5, head.shape[1])
+    # One autocast context per forward pass, never one around several alphas: autocast keeps its bf16 copies of
+    # weights that require grad until its outermost context exits, and would score later alphas with them.
+    with _autocast(images.device):
+        logits = clip_logits(model, images, head).float()
+    hits = logits.topk(k, dim=1).indices == labels[:, None]
+    return torch.stack((hits[:, 0].sum(), hits.any(dim=1).sum()))
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    """A batch on ``device``; asynchronous from pinned memory (the loaders pin on CUDA)."""
+    images, labels = batch
+    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 @torch.no_grad()
 def accuracy(
     model: torch.nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: Batches,
     head: torch.Tensor,
     *,
     device: torch.device,
@@ -36,23 +82,22 @@ def accuracy(
 ) -> tuple[float, float, int]:
     """(top-1, top-min(5, C), n) in [0, 1] for the images of ``loader`` against ``head`` [D, C]."""
     cb = callbacks or Callbacks()
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
-    k = min(5, head.shape[1])
-    correct1 = correct5 = n = 0
-    for step, (images, labels) in enumerate(loader, start=1):
+    device = torch.device(device)
+    correct = torch.zeros(2, dtype=torch.long, device=device)
+    n = 0
+    for step, batch in enumerate(loader, start=1):
         cb.check_cancel()
-        images, labels = images.to(device), labels.to(device)
-        with autocast:
-            logits = clip_logits(model, images, head).float()
-        topk = logits.topk(k, dim=1).indices
-        hits = topk == labels[:, None]
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(dim=1).sum())
+        images, labels = _to(batch, device)
+        correct += _hits(model, images, labels, head)
         n += labels.numel()
-        cb.on_progress(Progress("evaluating", step, len(loader)))
-    return (correct1 / n if n else 0.0), (correct5 / n if n else 0.0), n
+        cb.on_progress(Progress(STAGE, step, len(loader)))
+    correct1, correct5 = correct.tolist()
+    return _share(correct1, n), _share(correct5, n), n
+
+
+def _share(hits: int, n: int) -> float:
+    """``hits / n`` in [0, 1]; 0 for no images."""
+    return hits / n if n else 0.0
 
 
 def evaluate_dataset(
@@ -89,6 +134,127 @@ def evaluate_dataset(
                      num_classes=len(dataset.classes))
 
 
+def read_once_pays(switch_s: float, read_s: float) -> bool:
+    """Whether to read each batch once and switch the weights to every alpha for it (order "batch").
+
+    Per batch, that order makes A - 1 switches more than switching once per alpha (``count_hits_along_alpha``
+    visits the alphas back and forth, so a batch starts at the alpha the last one ended at), and the other order
+    reads the batch A - 1 times more: reading once pays when one switch (``switch_s``, seconds) costs no more
+    than reading one batch (``read_s``, seconds). Memory decides nothing: both orders switch the same way."""
+    return switch_s <= read_s
+
+
+@torch.no_grad()
+def heads_along_alpha(
+    loaded: LoadedModel,
+    class_names: Sequence[Sequence[str]],
+    alphas: Sequence[float],
+    set_alpha: Callable[[float], None],
+    templates: Sequence[str],
+) -> tuple[list[list[torch.Tensor]], float]:
+    """``heads[j][i]``, the zero-shot head [D, C_i] of class list i at ``alphas[j]`` (the text tower may be
+    fine-tuned too, so each alpha has its own), and the mean seconds of one ``set_alpha`` call. Builds each head
+    once, the model in its current mode; leaves the weights at ``alphas[-1]``."""
+    device = torch.device(loaded.device)
+    heads: list[list[torch.Tensor]] = []
+    switching = 0.0
+    for alpha in alphas:
+        _sync(device)
+        start = time.perf_counter()
+        set_alpha(alpha)
+        _sync(device)
+        switching += time.perf_counter() - start
+        heads.append([build_head(loaded.model, loaded.tokenizer, names, templates, device) for names in class_names])
+    return heads, switching / max(1, len(alphas))
+
+
+@torch.no_grad()
+def count_hits_along_alpha(
+    model: torch.nn.Module,
+    sets: Sequence[Batches],
+    heads: Sequence[Sequence[torch.Tensor]],
+    alphas: Sequence[float],
+    set_alpha: Callable[[float], None],
+    *,
+    device: torch.device,
+    order: Literal["batch", "alpha"] = "batch",
+    callbacks: Callbacks | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """Hits of every set of batches at every alpha: ``counts`` [A, S, 2] (long, on the CPU: top-1 and
+    top-min(5, C) hits of set i at ``alphas[j]`` against ``heads[j][i]``) and the number of images per set.
+
+    Order "batch" reads each batch once (moved to ``device`` once) and scores it at every alpha, visiting the
+    alphas forwards and backwards on alternate batches; order "alpha" switches once per alpha and reads every set
+    again for it (each set must be iterable again: a DataLoader or a list). Either way the weights end at
+    ``alphas[-1]``, progress counts one step per batch and alpha (one bar from 1 to A x batches), and
+    cancellation is polled before every batch. With pre-read lists of batches this measures the stage without
+    reading images: the floor the compute and the switches set."""
+    cb = callbacks or Callbacks()
+    device = torch.device(device)
+    counts = torch.zeros(len(alphas), len(sets), 2, dtype=torch.long, device=device)
+    n = [0] * len(sets)
+    total = len(alphas) * sum(len(s) for s in sets)
+    step = 0
+    current: float | None = None
+
+    def score(j: int, i: int, images: torch.Tensor, labels: torch.Tensor) -> None:
+        nonlocal current, step
+        if alphas[j] != current:
+            set_alpha(alphas[j])
+            current = alphas[j]
+        counts[j, i] += _hits(model, images, labels, heads[j][i])
+        step += 1
+        cb.on_progress(Progress(STAGE, step, total))
+
+    if order == "batch":
+        visits = list(range(len(alphas)))
+        for i, batches in enumerate(sets):
+            for batch in batches:
+                cb.check_cancel()
+                images, labels = _to(batch, device)
+                n[i] += labels.numel()
+                for j in visits:
+                    score(j, i, images, labels)
+                visits.reverse()  # the next batch starts at the alpha this one ended at: one switch fewer
+    else:
+        for j in range(len(alphas)):
+            for i, batches in enumerate(sets):
+                for batch in batches:
+                    cb.check_cancel()
+                    images, labels = _to(batch, device)
+                    if j == 0:
+                        n[i] += labels.numel()
+                    score(j, i, images, labels)
+    if current != alphas[-1]:
+        set_alpha(alphas[-1])
+    return counts.cpu(), n
+
+
+class _ReadAhead:
+    """A loader whose first batch is read when this is made, timed (``read_s``, seconds): the first iteration
+    starts with that batch, later ones read the loader again. With loader workers the time includes starting
+    them, as every pass of order "alpha" starts them again."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
+        self.loader = loader
+        start = time.perf_counter()
+        self._rest: Iterator[Batch] | None = iter(loader)
+        self._first = next(self._rest, None)
+        self.read_s = time.perf_counter() - start
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        rest, first, self._rest, self._first = self._rest, self._first, None, None
+        if rest is None:
+            yield from self.loader
+            return
+        if first is not None:
+            yield first
+        yield from rest
+
+
 def evaluate_along_alpha(
     loaded: LoadedModel,
     sets: Sequence[tuple[str, ImageDataset]],
@@ -99,30 +265,47 @@ def evaluate_along_alpha(
     batch_size: int = 64,
     callbacks: Callbacks | None = None,
     workers: int = 0,
+    order: Order = "auto",
 ) -> list[EvalScore]:
-    """Every set of ``sets`` ({name, dataset} pairs) scored at every alpha of ``alphas``, in that order.
+    """Every set of ``sets`` ({name, dataset} pairs) scored at every alpha of ``alphas``, alpha-major (every set
+    at ``alphas[0]``, then at ``alphas[1]``, ...); each score equals ``evaluate_dataset``'s at that alpha.
 
-    ``set_alpha(alpha)`` must put ``loaded.model``'s weights at ``base + alpha * delta``; the caller restores
-    the weights it wants afterwards. Progress counts the batches of all passes as one stage, so a bar runs
-    once from 0 to the total instead of restarting for every set and alpha.
+    ``set_alpha(alpha)`` must put ``loaded.model``'s weights at ``base + alpha * delta`` from any alpha. The
+    heads are built first, once per set and alpha; then ``order`` (see ``Order``) decides how the images are
+    read. "auto" times one switch (while building the heads) and the read of the first batch and takes order
+    "batch" when ``read_once_pays``, else order "alpha", which it reports through ``callbacks.on_message``.
+    Afterwards the weights are at ``alphas[-1]`` (untouched when there is nothing to score); the caller
+    restores the weights it wants. Progress counts one step per batch and alpha as one bar for the stage.
     """
-    if not sets:  # nothing to score: leave the weights alone (a dense switch copies the whole model)
+    if not sets or not alphas:  # nothing to score: leave the weights alone (a dense switch copies the whole model)
         return []
     cb = callbacks or Callbacks()
-    batches = [math.ceil(len(ds) / batch_size) for _, ds in sets]
-    total = len(alphas) * sum(batches)
-    done = 0
-    scores: list[EvalScore] = []
-    for alpha in alphas:
-        set_alpha(alpha)
-        for (name, ds), count in zip(sets, batches, strict=True):
-            offset = done
-            passes = dataclasses.replace(
-                cb, on_progress=lambda p, offset=offset: cb.on_progress(Progress(p.stage, offset + p.step, total))
-            )
-            scores.append(evaluate_dataset(
-                loaded, ds, name=name, variant=variant_at(alpha), alpha=alpha, templates=templates,
-                batch_size=batch_size, callbacks=passes, workers=workers,
-            ))
-            done += count
-    return scores
+    model, device = loaded.model, torch.device(loaded.device)
+    was_training = model.training
+    model.eval()
+    try:
+        heads, switch_s = heads_along_alpha(loaded, [ds.class_names for _, ds in sets], alphas, set_alpha, templates)
+        loaders: list = [
+            make_loader(ds, loaded.preprocess_eval, batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+            for _, ds in sets
+        ]
+        if order == "auto" and len(alphas) > 1:
+            first = _ReadAhead(loaders[0])
+            loaders[0] = first
+            order = "batch" if read_once_pays(switch_s, first.read_s) else "alpha"
+            if order == "alpha":
+                cb.on_message("info", (
+                    f"evaluating: switching the weights between alphas ({switch_s * 1e3:.1f} ms) costs more than "
+                    f"reading a batch of images ({first.read_s * 1e3:.1f} ms), so every eval set is read once per "
+                    f"alpha ({len(alphas)} times) instead of once"
+                ))
+        counts, n = count_hits_along_alpha(model, loaders, heads, alphas, set_alpha, device=device,
+                                           order="alpha" if order == "alpha" else "batch", callbacks=cb)
+    finally:
+        model.train(was_training)
+    hits = counts.tolist()
+    return [
+        EvalScore(dataset=name, model=variant_at(alpha), alpha=alpha, top1=_share(hits[j][i][0], n[i]),
+                  top5=_share(hits[j][i][1], n[i]), n=n[i], num_classes=len(ds.classes))
+        for j, alpha in enumerate(alphas) for i, (name, ds) in enumerate(sets)
+    ]

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .checkpoint import checkpoint_metadata, load_mask, read_metadata, save_delta, save_mask
 from .config import FinetuneConfig
-from .data import make_loader
+from .data import make_loader, resolve_workers
 from .datasets import ImageDataset, load_dataset, sample_shots, split_validation
 from .evaluation import evaluate_along_alpha
 from .frontier import ALPHA_GRID, recommend_alpha
@@ -118,8 +119,13 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     loaded = load_model(cfg.model, cfg.device)
     model, device = loaded.model, loaded.device
     train_set, val_set, eval_sets = _load_data(cfg)
+    # The count itself from here on: snapshots fingerprint it (augmentations drawn in workers depend on it), so an
+    # attempt resumed on a machine that chooses another count starts again instead of resuming another run.
+    chosen = "" if cfg.data.workers is not None else f" (chosen for {torch.device(device).type})"
+    cfg = replace(cfg, data=replace(cfg.data, workers=resolve_workers(cfg.data.workers, device)))
     workers = f"{cfg.data.workers} data-loader workers" if cfg.data.workers else "no data-loader workers"
-    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device}, {workers}")
+    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device}, "
+                          f"{workers}{chosen}")
     prompts = Prompts.build(loaded.tokenizer, train_set.class_names, templates, device)
     num_params = sum(p.numel() for p in model.parameters())
     loader_opts = {"num_workers": cfg.data.workers, "pin_memory": torch.device(device).type == "cuda"}
@@ -162,13 +168,15 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
                               f"(op not known to the engine): {', '.join(engine.fallbacks)}")
 
     # 5) evaluating: the validation split and every eval set along the alpha grid (the robustness frontier),
-    # then the fine-tuned weights back; alpha 0 is the zero-shot baseline
+    # then the fine-tuned weights back; alpha 0 is the zero-shot baseline. SAFT's switch writes k entries,
+    # always cheaper than reading a batch again: each image is read once. Full fine-tuning's switch writes every
+    # weight: the evaluation times it against a read and picks the order (evaluation.read_once_pays).
     stage("evaluating")
     sets = ([(VALIDATION, val_set)] if val_set is not None else []) + list(eval_sets.items())
     alphas = [a for a in ALPHA_GRID if a > 0.0 or cfg.evaluate_zero_shot]
     evaluations = evaluate_along_alpha(
         loaded, sets, alphas, update.set_weights, templates=templates, batch_size=cfg.scoring.batch_size,
-        callbacks=cb, workers=cfg.data.workers,
+        callbacks=cb, workers=cfg.data.workers, order="batch" if isinstance(update, SparseUpdate) else "auto",
     )
     update.set_weights(1.0)
     recommended = _recommend(evaluations)

@@ -146,9 +146,11 @@ def stored_spec(raw: Mapping[str, Any]) -> JobSpec:
 
 
 def to_finetune_config(
-    spec: JobSpec, *, train_dir: Path, eval_dirs: dict[str, Path], device: str | None = None, workers: int = 0
+    spec: JobSpec, *, train_dir: Path, eval_dirs: dict[str, Path], device: str | None = None,
+    workers: int | None = None,
 ) -> FinetuneConfig:
-    """Map a job spec onto the core's config. ``eval_dirs`` maps eval dataset ids to their directories.
+    """Map a job spec onto the core's config. ``eval_dirs`` maps eval dataset ids to their directories;
+    ``workers`` None lets the core choose the data-loader workers for the device (``DataConfig.workers``).
 
     Raises ``saft_core.errors.ConfigError`` where the core refuses a value (a ValueError, so pydantic reports
     it as a validation error inside ``JobSpec``).

@@ -110,8 +110,11 @@ class Settings(BaseSettings):
 
     # Worker.
     device: str | None = Field(None, description="Device jobs train on; unset picks CUDA when available.")
-    data_workers: int = Field(
-        0, ge=0, description="Data-loader processes per job that transform images (0: in the job's process)."
+    data_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Data-loader processes per job that decode and transform images (0: in the job's process); "
+        "unset: automatic, 0 on the CPU, on CUDA min(8, cores / GPUs), at least 1 (saft_core.data.auto_workers).",
     )
     job_time_limit: int = Field(24 * 3600, ge=60, description="Hard time limit of one job.")
 

@@ -5,7 +5,14 @@ import signal
 
 import pytest
 
-from saft_core.data import make_loader
+from saft_core.data import (
+    MAX_AUTO_WORKERS,
+    auto_workers,
+    available_cpus,
+    machine_gpus,
+    make_loader,
+    resolve_workers,
+)
 from saft_core.datasets import load_dataset, sample_shots, split_validation
 from saft_core.errors import DataError
 
@@ -120,3 +127,36 @@ def test_a_killed_loader_worker_is_a_clear_error(shapes_dir):
         for _ in make_loader(load_dataset(shapes_dir), _die, 4, num_workers=1):
             pass
     assert exc.value.code == "data_loader_failed"
+
+
+@pytest.mark.parametrize(("device", "cpus", "gpus", "workers"), [
+    ("cpu", 16, 1, 0),  # on the CPU the main process transforms, as before there was a rule
+    ("cuda", 16, 1, MAX_AUTO_WORKERS),  # a GPU's share of 16 cores, capped
+    ("cuda:1", 16, 4, 4),  # 4 jobs, one per GPU, share the 16 cores
+    ("cuda", 6, 4, 1),  # fewer cores than GPUs: still one worker, never the starving 0
+    ("cuda", 3, 1, 3),
+])
+def test_automatic_loader_workers(device, cpus, gpus, workers):
+    assert auto_workers(device, cpus=cpus, gpus=gpus) == workers
+
+
+def test_a_named_worker_count_wins_over_the_automatic_one():
+    assert resolve_workers(0, "cuda") == 0
+    assert resolve_workers(3, "cpu") == 3
+    assert resolve_workers(None, "cpu") == 0
+
+
+@pytest.mark.parametrize(("cpu_max", "limit"), [("max 100000\n", None), ("200000 100000\n", 2),
+                                                 ("150000 100000\n", 1), ("50000 100000\n", 1)])
+def test_available_cpus_honours_the_cgroup_limit(tmp_path, cpu_max, limit):
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    assert available_cpus(tmp_path / "cpu.max") == (affinity if limit is None else max(1, min(affinity, limit)))
+    assert available_cpus(tmp_path / "missing") == affinity
+
+
+def test_machine_gpus_counts_the_driver_listing(tmp_path):
+    for pci in ("0000:01:00.0", "0000:41:00.0", "0000:81:00.0"):
+        (tmp_path / pci).mkdir()
+    assert machine_gpus(tmp_path) == 3
+    assert machine_gpus(tmp_path / "missing") >= 1  # no driver listing: the visible CUDA devices, at least 1

@@ -177,16 +177,41 @@ def test_data_loader_workers_change_nothing_but_speed(shapes_dir, shapes_eval_di
     monkeypatch.setattr(saft_core.evaluation, "make_loader", watched)
     cfg = dict(data={"eval": {"shifted": str(shapes_eval_dir)}}, evaluate_zero_shot=False)
     a = finetune(tiny_config(shapes_dir, **cfg), tmp_path / "a")
-    assert made == [0, 0] + [0] * 4  # scoring, training, evaluation at each alpha but 0 (no zero-shot)
+    assert made == [0, 0, 0]  # scoring, training, evaluation (one loader for the eval set: read once)
     cfg["data"]["workers"] = 2
     b = finetune(tiny_config(shapes_dir, **cfg), tmp_path / "b")
-    assert made[6:] == [2, 2] + [2] * 4
+    assert made[3:] == [2, 2, 2]
     da, db = load_delta(a.checkpoint_path), load_delta(b.checkpoint_path)
     assert da.tensors.keys() == db.tensors.keys()
     for name in da.tensors:
         assert torch.equal(da.tensors[name][0], db.tensors[name][0])
         assert torch.equal(da.tensors[name][1], db.tensors[name][1])
     assert [(e.dataset, e.top1, e.top5) for e in a.evaluations] == [(e.dataset, e.top1, e.top5) for e in b.evaluations]
+
+
+def test_the_automatic_worker_count_reaches_every_loader_and_the_notes(shapes_dir, shapes_eval_dir, tmp_path,
+                                                                       monkeypatch):
+    """A run that names no worker count takes the core's rule (here made to answer 3) for every loader."""
+    import saft_core.data
+    import saft_core.evaluation
+    import saft_core.pipeline
+
+    asked, made = [], []
+    monkeypatch.setattr(saft_core.data, "auto_workers", lambda device: asked.append(device) or 3)
+
+    def watched(*args, num_workers, **kwargs):  # records the count, transforms in this process (fast)
+        made.append(num_workers)
+        return make_loader(*args, **kwargs)
+
+    monkeypatch.setattr(saft_core.pipeline, "make_loader", watched)
+    monkeypatch.setattr(saft_core.evaluation, "make_loader", watched)
+    notes = []
+    cfg = tiny_config(shapes_dir, data={"eval": {"shifted": str(shapes_eval_dir)}}, train={"epochs": 1},
+                      evaluate_zero_shot=False)
+    assert cfg.data.workers is None  # automatic unless named
+    finetune(cfg, tmp_path, Callbacks(on_message=lambda level, text: notes.append(text)))
+    assert [str(d) for d in asked] == ["cpu"] and made == [3, 3, 3]
+    assert any("3 data-loader workers (chosen for cpu)" in n for n in notes), notes
 
 
 @pytest.mark.slow  # two fine-tunes with worker processes

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -27,6 +27,7 @@ from ._base import (
     default_headers,
     id_of,
     image_files,
+    import_body,
     job_body,
     new_idempotency_key,
     parse_retry_after,
@@ -366,7 +367,7 @@ class Datasets:
     ) -> Dataset:
         """Make a dataset of a folder on the server (``path``, absolute, inside one of the operator's import
         roots); nothing is sent. ``name`` defaults to the folder's name."""
-        body = {"name": name or PurePosixPath(path).name or path, "source": {"type": "path", "path": path}}
+        body = import_body(path, name)
         response = self._c.request("POST", "/v1/datasets", json=body, idempotency_key=idempotency_key)
         return Dataset.model_validate(response.json())
 

@@ -40,6 +40,8 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _ZIP_FILE_MODE = 0o644 << 16
 _ZIP_UNIX = 3
 STATE_VERSION = 1
+# Refusals of complete that sending parts can repair (once): parts missing, or parts that differ from ours.
+REPAIRABLE = frozenset({"upload_incomplete", "checksum_mismatch"})
 
 
 def resolve_cache_dir(override: str | os.PathLike[str] | None = None) -> Path:

@@ -54,6 +54,7 @@ from ._uploads import (
     CHECKSUM_HEADER,
     DEFAULT_MULTIPART_THRESHOLD,
     DEFAULT_PARALLEL,
+    REPAIRABLE,
     Part,
     PartBody,
     Source,
@@ -72,7 +73,6 @@ from ._uploads import (
 )
 from .errors import (
     APIError,
-    Conflict,
     ConnectionFailed,
     Gone,
     JobFailed,
@@ -539,14 +539,14 @@ class AsyncUploads:
         for attempt in (1, 2):
             try:
                 dataset = await self.complete(upload.id, name, idempotency_key=key)
-            except Conflict as e:
-                if e.code != "upload_incomplete" or attempt == 2:
-                    raise
-            except ValidationError as e:
-                if e.code != "checksum_mismatch" or attempt == 2:
+            except (NotFound, Gone):
+                raise  # the upload expired: a new one is begun
+            except APIError as e:
+                if attempt == 2 or e.code not in REPAIRABLE:
                     await self._forget_if_gone(state, store)
                     raise
-                state.hashes = {}
+                if e.code == "checksum_mismatch":
+                    state.hashes = {}  # every part rehashed from the file; those the server holds otherwise, resent
             else:
                 store.clear(state)
                 return dataset

@@ -291,6 +291,9 @@ class Problem(_Model):
 # Client model -> the schema it mirrors in the server's OpenAPI document (the drift test walks this).
 SERVER_SCHEMAS: dict[type[BaseModel], str] = {
     Dataset: "DatasetPublic",
+    UploadPart: "UploadPartPublic",
+    Upload: "UploadPublic",
+    Usage: "UsagePublic",
     SaftMethod: "SaftMethod",
     FullMethod: "FullMethod",
     Hyperparameters: "Hyperparameters",

@@ -1,7 +1,10 @@
 """Remote commands of ``saft``: drive a running service through the Python client (``saft_client``).
 
-    saft datasets upload DIR|ARCHIVE [--name N]      a folder is zipped on the fly
+    saft datasets upload DIR|ARCHIVE [--name N] [--no-resume]
+                                                     large ones in resumable parts, with bytes, rate and ETA
+    saft datasets import --path P [--name N]         a folder on the server (in the operator's import roots)
     saft datasets list | show ID | delete ID
+    saft usage                                       your storage: bytes used and the quota
     saft jobs create --dataset ID [finetune options] [--follow]
     saft jobs list [--status S] | show ID | follow ID | cancel ID | delete ID
     saft jobs download ID --out FILE [--mask]        SHA-256 verified, written atomically
@@ -27,7 +30,7 @@ from saft_core.config import TrainConfig
 from saft_core.flags import config_values
 
 if TYPE_CHECKING:
-    from saft_client import Client, Job, JobEvent
+    from saft_client import Client, Dataset, Job, JobEvent
 
 EXIT_FAILED = 1
 EXIT_ERROR = 2
@@ -78,6 +81,22 @@ def _remote(func: Callable[[argparse.Namespace, Client], int]) -> Callable[[argp
             return EXIT_ERROR
 
     return run
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 1023 B, 1.5 KiB, 20.0 MiB, 3.2 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _dataset_line(ds: Dataset) -> str:
+    counts = ", ".join(f"{c} {n}" for c, n in ds.counts.items())
+    where = f"  (read from {ds.source_path} on the server)" if ds.external else ""
+    return f"{ds.id}  {ds.name}: {ds.num_images} images, {len(ds.classes)} classes ({counts}){where}"
 
 
 def _job_line(job: Job) -> str:
@@ -152,12 +171,41 @@ def _follow(job_id: str, client: Client, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- datasets
 def cmd_datasets_upload(args: argparse.Namespace, client: Client) -> int:
-    ds = client.datasets.upload(args.path, name=args.name, progress=not (args.quiet or args.json))
+    # The client's defaults stand unless the options were given (saft_client is imported only when a command runs).
+    given = {"multipart_threshold": args.multipart_threshold, "parallel": args.parallel}
+    try:
+        ds = client.datasets.upload(
+            args.path,
+            name=args.name,
+            progress=not (args.quiet or args.json),
+            resume=not args.no_resume,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    except KeyboardInterrupt:
+        # The parts sent stay on the server until the upload expires, and the state in the cache says which.
+        print("upload interrupted: run the same command again to resume it", file=sys.stderr)
+        return EXIT_CANCELLED
+    _print_json(ds) if args.json else print(_dataset_line(ds))
+    return 0
+
+
+def cmd_datasets_import(args: argparse.Namespace, client: Client) -> int:
+    ds = client.datasets.import_path(args.source_path, args.name)
+    _print_json(ds) if args.json else print(_dataset_line(ds))
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace, client: Client) -> int:
+    u = client.usage()
     if args.json:
-        _print_json(ds)
+        _print_json(u)
+        return 0
+    if u.storage_quota_bytes is None:
+        print(f"storage: {_size(u.storage_bytes)} used (no quota)")
     else:
-        counts = ", ".join(f"{c} {n}" for c, n in ds.counts.items())
-        print(f"{ds.id}  {ds.name}: {ds.num_images} images, {len(ds.classes)} classes ({counts})")
+        share = u.storage_bytes / u.storage_quota_bytes if u.storage_quota_bytes else 1.0
+        print(f"storage: {_size(u.storage_bytes)} used of {_size(u.storage_quota_bytes)} ({share:.0%})")
+    print(f"  datasets {_size(u.datasets_bytes)}, pending uploads {_size(u.uploads_bytes)}, jobs {_size(u.jobs_bytes)}")
     return 0
 
 
@@ -178,7 +226,8 @@ def cmd_datasets_show(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         _print_json(ds)
     else:
-        print(f"{ds.id}  {ds.name}: {ds.num_images} images, {ds.size_bytes:,} bytes")
+        where = f", read from {ds.source_path} on the server" if ds.external else ""
+        print(f"{ds.id}  {ds.name}: {ds.num_images} images, {ds.size_bytes:,} bytes{where}")
         for c, name in zip(ds.classes, ds.class_names, strict=True):
             print(f"  {c} ({name}): {ds.counts.get(c, 0)}")
     return 0
@@ -313,15 +362,48 @@ def _add(sub: Subcommands, name: str, func: Callable[..., int], help: str) -> ar
     return p
 
 
-def register(sub: Subcommands) -> None:
-    """Add ``datasets`` and ``jobs`` (commands against a running service) to the ``saft`` parser's sub-commands."""
+def _byte_count(text: str) -> int:
+    """A size in bytes, with an optional binary suffix: 1048576, 512K, 64M, 2G."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        n = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, or with K, M, G)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a size is not negative: {text!r}")
+    return n
 
-    p = sub.add_parser("datasets", help="datasets on a SAFT service (upload, list, show, delete)")
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {n}")
+    return n
+
+
+def register(sub: Subcommands) -> None:
+    """Add ``datasets``, ``jobs`` and ``usage`` (commands against a running service) to the ``saft`` parser's
+    sub-commands."""
+    p = sub.add_parser("datasets", help="datasets on a SAFT service (upload, import, list, show, delete)")
     ds = p.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
-    d = _add(ds, "upload", cmd_datasets_upload, "upload an ImageFolder: a folder (zipped on the fly) or an archive")
+    d = _add(ds, "upload", cmd_datasets_upload,
+             "upload an ImageFolder: a folder or an archive; a large one in resumable parts (run the same command "
+             "again after an interruption: the parts the server holds are not sent again)")
     d.add_argument("path", metavar="DIR|ARCHIVE", help="a folder with one sub-folder per class, or a .zip/.tar/.tar.gz")
     d.add_argument("--name", help="a name for people (default: the folder or file name)")
+    d.add_argument("--no-resume", action="store_true",
+                   help="start anew, abandoning an interrupted upload of the same source")
+    d.add_argument("--multipart-threshold", type=_byte_count, default=None, metavar="SIZE",
+                   help="above this size, upload in resumable parts (bytes, or with K, M, G; default: the client's, 64M)")
+    d.add_argument("--parallel", type=_positive, default=None, metavar="N",
+                   help="parts sent at once (default: the client's, 4)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d = _add(ds, "import", cmd_datasets_import,
+             "make a dataset of a folder on the server (inside the operator's import roots; nothing is sent)")
+    d.add_argument("--path", dest="source_path", required=True, metavar="PATH",
+                   help="absolute path of the folder on the server")
+    d.add_argument("--name", help="a name for people (default: the folder's name)")
     d = _add(ds, "list", cmd_datasets_list, "list datasets, newest first")
     d.add_argument("--limit", type=int, default=None, help="at most this many")
     d = _add(ds, "show", cmd_datasets_show, "show a dataset's classes and counts")
@@ -365,3 +447,5 @@ def register(sub: Subcommands) -> None:
                         "alpha (default: the server's, 1)")
     j.add_argument("--labels", help="comma-separated labels (default: the job's classes)")
     j.add_argument("--top-k", type=int, default=None, help="labels per image (default: the server's, 5)")
+
+    _add(sub, "usage", cmd_usage, "your storage on a SAFT service: bytes used (datasets, uploads, jobs) and the quota")

@@ -2,7 +2,7 @@
 
 from saft_client import Client
 c = Client("http://127.0.0.1:8000", api_key="saft_...")     # or SAFT_URL / SAFT_API_KEY
-ds = c.datasets.upload("./my_images")
+ds = c.datasets.upload("./my_images")     # large ones in resumable parts
 job = c.jobs.wait(c.jobs.create(dataset=ds, ratio=0.01, epochs=2), on_event=print)
 """
 
@@ -38,6 +38,9 @@ from .models import (  # noqa: E402
     JobEvent,
     Mask,
     ModelInfo,
+    Upload,
+    UploadPart,
+    Usage,
 )
 
 __all__ = [
@@ -67,6 +70,9 @@ __all__ = [
     "StreamError",
     "Unauthorized",
     "Unavailable",
+    "Upload",
+    "UploadPart",
+    "Usage",
     "ValidationError",
     "__version__",
 ]

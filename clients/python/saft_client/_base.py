@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import httpx
@@ -213,6 +213,12 @@ def job_body(
         return JobCreate.model_validate(top).model_dump(mode="json", exclude_unset=True)
     except pydantic.ValidationError as e:
         raise SaftClientError(f"invalid job options: {e}") from e
+
+
+def import_body(path: str, name: str | None) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/datasets`` importing folder ``path`` on the server (not resolved here: it is
+    a path on the server's machine); the name defaults to the folder's."""
+    return {"name": name or PurePosixPath(path).name or path, "source": {"type": "path", "path": path}}
 
 
 def classify_form(

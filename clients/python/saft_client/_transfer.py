@@ -190,10 +190,18 @@ def progress_callback(
     except ImportError:
         return None, lambda: None
     bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
+    started = False
 
     def update(done: int, total: int | None) -> None:
+        # The bar's rate and ETA count what moves from the first report on: a resumed upload starts with its
+        # parts already on the server, which took no time now.
+        nonlocal started
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not started:
+            started = True
+            bar.initial = bar.n = done
+            bar.refresh()
+        else:
+            bar.update(done - bar.n)
 
     return update, bar.close

@@ -1,15 +1,19 @@
 """The asynchronous client: the same calls as ``Client``, as coroutines (``async for`` for lists and streams).
 
 Files are read and written with blocking calls in small chunks (a folder's zip is built as it is sent); that
-keeps the package free of extra dependencies and is short per chunk.
+keeps the package free of extra dependencies and is short per chunk. What takes long in one call (zipping a
+large folder for a multipart upload, hashing a file) runs in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import mimetypes
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,6 +32,7 @@ from ._base import (
     default_headers,
     id_of,
     image_files,
+    import_body,
     job_body,
     new_idempotency_key,
     parse_retry_after,
@@ -45,8 +50,49 @@ from ._transfer import (
     progress_callback,
     zip_chunks,
 )
-from .errors import ConnectionFailed, JobFailed, SaftClientError, StreamError
-from .models import Classification, Dataset, Evaluation, Job, JobEvent, Mask, ModelInfo
+from ._uploads import (
+    CHECKSUM_HEADER,
+    DEFAULT_MULTIPART_THRESHOLD,
+    DEFAULT_PARALLEL,
+    REPAIRABLE,
+    Part,
+    PartBody,
+    Source,
+    StateStore,
+    Tally,
+    UploadState,
+    UploadStopped,
+    archive_source,
+    folder_source,
+    parts_to_send,
+    plan_parts,
+    resolve_cache_dir,
+    sha256_of,
+    source_bytes,
+    state_key,
+)
+from .errors import (
+    APIError,
+    ConnectionFailed,
+    Gone,
+    JobFailed,
+    NotFound,
+    SaftClientError,
+    StreamError,
+    ValidationError,
+)
+from .models import (
+    Classification,
+    Dataset,
+    Evaluation,
+    Job,
+    JobEvent,
+    Mask,
+    ModelInfo,
+    Upload,
+    UploadPart,
+    Usage,
+)
 
 log = logging.getLogger("saft_client")
 M = TypeVar("M", bound=BaseModel)
@@ -75,6 +121,7 @@ class AsyncClient:
         )
         self.datasets = AsyncDatasets(self)
         self.jobs = AsyncJobs(self)
+        self.uploads = AsyncUploads(self)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -207,6 +254,10 @@ class AsyncClient:
     async def models(self) -> list[ModelInfo]:
         return [ModelInfo.model_validate(m) for m in (await self.request("GET", "/v1/models")).json()["data"]]
 
+    async def usage(self) -> Usage:
+        """As ``Client.usage``."""
+        return await self._get("/v1/usage", Usage)
+
 
 class AsyncDatasets:
     def __init__(self, client: AsyncClient) -> None:
@@ -219,10 +270,40 @@ class AsyncDatasets:
         name: str | None = None,
         progress: bool | Progress | None = None,
         idempotency_key: str | None = None,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        parallel: int = DEFAULT_PARALLEL,
+        resume: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> Dataset:
-        """As ``Client.datasets.upload``."""
+        """As ``Client.datasets.upload`` (the parts sent by ``parallel`` tasks)."""
         filename, p, is_dir = dataset_source(path)
         name = name or (p.resolve().name if is_dir else filename.split(".")[0])
+        if await asyncio.to_thread(source_bytes, p, is_dir) <= multipart_threshold:
+            return await self._upload_form(p, filename, name, is_dir, progress, idempotency_key)
+        cache = resolve_cache_dir(cache_dir)
+        if is_dir:
+            source = await asyncio.to_thread(folder_source, p, filename, cache)
+        else:
+            source = archive_source(p)
+        return await self._c.uploads._send(
+            source,
+            name,
+            cache,
+            progress=progress,
+            parallel=parallel,
+            resume=resume,
+            idempotency_key=idempotency_key,
+        )
+
+    async def _upload_form(
+        self,
+        p: Path,
+        filename: str,
+        name: str,
+        is_dir: bool,
+        progress: bool | Progress | None,
+        idempotency_key: str | None,
+    ) -> Dataset:
         cb, close_bar = progress_callback(progress, f"upload {filename}")
         opened: list[Any] = []
 
@@ -250,6 +331,14 @@ class AsyncDatasets:
             close_bar()
         return Dataset.model_validate(response.json())
 
+    async def import_path(
+        self, path: str, name: str | None = None, *, idempotency_key: str | None = None
+    ) -> Dataset:
+        """As ``Client.datasets.import_path``."""
+        body = import_body(path, name)
+        response = await self._c.request("POST", "/v1/datasets", json=body, idempotency_key=idempotency_key)
+        return Dataset.model_validate(response.json())
+
     async def get(self, dataset: str | Dataset) -> Dataset:
         return await self._c._get(f"/v1/datasets/{id_of(dataset)}", Dataset)
 
@@ -258,6 +347,218 @@ class AsyncDatasets:
 
     async def delete(self, dataset: str | Dataset) -> None:
         await self._c.request("DELETE", f"/v1/datasets/{id_of(dataset)}")
+
+
+class AsyncUploads:
+    """As ``Client.uploads``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def create(
+        self, filename: str, size: int, *, sha256: str | None = None, idempotency_key: str | None = None
+    ) -> Upload:
+        body = {"filename": filename, "bytes": size, "sha256": sha256}
+        response = await self._c.request("POST", "/v1/uploads", json=body, idempotency_key=idempotency_key)
+        return Upload.model_validate(response.json())
+
+    async def put_part(
+        self, upload: str | Upload, number: int, data: bytes, *, sha256: str | None = None
+    ) -> UploadPart:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            CHECKSUM_HEADER: sha256 or hashlib.sha256(data).hexdigest(),
+        }
+        path = f"/v1/uploads/{id_of(upload)}/parts/{number}"
+        response = await self._c.request("PUT", path, body=lambda: {"content": data}, headers=headers)
+        return UploadPart.model_validate(response.json())
+
+    async def get(self, upload: str | Upload) -> Upload:
+        return await self._c._get(f"/v1/uploads/{id_of(upload)}", Upload)
+
+    def list(self, *, limit: int | None = None, page_size: int = 50) -> AsyncIterator[Upload]:
+        return self._c._pages("/v1/uploads", Upload, {"limit": page_size}, limit)
+
+    async def complete(
+        self, upload: str | Upload, name: str, *, idempotency_key: str | None = None
+    ) -> Dataset:
+        path = f"/v1/uploads/{id_of(upload)}/complete"
+        response = await self._c.request("POST", path, json={"name": name}, idempotency_key=idempotency_key)
+        return Dataset.model_validate(response.json())
+
+    async def abort(self, upload: str | Upload) -> None:
+        await self._c.request("DELETE", f"/v1/uploads/{id_of(upload)}")
+
+    # --- the resumable upload of ``datasets.upload``: as ``Uploads._send`` ------------------------------------
+    async def _send(
+        self,
+        source: Source,
+        name: str,
+        cache: Path,
+        *,
+        progress: bool | Progress | None,
+        parallel: int,
+        resume: bool,
+        idempotency_key: str | None,
+    ) -> Dataset:
+        store = StateStore(cache)
+        state = await self._state(store, source, resume, progress)
+        cb, close_bar = progress_callback(progress, f"upload {source.filename}")
+        tally = Tally(state.size, cb)
+        try:
+            for round_ in (1, 2):
+                opened = await self._open(state, store)
+                if isinstance(opened, Dataset):
+                    store.clear(state)
+                    return opened
+                try:
+                    await self._fill(opened, state, store, tally, parallel)
+                    return await self._finish(opened, state, store, name, idempotency_key, tally, parallel)
+                except (NotFound, Gone):
+                    if round_ == 2:
+                        raise
+                    log.warning("upload %s is gone from the server; starting it again", state.upload_id)
+                    state.forget_upload()
+                    store.save(state)
+            raise AssertionError("unreachable")
+        finally:
+            close_bar()
+
+    async def _state(
+        self, store: StateStore, source: Source, resume: bool, progress: bool | Progress | None
+    ) -> UploadState:
+        key = state_key(self._c.base_url, source)
+        state = store.load(key)
+        if state is not None and resume:
+            return state
+        if state is not None:
+            if state.upload_id:
+                with contextlib.suppress(APIError):
+                    await self.abort(state.upload_id)
+            store.clear(state, archive=False)
+        cb, close_bar = progress_callback(True if progress is True else None, f"sha256 {source.filename}")
+        try:
+            return await asyncio.to_thread(store.new, key, self._c.base_url, source, cb)
+        finally:
+            close_bar()
+
+    async def _open(self, state: UploadState, store: StateStore) -> Upload | Dataset:
+        if state.upload_id:
+            try:
+                upload = await self.get(state.upload_id)
+                if state.matches(upload):
+                    state.attach(upload)
+                    store.save(state)
+                    return upload
+            except (NotFound, Gone):
+                if state.complete_key and state.complete_name:
+                    with contextlib.suppress(NotFound, Gone):
+                        return await self.complete(
+                            state.upload_id, state.complete_name, idempotency_key=state.complete_key
+                        )
+            state.forget_upload()
+            store.save(state)
+        upload = await self.create(
+            state.filename, state.size, sha256=state.sha256, idempotency_key=state.create_key
+        )
+        state.attach(upload)
+        store.save(state)
+        return upload
+
+    async def _fill(
+        self, upload: Upload, state: UploadState, store: StateStore, tally: Tally, parallel: int
+    ) -> None:
+        parts = plan_parts(upload.bytes, upload.part_size)
+        if len(parts) != upload.parts_total:
+            raise SaftClientError(
+                f"upload {upload.id}: {upload.parts_total} parts announced, {len(parts)} planned"
+            )
+        file = Path(state.file)
+        for part in state.unhashed(upload):
+            store.record(state, part.number, await asyncio.to_thread(sha256_of, file, part.offset, part.size))
+        todo = parts_to_send(parts, upload, state.hashes)
+        tally.start(state.size - sum(p.size for p in todo))
+        stop = threading.Event()  # as in Client: the parts in flight stop at their next chunk
+        queue = list(todo)
+
+        async def worker() -> None:
+            while queue:
+                await self._put(upload.id, queue.pop(0), state, store, tally, stop)
+
+        tasks = [asyncio.ensure_future(worker()) for _ in range(min(parallel, len(todo)))]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _put(
+        self,
+        upload_id: str,
+        part: Part,
+        state: UploadState,
+        store: StateStore,
+        tally: Tally,
+        stop: threading.Event,
+    ) -> None:
+        body = PartBody(Path(state.file), part, tally, stop)
+        path = f"/v1/uploads/{upload_id}/parts/{part.number}"
+        sha = state.hashes.get(part.number)
+        for attempt in range(self._c.retry.max_retries + 1):
+            if stop.is_set():
+                raise UploadStopped("the upload was stopped")
+            if not sha or attempt > 0:
+                sha = await asyncio.to_thread(sha256_of, body.file, part.offset, part.size)
+            try:
+                answer = (await self._c.request("PUT", path, body=body.aio, headers=body.headers(sha))).json()
+            except ValidationError as e:
+                if e.code != "checksum_mismatch" or attempt == self._c.retry.max_retries:
+                    raise
+                log.warning("%s: the server read another checksum; sending it again", path)
+                continue
+            if UploadPart.model_validate(answer).sha256 != sha:
+                raise SaftClientError(f"{path}: the server holds SHA-256 {answer['sha256']}, not {sha}")
+            store.record(state, part.number, sha)
+            return
+
+    async def _finish(
+        self,
+        upload: Upload,
+        state: UploadState,
+        store: StateStore,
+        name: str,
+        idempotency_key: str | None,
+        tally: Tally,
+        parallel: int,
+    ) -> Dataset:
+        key = state.complete_key_for(name, idempotency_key)
+        store.save(state)
+        for attempt in (1, 2):
+            try:
+                dataset = await self.complete(upload.id, name, idempotency_key=key)
+            except (NotFound, Gone):
+                raise  # the upload expired: a new one is begun
+            except APIError as e:
+                if attempt == 2 or e.code not in REPAIRABLE:
+                    await self._forget_if_gone(state, store)
+                    raise
+                if e.code == "checksum_mismatch":
+                    state.hashes = {}  # every part rehashed from the file; those the server holds otherwise, resent
+            else:
+                store.clear(state)
+                return dataset
+            upload = await self.get(upload.id)
+            await self._fill(upload, state, store, tally, parallel)
+        raise AssertionError("unreachable")
+
+    async def _forget_if_gone(self, state: UploadState, store: StateStore) -> None:
+        try:
+            await self.get(state.upload_id or "")
+        except (NotFound, Gone):
+            store.clear(state)
 
 
 class AsyncJobs:

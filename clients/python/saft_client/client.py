@@ -1,12 +1,16 @@
-"""The synchronous client: ``Client(url, api_key)`` with ``.datasets``, ``.jobs``, ``.classify``."""
+"""The synchronous client: ``Client(url, api_key)`` with ``.datasets``, ``.jobs``, ``.uploads``, ``.classify``."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import mimetypes
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,6 +27,7 @@ from ._base import (
     default_headers,
     id_of,
     image_files,
+    import_body,
     job_body,
     new_idempotency_key,
     parse_retry_after,
@@ -40,8 +45,49 @@ from ._transfer import (
     progress_callback,
     zip_chunks,
 )
-from .errors import ConnectionFailed, JobFailed, SaftClientError, StreamError
-from .models import Classification, Dataset, Evaluation, Job, JobEvent, Mask, ModelInfo
+from ._uploads import (
+    CHECKSUM_HEADER,
+    DEFAULT_MULTIPART_THRESHOLD,
+    DEFAULT_PARALLEL,
+    REPAIRABLE,
+    Part,
+    PartBody,
+    Source,
+    StateStore,
+    Tally,
+    UploadState,
+    UploadStopped,
+    archive_source,
+    folder_source,
+    parts_to_send,
+    plan_parts,
+    resolve_cache_dir,
+    sha256_of,
+    source_bytes,
+    state_key,
+)
+from .errors import (
+    APIError,
+    ConnectionFailed,
+    Gone,
+    JobFailed,
+    NotFound,
+    SaftClientError,
+    StreamError,
+    ValidationError,
+)
+from .models import (
+    Classification,
+    Dataset,
+    Evaluation,
+    Job,
+    JobEvent,
+    Mask,
+    ModelInfo,
+    Upload,
+    UploadPart,
+    Usage,
+)
 
 log = logging.getLogger("saft_client")
 M = TypeVar("M", bound=BaseModel)
@@ -75,6 +121,7 @@ class Client:
         )
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
+        self.uploads = Uploads(self)
 
     # --- plumbing -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -222,6 +269,10 @@ class Client:
         """The base models the server knows."""
         return [ModelInfo.model_validate(m) for m in self.request("GET", "/v1/models").json()["data"]]
 
+    def usage(self) -> Usage:
+        """Your storage: bytes used (datasets, pending uploads, jobs' files) and the quota (None: none)."""
+        return self._get("/v1/usage", Usage)
+
     def ready(self) -> bool:
         """Whether the service answers its readiness check (no retries)."""
         try:
@@ -243,12 +294,48 @@ class Datasets:
         name: str | None = None,
         progress: bool | Progress | None = None,
         idempotency_key: str | None = None,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        parallel: int = DEFAULT_PARALLEL,
+        resume: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> Dataset:
-        """Upload an ImageFolder: a folder (zipped on the fly while it is sent, hidden files left out) or a
-        .zip/.tar/.tar.gz archive. ``progress``: True for a tqdm bar (if installed) or a callable
-        ``(bytes_sent, bytes_total_or_None)``; for a folder the total is the sum of its file sizes."""
+        """Upload an ImageFolder: a folder (hidden files left out) or a .zip/.tar/.tar.gz archive.
+
+        Up to ``multipart_threshold`` bytes it goes in one request (a folder zipped on the fly). Above, it goes
+        as a resumable multipart upload: ``parallel`` parts at once, each checked by its SHA-256 and retried
+        alone; a folder is first zipped, deterministically, into ``cache_dir`` (default ``$SAFT_CACHE_DIR``,
+        else ``$XDG_CACHE_HOME/saft``, else ``~/.cache/saft``), where a small state file remembers the upload.
+        Called again on the same source (same path, size and mtime; for a folder, the same files) after an
+        interruption, it sends only the parts the server does not hold; ``resume=False`` abandons an earlier
+        attempt and starts anew. ``progress``: True for a tqdm bar (bytes, rate, ETA; if tqdm is installed)
+        or a callable ``(bytes_done, bytes_total)``, whose first call gives where the transfer starts.
+        ``idempotency_key``: of the one request, or of the multipart upload's completion."""
         filename, p, is_dir = dataset_source(path)
         name = name or (p.resolve().name if is_dir else filename.split(".")[0])
+        if source_bytes(p, is_dir) <= multipart_threshold:
+            return self._upload_form(p, filename, name, is_dir, progress, idempotency_key)
+        cache = resolve_cache_dir(cache_dir)
+        source = folder_source(p, filename, cache) if is_dir else archive_source(p)
+        return self._c.uploads._send(
+            source,
+            name,
+            cache,
+            progress=progress,
+            parallel=parallel,
+            resume=resume,
+            idempotency_key=idempotency_key,
+        )
+
+    def _upload_form(
+        self,
+        p: Path,
+        filename: str,
+        name: str,
+        is_dir: bool,
+        progress: bool | Progress | None,
+        idempotency_key: str | None,
+    ) -> Dataset:
+        """The whole dataset in one ``multipart/form-data`` POST (a folder zipped while it is sent)."""
         cb, close_bar = progress_callback(progress, f"upload {filename}")
         opened: list[Any] = []
 
@@ -275,6 +362,15 @@ class Datasets:
             close_bar()
         return Dataset.model_validate(response.json())
 
+    def import_path(
+        self, path: str, name: str | None = None, *, idempotency_key: str | None = None
+    ) -> Dataset:
+        """Make a dataset of a folder on the server (``path``, absolute, inside one of the operator's import
+        roots); nothing is sent. ``name`` defaults to the folder's name."""
+        body = import_body(path, name)
+        response = self._c.request("POST", "/v1/datasets", json=body, idempotency_key=idempotency_key)
+        return Dataset.model_validate(response.json())
+
     def get(self, dataset: str | Dataset) -> Dataset:
         return self._c._get(f"/v1/datasets/{id_of(dataset)}", Dataset)
 
@@ -285,6 +381,235 @@ class Datasets:
     def delete(self, dataset: str | Dataset) -> None:
         """Delete a dataset and its files (``Conflict`` dataset_in_use while a queued or running job uses it)."""
         self._c.request("DELETE", f"/v1/datasets/{id_of(dataset)}")
+
+
+class Uploads:
+    """``client.uploads``: the multipart upload API call by call (``datasets.upload`` drives it for a large
+    dataset: create, put the parts, complete)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self, filename: str, size: int, *, sha256: str | None = None, idempotency_key: str | None = None
+    ) -> Upload:
+        """Begin an upload of ``size`` bytes (the API's ``bytes``); ``sha256`` (hex) of the whole file is
+        checked at completion. The answer names the part size and the number of parts."""
+        body = {"filename": filename, "bytes": size, "sha256": sha256}
+        response = self._c.request("POST", "/v1/uploads", json=body, idempotency_key=idempotency_key)
+        return Upload.model_validate(response.json())
+
+    def put_part(
+        self, upload: str | Upload, number: int, data: bytes, *, sha256: str | None = None
+    ) -> UploadPart:
+        """Send part ``number`` (from 1; ``part_size`` bytes, the last one the rest), checked by the server
+        against its SHA-256 (computed here when not given). Sending a part again replaces it."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            CHECKSUM_HEADER: sha256 or hashlib.sha256(data).hexdigest(),
+        }
+        path = f"/v1/uploads/{id_of(upload)}/parts/{number}"
+        response = self._c.request("PUT", path, body=lambda: {"content": data}, headers=headers)
+        return UploadPart.model_validate(response.json())
+
+    def get(self, upload: str | Upload) -> Upload:
+        return self._c._get(f"/v1/uploads/{id_of(upload)}", Upload)
+
+    def list(self, *, limit: int | None = None, page_size: int = 50) -> Iterator[Upload]:
+        """Pending uploads, newest first (pages fetched as you iterate); at most ``limit``."""
+        return self._c._pages("/v1/uploads", Upload, {"limit": page_size}, limit)
+
+    def complete(self, upload: str | Upload, name: str, *, idempotency_key: str | None = None) -> Dataset:
+        """Make the dataset ``name`` of the received parts (``Conflict`` upload_incomplete names the missing
+        ones; an archive the server refuses raises its code, and the upload is gone)."""
+        path = f"/v1/uploads/{id_of(upload)}/complete"
+        response = self._c.request("POST", path, json={"name": name}, idempotency_key=idempotency_key)
+        return Dataset.model_validate(response.json())
+
+    def abort(self, upload: str | Upload) -> None:
+        """Abandon an upload; the server drops its parts."""
+        self._c.request("DELETE", f"/v1/uploads/{id_of(upload)}")
+
+    # --- the resumable upload of ``datasets.upload`` -------------------------------------------------------
+    def _send(
+        self,
+        source: Source,
+        name: str,
+        cache: Path,
+        *,
+        progress: bool | Progress | None,
+        parallel: int,
+        resume: bool,
+        idempotency_key: str | None,
+    ) -> Dataset:
+        store = StateStore(cache)
+        state = self._state(store, source, resume, progress)
+        cb, close_bar = progress_callback(progress, f"upload {source.filename}")
+        tally = Tally(state.size, cb)
+        try:
+            for round_ in (1, 2):  # a second round only when the upload expired while its parts were sent
+                opened = self._open(state, store)
+                if isinstance(opened, Dataset):
+                    store.clear(state)
+                    return opened
+                try:
+                    self._fill(opened, state, store, tally, parallel)
+                    return self._finish(opened, state, store, name, idempotency_key, tally, parallel)
+                except (NotFound, Gone):
+                    if round_ == 2:
+                        raise
+                    log.warning("upload %s is gone from the server; starting it again", state.upload_id)
+                    state.forget_upload()
+                    store.save(state)
+            raise AssertionError("unreachable")
+        finally:
+            close_bar()
+
+    def _state(
+        self, store: StateStore, source: Source, resume: bool, progress: bool | Progress | None
+    ) -> UploadState:
+        """The state of an earlier attempt on this source (unless ``resume`` is False: then that attempt is
+        aborted on the server), else a new one, for which the file is hashed."""
+        key = state_key(self._c.base_url, source)
+        state = store.load(key)
+        if state is not None and resume:
+            return state
+        if state is not None:
+            if state.upload_id:
+                with contextlib.suppress(APIError):
+                    self.abort(state.upload_id)
+            store.clear(state, archive=False)
+        cb, close_bar = progress_callback(True if progress is True else None, f"sha256 {source.filename}")
+        try:
+            return store.new(key, self._c.base_url, source, cb)
+        finally:
+            close_bar()
+
+    def _open(self, state: UploadState, store: StateStore) -> Upload | Dataset:
+        """The upload to continue: the state's, if the server still has it; else the dataset it became (an
+        earlier complete whose answer was lost, asked again with its key); else a new upload."""
+        if state.upload_id:
+            try:
+                upload = self.get(state.upload_id)
+                if state.matches(upload):
+                    state.attach(upload)
+                    store.save(state)
+                    return upload
+            except (NotFound, Gone):
+                if state.complete_key and state.complete_name:
+                    with contextlib.suppress(NotFound, Gone):
+                        return self.complete(
+                            state.upload_id, state.complete_name, idempotency_key=state.complete_key
+                        )
+            state.forget_upload()
+            store.save(state)
+        upload = self.create(
+            state.filename, state.size, sha256=state.sha256, idempotency_key=state.create_key
+        )
+        state.attach(upload)
+        store.save(state)
+        return upload
+
+    def _fill(
+        self, upload: Upload, state: UploadState, store: StateStore, tally: Tally, parallel: int
+    ) -> None:
+        """Send, ``parallel`` at once, the parts the server does not hold with the SHA-256 of ours."""
+        parts = plan_parts(upload.bytes, upload.part_size)
+        if len(parts) != upload.parts_total:
+            raise SaftClientError(
+                f"upload {upload.id}: {upload.parts_total} parts announced, {len(parts)} planned"
+            )
+        file = Path(state.file)
+        for part in state.unhashed(upload):
+            store.record(state, part.number, sha256_of(file, part.offset, part.size))
+        todo = parts_to_send(parts, upload, state.hashes)
+        tally.start(state.size - sum(p.size for p in todo))
+        if not todo:
+            return
+        # Set when the upload is abandoned: the parts in flight stop at their next chunk.
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(
+            max_workers=max(1, min(parallel, len(todo))), thread_name_prefix="saft-upload"
+        )
+        try:
+            futures = [pool.submit(self._put, upload.id, part, state, store, tally, stop) for part in todo]
+            for future in as_completed(futures):
+                future.result()  # the first failure (or an interrupt while waiting) ends the upload
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _put(
+        self,
+        upload_id: str,
+        part: Part,
+        state: UploadState,
+        store: StateStore,
+        tally: Tally,
+        stop: threading.Event,
+    ) -> None:
+        """Send one part, retried alone: by ``request`` on connection errors and 429/5xx, here on a checksum
+        the server found different (rehashed from the file first, in case it changed)."""
+        body = PartBody(Path(state.file), part, tally, stop)
+        path = f"/v1/uploads/{upload_id}/parts/{part.number}"
+        sha = state.hashes.get(part.number)
+        for attempt in range(self._c.retry.max_retries + 1):
+            if stop.is_set():
+                raise UploadStopped("the upload was stopped")
+            sha = sha if sha and attempt == 0 else sha256_of(body.file, part.offset, part.size)
+            try:
+                answer = self._c.request("PUT", path, body=body.sync, headers=body.headers(sha)).json()
+            except ValidationError as e:
+                if e.code != "checksum_mismatch" or attempt == self._c.retry.max_retries:
+                    raise
+                log.warning("%s: the server read another checksum; sending it again", path)
+                continue
+            if UploadPart.model_validate(answer).sha256 != sha:
+                raise SaftClientError(f"{path}: the server holds SHA-256 {answer['sha256']}, not {sha}")
+            store.record(state, part.number, sha)
+            return
+
+    def _finish(
+        self,
+        upload: Upload,
+        state: UploadState,
+        store: StateStore,
+        name: str,
+        idempotency_key: str | None,
+        tally: Tally,
+        parallel: int,
+    ) -> Dataset:
+        """Complete the upload into a dataset. Missing parts (``upload_incomplete``) are sent and a whole-file
+        checksum mismatch repaired (every part rehashed, the differing ones resent), once; after an archive
+        refusal the server has dropped the upload, and so is the state."""
+        key = state.complete_key_for(name, idempotency_key)
+        store.save(state)
+        for attempt in (1, 2):
+            try:
+                dataset = self.complete(upload.id, name, idempotency_key=key)
+            except (NotFound, Gone):
+                raise  # the upload expired: a new one is begun
+            except APIError as e:
+                if attempt == 2 or e.code not in REPAIRABLE:
+                    self._forget_if_gone(state, store)
+                    raise
+                if e.code == "checksum_mismatch":
+                    state.hashes = {}  # every part rehashed from the file; those the server holds otherwise, resent
+            else:
+                store.clear(state)
+                return dataset
+            upload = self.get(upload.id)
+            self._fill(upload, state, store, tally, parallel)
+        raise AssertionError("unreachable")
+
+    def _forget_if_gone(self, state: UploadState, store: StateStore) -> None:
+        """After a refused complete: drop the state if the server dropped the upload (an archive refusal)."""
+        try:
+            self.get(state.upload_id or "")
+        except (NotFound, Gone):
+            store.clear(state)
 
 
 class Jobs:

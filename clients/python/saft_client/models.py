@@ -24,7 +24,8 @@ class _Model(BaseModel):
 
 
 class Dataset(_Model):
-    """An uploaded, checked ImageFolder dataset (server schema ``DatasetPublic``)."""
+    """An uploaded, checked ImageFolder dataset (server schema ``DatasetPublic``). ``external``: imported from a
+    folder on the server (``source_path``), read there rather than copied into the service's storage."""
 
     id: str
     name: str
@@ -35,6 +36,53 @@ class Dataset(_Model):
     counts: dict[str, int]
     size_bytes: int
     created_at: datetime
+    external: bool = False
+    source_path: str | None = None
+
+
+# --- uploads ----------------------------------------------------------------------------------------------
+
+
+class UploadPart(_Model):
+    """A part the server holds: its ``number`` (from 1), size and SHA-256 (hex)."""
+
+    number: int
+    size: int
+    sha256: str
+
+
+class Upload(_Model):
+    """A multipart upload in progress: ``parts_total`` parts of ``part_size`` bytes (the last one shorter) make
+    the ``bytes`` of ``filename``; ``parts`` lists the received ones by number. It expires at ``expires_at``."""
+
+    id: str
+    filename: str
+    bytes: int
+    sha256: str | None
+    part_size: int
+    parts_total: int
+    parts: list[UploadPart]
+    bytes_received: int
+    status: Literal["pending", "completing"]
+    created_at: datetime
+    expires_at: datetime
+
+    @property
+    def missing(self) -> list[int]:
+        """Numbers of the parts not received yet."""
+        held = {p.number for p in self.parts}
+        return [n for n in range(1, self.parts_total + 1) if n not in held]
+
+
+class Usage(_Model):
+    """The tenant's storage: the total and its parts (datasets, pending uploads, jobs' files), and the quota
+    (None: no quota)."""
+
+    storage_bytes: int
+    storage_quota_bytes: int | None
+    datasets_bytes: int
+    uploads_bytes: int
+    jobs_bytes: int
 
 
 # --- jobs -------------------------------------------------------------------------------------------------
@@ -243,6 +291,9 @@ class Problem(_Model):
 # Client model -> the schema it mirrors in the server's OpenAPI document (the drift test walks this).
 SERVER_SCHEMAS: dict[type[BaseModel], str] = {
     Dataset: "DatasetPublic",
+    UploadPart: "UploadPartPublic",
+    Upload: "UploadPublic",
+    Usage: "UsagePublic",
     SaftMethod: "SaftMethod",
     FullMethod: "FullMethod",
     Hyperparameters: "Hyperparameters",

@@ -31,9 +31,13 @@ def cli_env(stack: Stack, tenant: str = "alpha") -> dict[str, str]:
     return env
 
 
-def run_cli(stack: Stack, *args: str, tenant: str = "alpha", timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    stack: Stack, *args: str, tenant: str = "alpha", timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``saft ARGS`` as a user runs it against ``stack``; ``env`` adds to (or overrides) its environment."""
     return subprocess.run(
-        saft(*args), cwd=REPO, env=cli_env(stack, tenant), capture_output=True, text=True, timeout=timeout
+        saft(*args), cwd=REPO, env={**cli_env(stack, tenant), **(env or {})}, capture_output=True, text=True,
+        timeout=timeout,
     )
 
 

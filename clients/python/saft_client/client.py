@@ -363,7 +363,7 @@ class Datasets:
         return Dataset.model_validate(response.json())
 
     def import_path(
-        self, path: str, name: str | None = None, *, idempotency_key: str | None = None
+        self, path: str | os.PathLike[str], name: str | None = None, *, idempotency_key: str | None = None
     ) -> Dataset:
         """Make a dataset of a folder on the server (``path``, absolute, inside one of the operator's import
         roots); nothing is sent. ``name`` defaults to the folder's name."""

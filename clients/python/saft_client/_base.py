@@ -215,10 +215,11 @@ def job_body(
         raise SaftClientError(f"invalid job options: {e}") from e
 
 
-def import_body(path: str, name: str | None) -> dict[str, Any]:
+def import_body(path: str | os.PathLike[str], name: str | None) -> dict[str, Any]:
     """The JSON body of ``POST /v1/datasets`` importing folder ``path`` on the server (not resolved here: it is
     a path on the server's machine); the name defaults to the folder's."""
-    return {"name": name or PurePosixPath(path).name or path, "source": {"type": "path", "path": path}}
+    where = os.fspath(path)
+    return {"name": name or PurePosixPath(where).name or where, "source": {"type": "path", "path": where}}
 
 
 def classify_form(

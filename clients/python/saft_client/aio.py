@@ -332,7 +332,7 @@ class AsyncDatasets:
         return Dataset.model_validate(response.json())
 
     async def import_path(
-        self, path: str, name: str | None = None, *, idempotency_key: str | None = None
+        self, path: str | os.PathLike[str], name: str | None = None, *, idempotency_key: str | None = None
     ) -> Dataset:
         """As ``Client.datasets.import_path``."""
         body = import_body(path, name)

@@ -310,7 +310,7 @@ def test_import_by_server_path(stack: Stack, shapes_dir: Path, tmp_path: Path) -
         assert ds.external and ds.source_path == str(inside) and ds.name == inside.name and ds.num_images == 18
         after = c.usage()
         assert after.datasets_bytes == before.datasets_bytes  # the operator's files: not counted
-        named = c.datasets.import_path(str(inside), "named")
+        named = c.datasets.import_path(inside, "named")  # a Path is taken as well
         assert named.name == "named" and named.id != ds.id
         with pytest.raises(ValidationError) as outside:
             c.datasets.import_path(str(tmp_path))

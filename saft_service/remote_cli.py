@@ -2,7 +2,7 @@
 
     saft datasets upload DIR|ARCHIVE [--name N] [--no-resume]
                                                      large ones in resumable parts, with bytes, rate and ETA
-    saft datasets import --path P [--name N]         a folder on the server (in the operator's import roots)
+    saft datasets import --path P [--name N]         a folder or archive on the server (in the import roots)
     saft datasets list | show ID | delete ID
     saft usage                                       your storage: bytes used and the quota
     saft jobs create --dataset ID [finetune options] [--follow]
@@ -400,9 +400,10 @@ def register(sub: Subcommands) -> None:
                    help="parts sent at once (default: the client's, 4)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d = _add(ds, "import", cmd_datasets_import,
-             "make a dataset of a folder on the server (inside the operator's import roots; nothing is sent)")
+             "make a dataset of a folder (read in place) or an archive already on the server, inside the "
+             "operator's import roots; nothing is sent")
     d.add_argument("--path", dest="source_path", required=True, metavar="PATH",
-                   help="absolute path of the folder on the server")
+                   help="absolute path of the folder or archive on the server")
     d.add_argument("--name", help="a name for people (default: the folder's name)")
     d = _add(ds, "list", cmd_datasets_list, "list datasets, newest first")
     d.add_argument("--limit", type=int, default=None, help="at most this many")

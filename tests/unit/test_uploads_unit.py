@@ -91,6 +91,10 @@ def test_folder_archive_is_built_once_per_file_list(tmp_path: Path) -> None:
     os.utime(folder / "ant" / "1.png", ns=(1, 1))  # a file's mtime changed: another file list, another archive
     assert folder_archive(folder, cache) != archive
     assert sorted(p.name for p in (cache / "archives").iterdir() if p.name.startswith(".")) == []  # no temp left
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache should be")
+    with pytest.raises(SaftClientError, match="cannot zip"):  # the client's error, not an OSError
+        folder_archive(folder, blocked)
     (tmp_path / "empty" / ".hidden").mkdir(parents=True)
     with pytest.raises(SaftClientError, match="empty"):
         folder_archive(tmp_path / "empty", cache)

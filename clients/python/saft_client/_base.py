@@ -218,8 +218,8 @@ def job_body(
 def import_body(path: str | os.PathLike[str], name: str | None) -> dict[str, Any]:
     """The JSON body of ``POST /v1/datasets`` importing folder ``path`` on the server (not resolved here: it is
     a path on the server's machine); the name defaults to the folder's."""
-    path = os.fspath(path)
-    return {"name": name or PurePosixPath(path).name or path, "source": {"type": "path", "path": path}}
+    where = os.fspath(path)
+    return {"name": name or PurePosixPath(where).name or where, "source": {"type": "path", "path": where}}
 
 
 def classify_form(

@@ -158,14 +158,17 @@ def folder_archive(root: Path, cache: Path, listing: list[tuple[str, int, int]] 
     dest = cache / "archives" / f"{listing_digest(listing)[:32]}.zip"
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=".tmp")
-    os.close(fd)
     try:
-        write_deterministic_zip(root, listing, Path(tmp))
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write_deterministic_zip(root, listing, Path(tmp))
+            os.replace(tmp, dest)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as e:  # a full disk or an unreadable file: say which, as the client's error
+        raise SaftClientError(f"cannot zip {root} into {dest.parent}: {e}") from e
     return dest
 
 

@@ -365,8 +365,10 @@ class Datasets:
     def import_path(
         self, path: str | os.PathLike[str], name: str | None = None, *, idempotency_key: str | None = None
     ) -> Dataset:
-        """Make a dataset of a folder on the server (``path``, absolute, inside one of the operator's import
-        roots); nothing is sent. ``name`` defaults to the folder's name."""
+        """Make a dataset of what is already on the server at ``path`` (absolute, inside one of the operator's
+        import roots): a folder, read in place (``external``), or an archive, extracted into the store. Nothing
+        is sent. ``name`` defaults to the last part of the path. ``ValidationError`` path_not_allowed outside
+        the roots; ``Forbidden`` imports_disabled where the service has none."""
         body = import_body(path, name)
         response = self._c.request("POST", "/v1/datasets", json=body, idempotency_key=idempotency_key)
         return Dataset.model_validate(response.json())

@@ -15,6 +15,7 @@ import re
 import secrets
 import shutil
 import threading
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,14 +28,16 @@ from saft_client import (
     ConnectionFailed,
     Dataset,
     Forbidden,
+    Gone,
     NotFound,
     PayloadTooLarge,
     RetryPolicy,
+    Upload,
     ValidationError,
 )
 from saft_client._uploads import plan_parts
 
-from ..conftest import Stack, render, second_api
+from ..conftest import Stack, render, second_api, stack_settings
 from .conftest import run_cli
 from .faults import CutProxy, FaultTransport
 
@@ -91,6 +94,34 @@ def cache_files(cache: Path) -> list[str]:
     return sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
 
 
+def interrupted(stack: Stack, folder: Path, cache: Path) -> Upload:
+    """Begin uploading ``folder`` and interrupt it halfway; the upload as the server holds it then."""
+
+    def interrupt_halfway(done: int, total: int | None) -> None:
+        if total and done > total // 2:
+            raise Interrupt
+
+    with Client(stack.base_url, stack.keys["alpha"]) as c:
+        with pytest.raises(Interrupt):
+            c.datasets.upload(folder, multipart_threshold=THRESHOLD, parallel=2, cache_dir=cache,
+                              progress=interrupt_halfway)
+        [upload] = pending(c, f"{folder.name}.zip")
+    assert 0 < len(upload.parts) < upload.parts_total
+    return upload
+
+
+def expire(stack: Stack, upload_id: str) -> None:
+    """Move an upload's expiry into the past, as time would."""
+    from sqlalchemy import update
+
+    from saft_service import db
+    from saft_service.tables import Upload as UploadRow
+    from saft_service.tables import utcnow
+
+    with db.session_scope(stack_settings(stack)) as s:
+        s.execute(update(UploadRow).where(UploadRow.id == upload_id).values(expires_at=utcnow() - timedelta(seconds=1)))
+
+
 def test_large_folder_goes_in_parallel_checked_parts(stack: Stack, big_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     transport = Recording()
@@ -121,19 +152,9 @@ def test_an_interrupted_upload_resumes_without_resending_received_parts(
 ) -> None:
     cache = tmp_path / "cache"
     folder = shutil.copytree(big_dir, tmp_path / "resumed")
-
-    def interrupt_halfway(done: int, total: int | None) -> None:
-        if total and done > total // 2:
-            raise Interrupt
-
-    first = FaultTransport()
-    with Client(stack.base_url, stack.keys["alpha"], transport=first) as c:
-        with pytest.raises(Interrupt):
-            c.datasets.upload(folder, multipart_threshold=THRESHOLD, parallel=2, cache_dir=cache,
-                              progress=interrupt_halfway)
-        [upload] = pending(c, "resumed.zip")
-        held = {p.number for p in upload.parts}
-        assert 0 < len(held) < upload.parts_total, held
+    upload = interrupted(stack, folder, cache)
+    held = {p.number for p in upload.parts}
+    with Client(stack.base_url, stack.keys["alpha"]) as c:
         assert c.usage().uploads_bytes >= upload.bytes  # the declared size is reserved while it is pending
     state_files = [f for f in cache_files(cache) if f.startswith("uploads/")]
     assert len(state_files) == 1 and json.loads((cache / state_files[0]).read_text())["upload_id"] == upload.id
@@ -150,6 +171,54 @@ def test_an_interrupted_upload_resumes_without_resending_received_parts(
     resent = puts(second)
     assert {u for u, _ in resent} == {upload.id}
     assert sorted(n for _, n in resent) == sorted(set(range(1, upload.parts_total + 1)) - held)
+    assert cache_files(cache) == []
+
+
+@pytest.mark.parametrize("fate", ["expired", "aborted", "no-resume"])
+def test_an_upload_the_server_lost_or_the_user_abandons_starts_anew(
+    stack: Stack, big_dir: Path, tmp_path: Path, fate: str
+) -> None:
+    """Resuming an upload that expired (410) or was aborted (404) begins a new one; so does ``resume=False``,
+    which aborts the old one on the server. Either way every part is sent, once."""
+    cache = tmp_path / "cache"
+    folder = shutil.copytree(big_dir, tmp_path / f"anew-{fate}")
+    old = interrupted(stack, folder, cache)
+    with Client(stack.base_url, stack.keys["alpha"]) as c:
+        if fate == "expired":
+            expire(stack, old.id)
+            with pytest.raises(Gone):
+                c.uploads.get(old)
+        elif fate == "aborted":
+            c.uploads.abort(old)
+    transport = FaultTransport()
+    with Client(stack.base_url, stack.keys["alpha"], transport=transport) as c:
+        ds = c.datasets.upload(folder, multipart_threshold=THRESHOLD, cache_dir=cache, resume=fate != "no-resume")
+        with pytest.raises(NotFound):
+            c.uploads.get(old)  # gone: expired, aborted, or (no-resume) aborted by the client
+    assert ds.num_images == 60 and posts(transport, "/v1/uploads") == 1
+    sent = puts(transport)
+    assert {u for u, _ in sent} != {old.id} and sorted(n for _, n in sent) == list(range(1, old.parts_total + 1))
+    assert cache_files(cache) == []
+
+
+def test_a_lost_complete_answer_is_asked_again_not_repeated(stack: Stack, big_dir: Path, tmp_path: Path) -> None:
+    """The server completes the upload but its answer is lost and the client gives up (no retries): the state
+    keeps the complete's Idempotency-Key, so the next call gets that dataset back instead of a second one."""
+    cache = tmp_path / "cache"
+    folder = shutil.copytree(big_dir, tmp_path / "lost-answer")
+    name = f"lost-answer-{secrets.token_hex(3)}"
+    lossy = FaultTransport(lose={"/complete": 1})
+    gives_up = Client(stack.base_url, stack.keys["alpha"], transport=lossy, retry=RetryPolicy(max_retries=0))
+    with gives_up, pytest.raises(ConnectionFailed):
+        gives_up.datasets.upload(folder, name=name, multipart_threshold=THRESHOLD, cache_dir=cache)
+    transport = FaultTransport()
+    with Client(stack.base_url, stack.keys["alpha"], transport=transport) as c:
+        ds = c.datasets.upload(folder, name=name, multipart_threshold=THRESHOLD, cache_dir=cache)
+        made = [d.id for d in c.datasets.list() if d.name == name]
+    assert made == [ds.id] and ds.num_images == 60
+    assert puts(transport) == [] and posts(transport, "/v1/uploads") == 0 and posts(transport, "/complete") == 1
+    keys = [h["Idempotency-Key"] for m, p, h in lossy.seen + transport.seen if p.endswith("/complete")]
+    assert len(keys) == 2 and keys[0] == keys[1]
     assert cache_files(cache) == []
 
 
@@ -241,7 +310,7 @@ def test_import_by_server_path(stack: Stack, shapes_dir: Path, tmp_path: Path) -
         assert ds.external and ds.source_path == str(inside) and ds.name == inside.name and ds.num_images == 18
         after = c.usage()
         assert after.datasets_bytes == before.datasets_bytes  # the operator's files: not counted
-        named = c.datasets.import_path(str(inside), "named")
+        named = c.datasets.import_path(inside, "named")  # a Path is taken as well
         assert named.name == "named" and named.id != ds.id
         with pytest.raises(ValidationError) as outside:
             c.datasets.import_path(str(tmp_path))

@@ -18,6 +18,8 @@ import bisect
 import hashlib
 import io
 import logging
+import queue
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -87,6 +89,52 @@ def part_path(storage: Storage, upload_id: str, number: int) -> Path:
 def temp_part_path(storage: Storage, upload_id: str, number: int) -> Path:
     """A private name for a part being received (parallel sends of one part do not meet)."""
     return storage.upload_dir(upload_id) / f".{number}.{new_id('tmp')}"
+
+
+class PartWriter:
+    """Writes and hashes a part's bytes in a thread of its own while the caller (the event loop) receives the
+    next ones: blocks of chunks go through a queue of at most ``max_blocks``, so memory stays bounded and
+    receiving overlaps writing. ``close()`` waits for the thread and answers the SHA-256 (raising what the
+    writes raised, e.g. a full disk)."""
+
+    def __init__(self, path: Path, max_blocks: int = 4) -> None:
+        self.digest = hashlib.sha256()
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(max_blocks)
+        self._error: BaseException | None = None
+        self._file = path.open("xb")
+        self._thread = threading.Thread(target=self._run, name=f"part-writer-{path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining, so that a producer never blocks on a dead writer
+            try:
+                for chunk in block:
+                    self._file.write(chunk)
+                    self.digest.update(chunk)
+            except BaseException as e:  # reported by close()
+                self._error = e
+
+    def offer(self, block: list[bytes]) -> bool:
+        """Queue ``block`` without waiting; False when the queue is full (then ``put`` it from a thread)."""
+        try:
+            self._queue.put_nowait(block)
+        except queue.Full:
+            return False
+        return True
+
+    def put(self, block: list[bytes]) -> None:
+        self._queue.put(block)
+
+    def close(self) -> str:
+        """Wait for every queued block to be written; the part's SHA-256 (hex)."""
+        self._queue.put(None)
+        self._thread.join()
+        self._file.close()
+        if self._error is not None:
+            raise self._error
+        return self.digest.hexdigest()
 
 
 def hold_pending(session: Session, upload_id: str) -> bool:

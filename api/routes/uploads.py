@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import contextlib
 import logging
 import os
 from typing import Annotated
@@ -47,7 +47,7 @@ router = APIRouter(
 UploadId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 GONE = {410: problem_doc("`upload_expired`: the upload passed its `expires_at` and was deleted.")}
 BUSY = {409: problem_doc("`upload_completing`: the upload is being completed; `upload_incomplete`: parts are missing.")}
-WRITE_CHUNK = 4 << 20  # bytes gathered before one write + hash in a thread (keeps the event loop free)
+WRITE_CHUNK = 1 << 20  # bytes gathered into one block for the part's writer thread
 # Problems of completing that come from the archive itself: no resend can fix them, so the upload goes.
 _KEEP_UPLOAD_ON = {"storage_full", "storage_quota_exceeded"}
 
@@ -190,28 +190,28 @@ async def put_part(
     tmp = multipart.temp_part_path(storage, upload_id, number)
     final = multipart.part_path(storage, upload_id, number)
     await anyio.to_thread.run_sync(lambda: tmp.parent.mkdir(parents=True, exist_ok=True))
-    digest = hashlib.sha256()
     size = 0
+    writer = await anyio.to_thread.run_sync(multipart.PartWriter, tmp)
+    closed = False
     try:
-        with tmp.open("xb") as out:
-            pending = bytearray()
-
-            def flush(block: bytes) -> None:
-                out.write(block)
-                digest.update(block)
-
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > expected:
-                    raise too_large
-                pending += chunk
-                if len(pending) >= WRITE_CHUNK:
-                    block, pending = bytes(pending), bytearray()
-                    await anyio.to_thread.run_sync(flush, block)
-            await anyio.to_thread.run_sync(flush, bytes(pending))
+        block: list[bytes] = []
+        gathered = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > expected:
+                raise too_large
+            block.append(chunk)
+            gathered += len(chunk)
+            if gathered >= WRITE_CHUNK:  # hand over; receiving goes on while the writer writes and hashes
+                if not writer.offer(block):
+                    await anyio.to_thread.run_sync(writer.put, block)
+                block, gathered = [], 0
+        if block:
+            await anyio.to_thread.run_sync(writer.put, block)
+        closed = True
+        got = await anyio.to_thread.run_sync(writer.close)
         if size != expected:
             raise ProblemError(422, "part_size_mismatch", f"part {number} must be {expected} bytes; {size} were sent")
-        got = digest.hexdigest()
         if want is not None and got != want:
             raise ProblemError(422, "checksum_mismatch", f"part {number}'s SHA-256 is {got}, not {want} as declared; "
                                                          "send it again")
@@ -220,7 +220,10 @@ async def put_part(
         log.info("upload %s: the client went away during part %d", upload_id, number)
         raise
     finally:
-        tmp.unlink(missing_ok=True)  # renamed away on success
+        if not closed:
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(writer.close)
+        await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))  # renamed away on success
     return UploadPartPublic(number=number, size=size, sha256=got)
 
 

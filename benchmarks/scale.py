@@ -112,7 +112,7 @@ def generate(out: Path, *, target_bytes: int | None, images: int | None, domains
             log.info("generated %d images, %.2f GB", count, written / 1e9)
     info = {"spec": spec, "images": count, "bytes": written, "seconds": time.perf_counter() - t0}
     stamp.write_text(json.dumps(info))
-    return info
+    return json.loads(stamp.read_text())  # as a later run reads it back
 
 
 def zip_stored(folder: Path, archive: Path) -> None:
@@ -154,10 +154,20 @@ class CuttingProxy:
             up = socket.create_connection(("127.0.0.1", self.upstream))
             with self._lock:
                 self._open += [down, up]
-            threading.Thread(target=self._pump, args=(down, up, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, down, False), daemon=True).start()
+            ended = threading.Semaphore(0)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+            def close_when_both_ended(down: socket.socket = down, up: socket.socket = up,
+                                      ended: threading.Semaphore = ended) -> None:
+                ended.acquire()
+                ended.acquire()
+                for s in (down, up):  # closed only once neither pump reads them: no descriptor reused under one
+                    s.close()
+
+            threading.Thread(target=close_when_both_ended, daemon=True).start()
+            threading.Thread(target=self._pump, args=(down, up, True, ended), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down, False, ended), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool, ended: threading.Semaphore) -> None:
         try:
             while data := src.recv(1 << 20):
                 dst.sendall(data)
@@ -172,14 +182,14 @@ class CuttingProxy:
                         for s in victims:
                             with _quiet():
                                 s.shutdown(socket.SHUT_RDWR)
-                                s.close()
                         return
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            for s in (src, dst):  # wakes the other pump of this connection
                 with _quiet():
-                    s.close()
+                    s.shutdown(socket.SHUT_RDWR)
+            ended.release()
 
     def close(self) -> None:
         self._server.close()

@@ -31,6 +31,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -233,7 +234,7 @@ def start_service(work: Path, import_root: Path) -> tuple[subprocess.Popen[str],
                SAFT_PROGRESS_INTERVAL="1", PYTHONUNBUFFERED="1")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "saft_cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     key = None
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -456,11 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("the benchmark failed")
         raise
     finally:
-        proc.terminate()
+        proc.terminate()  # saft serve stops its worker too
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     log.info("6. the floor")
     floor = floor_and_plain(imports / "eval", args.batch_size, workers=0)
     stage = job["metrics"]["seconds_evaluating"]

@@ -30,7 +30,7 @@ from .zeroshot import build_head, clip_logits
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images [B, 3, H, W], labels [B]
 # "batch": read each batch once and switch the weights to every alpha for it; "alpha": switch once per alpha and
-# read every set again for it (the order before the frontier read once); "auto": ``read_once_pays`` decides.
+# read every set again for each alpha; "auto": ``read_once_pays`` decides between the two.
 Order = Literal["batch", "alpha", "auto"]
 STAGE = "evaluating"
 
@@ -137,10 +137,11 @@ def evaluate_dataset(
 def read_once_pays(switch_s: float, read_s: float) -> bool:
     """Whether to read each batch once and switch the weights to every alpha for it (order "batch").
 
-    Per batch, that order makes A - 1 switches more than switching once per alpha (``count_hits_along_alpha``
-    visits the alphas back and forth, so a batch starts at the alpha the last one ended at), and the other order
+    Per batch, that order makes A - 1 switches (``count_hits_along_alpha`` visits the alphas back and forth, so a
+    batch starts at the alpha the last one ended at) where order "alpha" makes next to none, and order "alpha"
     reads the batch A - 1 times more: reading once pays when one switch (``switch_s``, seconds) costs no more
-    than reading one batch (``read_s``, seconds). Memory decides nothing: both orders switch the same way."""
+    than reading one batch (``read_s``, seconds). Memory decides nothing: a switch holds the same copies in
+    either order (full fine-tuning's copy of its tuned weights while away from alpha 1)."""
     return switch_s <= read_s
 
 

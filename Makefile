@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := var/demo
 
-.PHONY: install run demo check test test-unit test-service bench-quick bench-speed lint clean
+.PHONY: install run demo check test test-unit test-service bench-quick bench-speed bench-scale lint clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-quick: $(STAMP)
 ## (ViT-B/16 shape on CPU: tens of minutes; writes benchmarks/results/speed.{json,md}).
 bench-speed: $(STAMP)
 	$(PY) -m benchmarks.speed
+
+## Data at scale: a 2 GB upload through the client with a cut and a resume, an import by path, the evaluating
+## stage against its floor (about 30 minutes on 2 cores; writes benchmarks/results/scale.{json,md}).
+bench-scale: $(STAMP)
+	$(PY) -m benchmarks.scale
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

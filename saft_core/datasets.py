@@ -25,6 +25,7 @@ from .errors import DataError
 from .images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 
 CLASS_NAMES_FILE = "classes.json"
+_VERIFY_SLICE = 256  # images handed to the decoding threads at a time
 
 
 @dataclass
@@ -116,15 +117,19 @@ def verify_images(dataset: ImageDataset, max_pixels: int | None = None) -> None:
         return None
 
     bad: list[str] = []
-    # Threads: PIL decodes without the GIL, so a large dataset is checked on every core, in order.
+    paths = [p for p, _ in dataset.samples]
+    # Threads: PIL decodes without the GIL, so a large dataset is checked on every core, in order, a slice at a
+    # time (memory stays flat however many images there are).
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for (path, _), error in zip(dataset.samples, pool.map(check, (p for p, _ in dataset.samples)), strict=True):
-            if error is None:
-                continue
-            where = path.relative_to(dataset.root) if path.is_relative_to(dataset.root) else path
-            if error.code == "image_too_large":
-                raise DataError(f"{where}: {error.message}", code=error.code) from None
-            bad.append(f"{where} ({error.message})")
+        for start in range(0, len(paths), _VERIFY_SLICE):
+            chunk = paths[start : start + _VERIFY_SLICE]
+            for path, error in zip(chunk, pool.map(check, chunk), strict=True):
+                if error is None:
+                    continue
+                where = path.relative_to(dataset.root) if path.is_relative_to(dataset.root) else path
+                if error.code == "image_too_large":
+                    raise DataError(f"{where}: {error.message}", code=error.code) from None
+                bad.append(f"{where} ({error.message})")
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise DataError(f"{len(bad)} file(s) are not readable images: {'; '.join(bad[:3])}{more}")

@@ -16,7 +16,7 @@ import torch
 from .checkpoint import checkpoint_metadata, load_mask, read_metadata, save_delta, save_mask
 from .config import FinetuneConfig
 from .data import make_loader, resolve_workers
-from .datasets import ImageDataset, load_dataset, sample_shots, split_validation
+from .datasets import ImageDataset, load_dataset, sample_shots, split_validation, verify_images
 from .evaluation import evaluate_along_alpha
 from .frontier import ALPHA_GRID, recommend_alpha
 from .masking import Mask, select_topk
@@ -35,12 +35,19 @@ VALIDATION = "validation"
 
 
 def _load_data(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset | None, dict[str, ImageDataset]]:
+    """The training set (after the validation split and the shots), the validation split and the eval sets.
+
+    Only the images the run trains and validates on are decoded here, so that a bad one fails the run before
+    it trains; the rest of a large training set is never read, and the eval sets are read once, by the
+    evaluating stage itself (an unreadable eval image fails the run there, naming the file)."""
     data = cfg.data
-    full = load_dataset(data.train)
+    full = load_dataset(data.train, verify=False)
     train_set, val_set = split_validation(full, data.validation_fraction, cfg.train.seed)
     if data.shots is not None:
         train_set = sample_shots(train_set, data.shots, cfg.train.seed)
-    evals = {name: load_dataset(path) for name, path in data.eval.items()}
+    verify_images(train_set)
+    verify_images(val_set)
+    evals = {name: load_dataset(path, verify=False) for name, path in data.eval.items()}
     return train_set, (val_set if len(val_set) else None), evals
 
 

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from saft_core.checkpoint import apply_delta, load_delta, load_mask, read_metadata
 from saft_core.config import ModelSpec
 from saft_core.data import make_loader
-from saft_core.datasets import load_dataset
-from saft_core.errors import Cancelled, CheckpointError
+from saft_core.datasets import load_dataset, sample_shots
+from saft_core.errors import Cancelled, CheckpointError, DataError
 from saft_core.frontier import ALPHA_GRID, RULE, recommend_alpha
 from saft_core.models import load_model, weights_sha256
 from saft_core.pipeline import finetune
@@ -285,3 +285,35 @@ def test_cancellation_stops_the_run_and_writes_nothing(shapes_dir, tmp_path):
         finetune(tiny_config(shapes_dir), tmp_path / "out", Callbacks(on_stage=seen.append, should_cancel=should_cancel))
     assert seen[-1] == "training"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_only_the_images_a_run_trains_on_are_decoded_before_it_trains(shapes_dir, shapes_eval_dir, tmp_path):
+    import shutil
+
+    train = tmp_path / "train"
+    shutil.copytree(shapes_dir, train)
+    evals = tmp_path / "eval"
+    shutil.copytree(shapes_eval_dir, evals)
+    # 1. A broken image the run never reads (outside its 2 shots per class) does not stop it.
+    cfg = tiny_config(train, data={"shots": 2})
+    kept = {p for p, _ in sample_shots(load_dataset(train, verify=False), 2, cfg.train.seed).samples}
+    unread = next(p for p in sorted(train.rglob("*.png")) if p not in kept)
+    unread.write_bytes(b"not an image")
+    stages: list[str] = []
+    assert finetune(cfg, tmp_path / "a", Callbacks(on_stage=stages.append)).checkpoint_path.exists()
+    # 2. A broken image among those it trains on fails it while loading, before any training, naming the file.
+    stages.clear()
+    next(iter(kept)).write_bytes(b"not an image")
+    with pytest.raises(DataError, match="are not readable images"):
+        finetune(cfg, tmp_path / "b", Callbacks(on_stage=stages.append))
+    assert stages == ["loading"]
+    # 3. An eval set is read by the evaluating stage only: a broken eval image fails the run there, named.
+    shutil.rmtree(train)
+    shutil.copytree(shapes_dir, train)
+    victim = sorted(evals.rglob("*.png"))[0]
+    victim.write_bytes(b"not an image")
+    stages.clear()
+    with pytest.raises(DataError, match=f"cannot read image {victim}"):
+        finetune(tiny_config(train, data={"eval": {"e": str(evals)}}), tmp_path / "c", Callbacks(on_stage=stages.append))
+    assert stages[-1] == "evaluating"
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())

@@ -30,6 +30,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # A retry that arrives while the first attempt is still being processed (the server's idempotency guard).
 RETRY_CODES = frozenset({"idempotency_key_in_use"})
+# Completing a multipart upload answers once the whole file is checked and extracted: minutes for large ones.
+COMPLETE_TIMEOUT = httpx.Timeout(120.0, read=6 * 3600.0)
 RETRY_EXCEPTIONS = (httpx.TransportError,)  # connect/read/write errors, timeouts, dropped connections
 
 

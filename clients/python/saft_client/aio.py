@@ -23,6 +23,7 @@ import httpx
 from pydantic import BaseModel
 
 from ._base import (
+    COMPLETE_TIMEOUT,
     IDEMPOTENCY_HEADER,
     RETRY_EXCEPTIONS,
     RetryPolicy,
@@ -143,6 +144,7 @@ class AsyncClient:
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         stream: bool = False,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,  # an httpx.Timeout for this call; default: the client's
     ) -> httpx.Response:
         """As ``Client.request``."""
         key = idempotency_key or (new_idempotency_key() if method == "POST" else None)
@@ -152,7 +154,7 @@ class AsyncClient:
         attempt = 0
         while True:
             request = self._http.build_request(
-                method, path, params=params, json=json, headers=hdrs, **(body() if body else {})
+                method, path, params=params, json=json, headers=hdrs, timeout=timeout, **(body() if body else {})
             )
             try:
                 response = await self._http.send(request, stream=stream)
@@ -383,7 +385,11 @@ class AsyncUploads:
         self, upload: str | Upload, name: str, *, idempotency_key: str | None = None
     ) -> Dataset:
         path = f"/v1/uploads/{id_of(upload)}/complete"
-        response = await self._c.request("POST", path, json={"name": name}, idempotency_key=idempotency_key)
+        # The server checks and extracts the whole file before it answers (about 45 s for 2 GB on 2 cores): wait
+        # for it rather than time out and retry into "still being processed".
+        response = await self._c.request(
+            "POST", path, json={"name": name}, idempotency_key=idempotency_key, timeout=COMPLETE_TIMEOUT
+        )
         return Dataset.model_validate(response.json())
 
     async def abort(self, upload: str | Upload) -> None:

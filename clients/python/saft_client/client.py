@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel
 
 from ._base import (
+    COMPLETE_TIMEOUT,
     IDEMPOTENCY_HEADER,
     RETRY_EXCEPTIONS,
     RetryPolicy,
@@ -144,6 +145,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         stream: bool = False,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,  # an httpx.Timeout for this call; default: the client's
     ) -> httpx.Response:
         """One logical call: send, retry per the policy, return a 2xx answer or raise its ``APIError``.
 
@@ -156,7 +158,7 @@ class Client:
         attempt = 0
         while True:
             request = self._http.build_request(
-                method, path, params=params, json=json, headers=hdrs, **(body() if body else {})
+                method, path, params=params, json=json, headers=hdrs, timeout=timeout, **(body() if body else {})
             )
             try:
                 response = self._http.send(request, stream=stream)
@@ -425,7 +427,11 @@ class Uploads:
         """Make the dataset ``name`` of the received parts (``Conflict`` upload_incomplete names the missing
         ones; an archive the server refuses raises its code, and the upload is gone)."""
         path = f"/v1/uploads/{id_of(upload)}/complete"
-        response = self._c.request("POST", path, json={"name": name}, idempotency_key=idempotency_key)
+        # The server checks and extracts the whole file before it answers (about 45 s for 2 GB on 2 cores): wait
+        # for it rather than time out and retry into "still being processed".
+        response = self._c.request(
+            "POST", path, json={"name": name}, idempotency_key=idempotency_key, timeout=COMPLETE_TIMEOUT
+        )
         return Dataset.model_validate(response.json())
 
     def abort(self, upload: str | Upload) -> None:

@@ -98,11 +98,3 @@ def test_paths_that_leave_the_roots_get_one_answer(stack: Stack, tmp_path: Path)
         shutil.rmtree(bad)
         r = c.post("/v1/datasets", json={"name": "x", "source": {"type": "url", "path": "/x"}})
         assert (r.status_code, r.json()["code"]) == (422, "validation_error")
-
-
-def test_imports_are_refused_without_roots(pg_stack: Stack) -> None:
-    from .conftest import second_api
-
-    with second_api(pg_stack, "api-no-imports", SAFT_IMPORT_ROOTS="") as stack, stack.client() as c:
-        r = import_path(c, pg_stack.import_root or "/")
-        assert (r.status_code, r.json()["code"]) == (403, "imports_disabled")

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from saft_service import multipart
 from saft_service.limits import ID_PATTERN
 from saft_service.multipart import MultipartError
-from saft_service.storage import Storage
+from saft_service.storage import Storage, is_storage_full
 from saft_service.tables import Tenant, Upload, UploadPart, utcnow
 from saft_service.usage import StorageQuotaExceeded
 
@@ -154,7 +154,8 @@ def _store_part(session: Session, upload_id: str, number: int, size: int, digest
     "/{upload_id}/parts/{number}",
     response_model=UploadPartPublic,
     summary="Send one part",
-    responses={**NOT_FOUND, **GONE, **BUSY, **INVALID, 413: problem_doc("`part_too_large`: more bytes than the part has.")},
+    responses={**NOT_FOUND, **GONE, **BUSY, **INVALID, 413: problem_doc("`part_too_large`: more bytes than the part has."),
+               507: problem_doc("`storage_full`: the part was not kept; send it again later.")},
     openapi_extra={"requestBody": {
         "required": True,
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -191,7 +192,10 @@ async def put_part(
     final = multipart.part_path(storage, upload_id, number)
     await anyio.to_thread.run_sync(lambda: tmp.parent.mkdir(parents=True, exist_ok=True))
     size = 0
-    writer = await anyio.to_thread.run_sync(multipart.PartWriter, tmp)
+    try:
+        writer = await anyio.to_thread.run_sync(multipart.PartWriter, tmp)
+    except FileNotFoundError as e:  # aborted between the read of its row and here
+        raise ProblemError(404, "upload_not_found", f"upload {upload_id} was deleted") from e
     closed = False
     try:
         block: list[bytes] = []
@@ -219,6 +223,12 @@ async def put_part(
     except ClientDisconnect:
         log.info("upload %s: the client went away during part %d", upload_id, number)
         raise
+    except FileNotFoundError as e:  # the upload was aborted or expired (its folder removed) while this part came
+        raise ProblemError(404, "upload_not_found", f"upload {upload_id} was deleted") from e
+    except OSError as e:
+        if not is_storage_full(e):
+            raise
+        raise ProblemError(507, "storage_full", "the service's storage is full; send the part again later") from e
     finally:
         if not closed:
             with contextlib.suppress(Exception):

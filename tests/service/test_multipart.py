@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -212,3 +215,28 @@ def test_idempotency_key_on_create_and_complete(stack: Stack, shapes_dir: Path) 
         r = c.post(f"/v1/uploads/{other['id']}/complete", json={"name": "once"}, headers={"Idempotency-Key": done_key})
         assert (r.status_code, r.json()["code"]) == (422, "idempotency_key_reused")
         c.delete(f"/v1/uploads/{other['id']}")
+
+
+def test_a_part_arriving_while_its_upload_is_aborted_leaves_nothing(stack: Stack, shapes_dir: Path) -> None:
+    data = zip_dir(shapes_dir)
+    with stack.client() as c, stack.client() as other_connection:
+        up = start(c, data)
+        body = part(data, up, 1)
+        aborted = threading.Event()
+
+        def slow_body() -> Iterator[bytes]:
+            yield body[: len(body) // 2]
+            aborted.wait(30)
+            yield body[len(body) // 2 :]
+
+        def abort() -> None:
+            time.sleep(1.0)  # the part's first half has reached the server when the abort comes
+            assert other_connection.delete(f"/v1/uploads/{up['id']}").status_code == 204
+            aborted.set()
+
+        threading.Thread(target=abort).start()
+        r = c.put(f"/v1/uploads/{up['id']}/parts/1", content=slow_body(),
+                  headers={"Content-Length": str(len(body)), "Content-Type": "application/octet-stream"})
+        assert (r.status_code, r.json()["code"]) == (404, "upload_not_found"), r.text
+        assert upload_files(stack, up["id"]) == []
+        assert c.get(f"/v1/uploads/{up['id']}").status_code == 404

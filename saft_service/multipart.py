@@ -27,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from .db import session_scope
 from .settings import Settings
 from .storage import Storage, remove_tree
 from .tables import Upload, new_id, utcnow
@@ -38,6 +39,10 @@ MiB = 1 << 20
 PART_SUFFIX = ".part"
 # Leftover folders with no upload row (an API process that died between the two) are removed after this long.
 ORPHAN_GRACE_S = 3600
+# A completing upload's request writes a beat this often; without one for this long, its process is presumed
+# dead and the upload is pending again.
+COMPLETING_BEAT_S = 30.0
+COMPLETING_STALE_S = 300.0
 
 
 class MultipartError(Exception):
@@ -161,6 +166,35 @@ def start_completing(session: Session, upload_id: str) -> bool:
     return result.rowcount == 1
 
 
+class CompletingBeat:
+    """While a request completes an upload (minutes for a large one), a thread writes the row's ``updated_at``
+    every ``COMPLETING_BEAT_S`` seconds, so that the reaper can tell a completion in progress from one whose
+    process died (``COMPLETING_STALE_S`` without a beat: the upload goes back to ``pending`` and can be
+    completed again)."""
+
+    def __init__(self, settings: Settings, upload_id: str) -> None:
+        self._scope, self._upload_id = (lambda: session_scope(settings)), upload_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"completing-{upload_id}", daemon=True)
+
+    def __enter__(self) -> CompletingBeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(COMPLETING_BEAT_S):
+            try:
+                with self._scope() as s:
+                    s.execute(update(Upload).where(Upload.id == self._upload_id, Upload.status == Upload.COMPLETING)
+                              .values(updated_at=utcnow()).execution_options(synchronize_session=False))
+            except Exception as e:  # a missed beat is retried; the reaper waits several
+                log.warning("upload %s: completing beat not written (%s)", self._upload_id, type(e).__name__)
+
+
 def back_to_pending(session: Session, upload_id: str) -> None:
     """A completion that did not finish: the upload can be completed (or its parts resent) again."""
     session.rollback()
@@ -265,9 +299,19 @@ def sha256_of(reader: io.BufferedReader) -> str:
 
 
 def reap_uploads(session: Session, settings: Settings, now: datetime) -> list[str]:
-    """Delete uploads past ``expires_at`` (with their parts) and upload folders that have no row and are older
-    than an hour. Returns the ids removed."""
+    """Put uploads whose completion stopped beating (its process died) back to pending; delete uploads past
+    ``expires_at`` (with their parts) and upload folders that have no row and are older than an hour. Returns
+    the ids removed."""
     storage = Storage(settings)
+    stale = session.execute(
+        update(Upload)
+        .where(Upload.status == Upload.COMPLETING, Upload.updated_at < now - timedelta(seconds=COMPLETING_STALE_S))
+        .values(status=Upload.PENDING, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if stale.rowcount:
+        log.warning("reaper: %d upload(s) whose completion stopped without an answer are pending again", stale.rowcount)
+    session.commit()
     expired = list(session.scalars(select(Upload.id).where(Upload.expires_at < now)))
     for upload_id in expired:
         delete_upload(session, storage, upload_id)

@@ -12,7 +12,8 @@ act per pass, and every change is a compare-and-set on the job row anyway):
    was last sent more than ``requeue_after`` seconds ago is sent again. A duplicate message is harmless: the
    claim is a compare-and-set on the row.
 3. A multipart upload past its ``expires_at`` (``SAFT_UPLOAD_TTL`` after it was created) is deleted with its
-   parts, and so is an upload folder that no row names (see saft_service/multipart.py).
+   parts, and so is an upload folder that no row names; an upload left ``completing`` by a process that died
+   (no beat for five minutes) is pending again (see saft_service/multipart.py).
 """
 
 from __future__ import annotations

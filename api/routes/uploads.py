@@ -271,7 +271,7 @@ def complete_upload(
     max_bytes = max(settings.max_extracted_bytes, 4 * upload.size_bytes)
     kept = True
     try:
-        with multipart.open_parts(storage, upload) as reader:
+        with multipart.CompletingBeat(settings, upload_id), multipart.open_parts(storage, upload) as reader:
             if upload.sha256 is not None:
                 got = multipart.sha256_of(reader)
                 if got != upload.sha256:

@@ -174,19 +174,26 @@ def test_expired_uploads_answer_410_and_are_reaped(stack: Stack, shapes_dir: Pat
     data = zip_dir(shapes_dir)
     settings = stack_settings(stack)
     with stack.client() as c:
-        asked, reaped = start(c, data), start(c, data)
+        asked, reaped, stuck = start(c, data), start(c, data), start(c, data)
         for up in (asked, reaped):
             assert put(c, up, 1, part(data, up, 1)).status_code == 200
         with db.session_scope(settings) as s:
             s.execute(update(Upload).where(Upload.id.in_([asked["id"], reaped["id"]]))
                       .values(expires_at=utcnow() - timedelta(seconds=1)))
+            # completing, by a process that died: no beat for ten minutes
+            s.execute(update(Upload).where(Upload.id == stuck["id"])
+                      .values(status="completing", updated_at=utcnow() - timedelta(minutes=10)))
+        r = c.post(f"/v1/uploads/{stuck['id']}/complete", json={"name": "x"})
+        assert (r.status_code, r.json()["code"]) == (409, "upload_completing")
         r = put(c, asked, 2, part(data, asked, 2))
         assert (r.status_code, r.json()["code"]) == (410, "upload_expired")
         assert upload_files(stack, asked["id"]) == []
         assert c.get(f"/v1/uploads/{asked['id']}").status_code == 404
         assert reaped["id"] not in {u["id"] for u in c.get("/v1/uploads").json()["data"]}
         report = reap_once(settings, judge_heartbeats=False)
-        assert reaped["id"] in report.uploads_removed
+        assert reaped["id"] in report.uploads_removed and stuck["id"] not in report.uploads_removed
+        assert c.get(f"/v1/uploads/{stuck['id']}").json()["status"] == "pending"
+        assert c.delete(f"/v1/uploads/{stuck['id']}").status_code == 204
         assert upload_files(stack, reaped["id"]) == []
         assert c.get(f"/v1/uploads/{reaped['id']}").status_code == 404
 

@@ -140,7 +140,9 @@ def test_an_interpolated_score_needs_its_alpha(trained, shapes_dir):
 ALPHAS = (0.5, 0.0, 1.0, 0.25)
 
 
-@pytest.mark.parametrize("order", ["batch", "alpha", "auto"])
+# make check runs the read-once order of both methods; the other orders (a pass per alpha each) run in make test
+@pytest.mark.parametrize("order", ["batch", pytest.param("alpha", marks=pytest.mark.slow),
+                                   pytest.param("auto", marks=pytest.mark.slow)])
 def test_every_score_is_a_pass_per_alpha_and_set_to_the_bit(either, two_sets, order):
     cfg, loaded, update = either
     templates = list(cfg.data.templates)
@@ -173,6 +175,7 @@ def test_order_batch_reads_each_image_once(trained, two_sets, order, passes):
     assert reads[0] == passes * (24 + 12)
 
 
+@pytest.mark.slow  # evaluates along alpha three times
 def test_auto_order_times_a_switch_and_a_read_and_says_when_it_reads_once_per_alpha(trained, two_sets,
                                                                                     monkeypatch):
     cfg, loaded, update = trained

@@ -287,6 +287,7 @@ def test_cancellation_stops_the_run_and_writes_nothing(shapes_dir, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow  # three fine-tunes
 def test_only_the_images_a_run_trains_on_are_decoded_before_it_trains(shapes_dir, shapes_eval_dir, tmp_path):
     import shutil
 

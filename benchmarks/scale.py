@@ -450,6 +450,14 @@ def stage_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _shown(value: Any) -> str:
+    """An argument as the report shows it: a path inside the repository relative to it (no machine's paths)."""
+    if isinstance(value, Path):
+        resolved = value.resolve()
+        return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else value.name
+    return str(value)
+
+
 def report(r: dict[str, Any]) -> str:
     up, ev, job, data = r["upload"], r["evaluating"], r["job"], r["data"]
     direct = up["direct"]
@@ -568,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = {**floor, "stage_s": stage, "ratio_to_floor": stage / floor["floor_s"],
           "ratio_to_plain": stage / floor["plain_pass_s"]}
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"Python {platform.python_version()}", "args": {k: str(v) for k, v in vars(args).items()},
+                         f"Python {platform.python_version()}", "args": {k: _shown(v) for k, v in vars(args).items()},
               "data": {"train": train, "eval": evals}, "upload": up,
               "import_s": import_s, "evaluating": ev, "job": job, "train_decode_per_s": train_decode}
     args.out.mkdir(parents=True, exist_ok=True)

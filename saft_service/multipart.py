@@ -173,7 +173,7 @@ class CompletingBeat:
     completed again)."""
 
     def __init__(self, settings: Settings, upload_id: str) -> None:
-        self._scope, self._upload_id = (lambda: session_scope(settings)), upload_id
+        self._settings, self._upload_id = settings, upload_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"completing-{upload_id}", daemon=True)
 
@@ -188,7 +188,7 @@ class CompletingBeat:
     def _run(self) -> None:
         while not self._stop.wait(COMPLETING_BEAT_S):
             try:
-                with self._scope() as s:
+                with session_scope(self._settings) as s:
                     s.execute(update(Upload).where(Upload.id == self._upload_id, Upload.status == Upload.COMPLETING)
                               .values(updated_at=utcnow()).execution_options(synchronize_session=False))
             except Exception as e:  # a missed beat is retried; the reaper waits several

@@ -29,7 +29,7 @@ class Storage:
 
     def __init__(self, settings: Settings) -> None:
         self.root = settings.resolved_data_dir
-        self.import_roots = settings.resolved_import_roots
+        self._settings = settings
 
     @property
     def datasets(self) -> Path:
@@ -55,7 +55,7 @@ class Storage:
         if not dataset.external:
             return self.absolute(dataset.path)
         path = Path(dataset.path).resolve()
-        if not any(path.is_relative_to(root) for root in self.import_roots):
+        if not any(path.is_relative_to(root) for root in self._settings.resolved_import_roots):
             raise ValueError(f"dataset {dataset.id} is outside the import roots (SAFT_IMPORT_ROOTS) now")
         return path
 

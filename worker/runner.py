@@ -218,14 +218,15 @@ def _record_success(
         if job is None:
             raise RuntimeError(f"job {job_id} was deleted while it ran")
         # The outputs count against the tenant's storage quota (raises StorageQuotaExceeded, nothing stored).
-        outputs = ckpt.stat().st_size + (Path(result.mask_path).stat().st_size if result.mask_path else 0)
+        mpath = Path(result.mask_path) if result.mask_path else None
+        ckpt_bytes, mask_bytes = ckpt.stat().st_size, (mpath.stat().st_size if mpath else None)
         lock_tenant(s, job.tenant_id)
-        tenant_usage(s, job.tenant_id, settings).check(outputs)
+        tenant_usage(s, job.tenant_id, settings).check(ckpt_bytes + (mask_bytes or 0))
         checkpoint = Checkpoint(
             job_id=job_id,
             path=storage.relative(ckpt),
             sha256=sha256_file(ckpt),
-            size_bytes=ckpt.stat().st_size,
+            size_bytes=ckpt_bytes,
             base_model=result.model.name,
             pretrained=result.model.pretrained,  # as the core resolved it ("default" -> the model's tag)
             base_sha256=result.base_sha256,
@@ -236,7 +237,6 @@ def _record_success(
         )
         mask = None
         if result.mask is not None:
-            mpath = Path(result.mask_path) if result.mask_path else None
             mask = Mask(
                 job_id=job_id,
                 ratio=result.mask.ratio,
@@ -245,7 +245,7 @@ def _record_success(
                 num_params=result.mask.num_params,
                 path=storage.relative(mpath) if mpath else None,
                 sha256=sha256_file(mpath) if mpath else None,
-                size_bytes=mpath.stat().st_size if mpath else None,
+                size_bytes=mask_bytes,
                 tensors=[
                     MaskTensor(job_id=job_id, position=i, name=t.name, numel=t.numel, selected=t.selected)
                     for i, t in enumerate(result.mask.tensors)

@@ -147,6 +147,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             batch_size=args.score_batch_size or args.batch_size,
         ),
         device=args.device,
+        precision=args.precision,
         evaluate_zero_shot=not args.no_zero_shot,
     )
     out = Path(args.out)
@@ -338,6 +339,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--mask-out", help="mask file (default: OUT with .mask.safetensors)")
     add_training_options(p)
     add_option(p, option_of(DataConfig, "workers"))
+    add_option(p, option_of(FinetuneConfig, "precision"))
     p.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot baseline evaluation")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -24,6 +24,7 @@ ScoreReduction = Literal["abs", "abs_sum", "squared"]
 Tower = Literal["all", "image", "text"]
 Method = Literal["saft", "full"]
 GradEngine = Literal["sparse", "dense"]
+Precision = Literal["auto", "bf16", "fp32"]
 # Upper bounds that keep a request from asking for absurd work (the service's job spec reads them too).
 MAX_BATCH_SIZE = 4096
 MAX_SEED = 2**31 - 1
@@ -187,6 +188,11 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     device: str | None = option("'cpu', 'cuda', 'cuda:1'; None picks CUDA when available.", default=None)
+    precision: Precision = option(
+        "'auto' (bf16 autocast on a CUDA device with bf16, fp32 elsewhere), 'bf16' (autocast on any device, the "
+        "CPU included) or 'fp32'. Weights, SAFT's deltas and optimizer state stay fp32 in every mode.",
+        default="auto",
+    )
     evaluate_zero_shot: bool = option("Also evaluate the base model (the zero-shot baseline).", default=True)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
 

@@ -15,16 +15,17 @@ again instead. Either order gives the same scores, to the bit, as ``evaluate_dat
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, Protocol
 
 import torch
 
+from .config import Precision
 from .data import make_loader
 from .datasets import ImageDataset
 from .models import LoadedModel
+from .precision import autocast
 from .results import Callbacks, EvalScore, Progress, Variant, variant_at
 from .zeroshot import build_head, clip_logits
 
@@ -43,17 +44,14 @@ class Batches(Protocol):
     def __iter__(self) -> Iterator[Batch]: ...
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _hits(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+def _hits(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, head: torch.Tensor,
+          precision: Precision = "auto") -> torch.Tensor:
     """(top-1 hits, top-min(5, C) hits) of one batch against ``head`` [D, C]: a long tensor [2] on the device,
     so that counting costs no synchronisation with it."""
     k = min(5, head.shape[1])
     # One autocast context per forward pass, never one around several alphas: autocast keeps its bf16 copies of
     # weights that require grad until its outermost context exits, and would score later alphas with them.
-    with _autocast(images.device):
+    with autocast(images.device, precision):
         logits = clip_logits(model, images, head).float()
     hits = logits.topk(k, dim=1).indices == labels[:, None]
     return torch.stack((hits[:, 0].sum(), hits.any(dim=1).sum()))
@@ -79,6 +77,7 @@ def accuracy(
     *,
     device: torch.device,
     callbacks: Callbacks | None = None,
+    precision: Precision = "auto",
 ) -> tuple[float, float, int]:
     """(top-1, top-min(5, C), n) in [0, 1] for the images of ``loader`` against ``head`` [D, C]."""
     cb = callbacks or Callbacks()
@@ -88,7 +87,7 @@ def accuracy(
     for step, batch in enumerate(loader, start=1):
         cb.check_cancel()
         images, labels = _to(batch, device)
-        correct += _hits(model, images, labels, head)
+        correct += _hits(model, images, labels, head, precision)
         n += labels.numel()
         cb.on_progress(Progress(STAGE, step, len(loader)))
     correct1, correct5 = correct.tolist()
@@ -111,6 +110,7 @@ def evaluate_dataset(
     callbacks: Callbacks | None = None,
     workers: int = 0,
     alpha: float | None = None,
+    precision: Precision = "auto",
 ) -> EvalScore:
     """Score ``loaded.model`` (in its current weights) on ``dataset`` over the dataset's own classes.
 
@@ -127,7 +127,8 @@ def evaluate_dataset(
         head = build_head(model, loaded.tokenizer, dataset.class_names, templates, loaded.device)
         loader = make_loader(dataset, loaded.preprocess_eval, batch_size, num_workers=workers,
                              pin_memory=torch.device(loaded.device).type == "cuda")
-        top1, top5, n = accuracy(model, loader, head, device=loaded.device, callbacks=callbacks)
+        top1, top5, n = accuracy(model, loader, head, device=loaded.device, callbacks=callbacks,
+                                 precision=precision)
     finally:
         model.train(was_training)
     return EvalScore(dataset=name, model=variant, alpha=alpha, top1=top1, top5=top5, n=n,
@@ -180,6 +181,7 @@ def count_hits_along_alpha(
     device: torch.device,
     order: Literal["batch", "alpha"] = "batch",
     callbacks: Callbacks | None = None,
+    precision: Precision = "auto",
 ) -> tuple[torch.Tensor, list[int]]:
     """Hits of every set of batches at every alpha: ``counts`` [A, S, 2] (long, on the CPU: top-1 and
     top-min(5, C) hits of set i at ``alphas[j]`` against ``heads[j][i]``) and the number of images per set.
@@ -203,7 +205,7 @@ def count_hits_along_alpha(
         if alphas[j] != current:
             set_alpha(alphas[j])
             current = alphas[j]
-        counts[j, i] += _hits(model, images, labels, heads[j][i])
+        counts[j, i] += _hits(model, images, labels, heads[j][i], precision)
         step += 1
         cb.on_progress(Progress(STAGE, step, total))
 
@@ -267,6 +269,7 @@ def evaluate_along_alpha(
     callbacks: Callbacks | None = None,
     workers: int = 0,
     order: Order = "auto",
+    precision: Precision = "auto",
 ) -> list[EvalScore]:
     """Every set of ``sets`` ({name, dataset} pairs) scored at every alpha of ``alphas``, alpha-major (every set
     at ``alphas[0]``, then at ``alphas[1]``, ...); each score equals ``evaluate_dataset``'s at that alpha.
@@ -301,7 +304,8 @@ def evaluate_along_alpha(
                     f"alpha ({len(alphas)} times) instead of once"
                 ))
         counts, n = count_hits_along_alpha(model, loaders, heads, alphas, set_alpha, device=device,
-                                           order="alpha" if order == "alpha" else "batch", callbacks=cb)
+                                           order="alpha" if order == "alpha" else "batch", callbacks=cb,
+                                           precision=precision)
     finally:
         model.train(was_training)
     hits = counts.tolist()

@@ -21,6 +21,7 @@ from .evaluation import evaluate_along_alpha
 from .frontier import ALPHA_GRID, recommend_alpha
 from .masking import Mask, select_topk
 from .models import load_model
+from .precision import resolved_precision
 from .results import Callbacks, EvalScore, FinetuneResult
 from .scoring import score_parameters
 from .snapshot import Snapshots, fingerprint
@@ -131,8 +132,9 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     chosen = "" if cfg.data.workers is not None else f" (chosen for {torch.device(device).type})"
     cfg = replace(cfg, data=replace(cfg.data, workers=resolve_workers(cfg.data.workers, device)))
     workers = f"{cfg.data.workers} data-loader workers" if cfg.data.workers else "no data-loader workers"
-    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device}, "
-                          f"{workers}{chosen}")
+    precision = resolved_precision(torch.device(device), cfg.precision)
+    cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device} "
+                          f"({precision}), {workers}{chosen}")
     prompts = Prompts.build(loaded.tokenizer, train_set.class_names, templates, device)
     num_params = sum(p.numel() for p in model.parameters())
     loader_opts = {"num_workers": cfg.data.workers, "pin_memory": torch.device(device).type == "cuda"}
@@ -152,7 +154,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         score_loader = make_loader(train_set, loaded.preprocess_eval, cfg.scoring.batch_size, **loader_opts)
         scores = score_parameters(
             model, score_loader, prompts, cfg.scoring, device=device,
-            num_batches=len(score_loader), callbacks=cb,
+            num_batches=len(score_loader), callbacks=cb, precision=precision,
         )
         stage("masking")
         mask = select_topk(scores, cfg.train.ratio)
@@ -167,7 +169,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     transform = loaded.preprocess_train if cfg.train.augment else loaded.preprocess_eval
     loader = make_loader(train_set, transform, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
                          **loader_opts)
-    stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb, snapshots=snapshots)
+    stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb, snapshots=snapshots,
+                  precision=precision)
     deltas = update.deltas()
     engine = getattr(update, "engine", None)
     if engine is not None and engine.fallbacks:
@@ -184,6 +187,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     evaluations = evaluate_along_alpha(
         loaded, sets, alphas, update.set_weights, templates=templates, batch_size=cfg.scoring.batch_size,
         callbacks=cb, workers=cfg.data.workers, order="batch" if isinstance(update, SparseUpdate) else "auto",
+        precision=precision,
     )
     update.set_weights(1.0)
     recommended = _recommend(evaluations)

@@ -10,14 +10,14 @@ Memory: one fp32 copy of the eligible parameters (the scores) besides the usual 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 
-from .config import ScoringConfig
+from .config import Precision, ScoringConfig
 from .errors import SaftError
+from .precision import autocast
 from .results import Callbacks, Progress
 from .zeroshot import Prompts, clip_logits
 
@@ -68,6 +68,7 @@ def score_parameters(
     device: torch.device,
     num_batches: int | None = None,
     callbacks: Callbacks | None = None,
+    precision: Precision = "auto",
 ) -> dict[str, torch.Tensor]:
     """Return {parameter name: fp32 score tensor of the parameter's shape} for the eligible parameters.
 
@@ -83,9 +84,6 @@ def score_parameters(
     for n, p in params.items():
         p.requires_grad_(n in chosen)
     scores = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
     was_training = model.training
     model.eval()
     try:
@@ -93,7 +91,7 @@ def score_parameters(
             cb.check_cancel()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             model.zero_grad(set_to_none=True)
-            with autocast:
+            with autocast(device, precision):
                 logits = clip_logits(model, images, prompts.head(model))
             loss = F.cross_entropy(logits.float(), labels)
             loss.backward()

@@ -43,8 +43,10 @@ Mechanism: ``SparseGradEngine`` is a ``TorchFunctionMode`` entered around the fo
 torch call; a call whose arguments hold none of the selected parameters runs unchanged, so nothing is
 attached to parameters or modules and the model is untouched outside the ``with`` block. The forward value
 is computed from P itself (which already holds base + delta); ``delta`` is an extra input of the autograd
-node only so that its gradient lands in ``delta.grad``. Under CUDA autocast the forward runs in bf16 as
-usual; the entry gradients are accumulated in fp32. Pure PyTorch: nothing to compile.
+node only so that its gradient lands in ``delta.grad``. Under autocast (bf16, on CUDA or the CPU) the forward
+runs in bf16 as usual; the gathered products are summed in fp32, the row GEMM runs in bf16 like autograd's
+dense dL/dW (with fp32 accumulation inside the GEMM), and every entry gradient lands in fp32. Pure PyTorch:
+nothing to compile.
 """
 
 from __future__ import annotations
@@ -114,8 +116,9 @@ def entry_grads(g: torch.Tensor, x: torch.Tensor, plan: EntryPlan) -> torch.Tens
     if plan.k == 0:
         return out
     if plan.dense:
-        # GEMM over the g columns that hold a selection, chunked by columns: [u, M] @ [M, X] -> [u, X]
-        xf = x.float()
+        # GEMM over the g columns that hold a selection, chunked by columns: [u, M] @ [M, X] -> [u, X], in g's
+        # dtype (bf16 under autocast: the tensor-core GEMM that autograd's dense dL/dW runs; fp32 otherwise)
+        xf = x.to(g.dtype)
         step = max(1, CHUNK_BYTES // (4 * (x.shape[1] + m)))
         bounds = torch.searchsorted(plan.pos_sorted,
                                     torch.arange(0, plan.g_unique.numel() + step, step, device=g.device)).tolist()
@@ -123,7 +126,7 @@ def entry_grads(g: torch.Tensor, x: torch.Tensor, plan: EntryPlan) -> torch.Tens
             s, e = bounds[ci], bounds[ci + 1]
             if s == e:
                 continue
-            rows = g.index_select(1, plan.g_unique[u0:u0 + step]).float().T @ xf
+            rows = (g.index_select(1, plan.g_unique[u0:u0 + step]).T @ xf).float()
             sel = plan.order[s:e]
             out[sel] = rows[plan.pos_sorted[s:e] - u0, plan.x_col[sel]]
         return out
@@ -156,7 +159,10 @@ class _SparseLinear(torch.autograd.Function):
         return x @ weight if transposed else F.linear(x, weight, bias)
 
     @staticmethod
+    @torch.autocast("cuda", enabled=False)
+    @torch.autocast("cpu", enabled=False)
     def backward(ctx, g):  # noqa: ANN001
+        # the dtypes are chosen explicitly below, whether or not backward() was called inside an autocast block
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:

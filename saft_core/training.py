@@ -31,8 +31,9 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from .config import GradEngine, TrainConfig
+from .config import GradEngine, Precision, TrainConfig
 from .masking import Mask
+from .precision import autocast
 from .results import Callbacks, Progress
 from .snapshot import Snapshots, TrainState, rng_state, set_rng_state
 from .sparse_grad import SparseGradEngine
@@ -244,6 +245,7 @@ def train(
     device: torch.device,
     callbacks: Callbacks | None = None,
     snapshots: Snapshots | None = None,
+    precision: Precision = "auto",
 ) -> TrainStats:
     """Run ``cfg.epochs`` epochs of cross-entropy on zero-shot logits; the text tower stays in the graph.
 
@@ -259,9 +261,6 @@ def train(
     torch.manual_seed(cfg.seed)  # augmentation randomness, if any
     opt = torch.optim.AdamW(update.trainable(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total))
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
     step, first, last, epoch_losses = 0, float("nan"), float("nan"), []
     start_epoch, skip = 0, 0
     resumed = snapshots.load() if snapshots else None
@@ -290,7 +289,7 @@ def train(
                 continue
             cb.check_cancel()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast, update.forward_context():
+            with autocast(device, precision), update.forward_context():
                 logits = clip_logits(model, images, prompts.head(model))
             loss = F.cross_entropy(logits.float(), labels)
             loss.backward()

@@ -31,6 +31,7 @@ from saft_core.config import (
     DataConfig,
     FinetuneConfig,
     ModelSpec,
+    Precision,
     ScoringConfig,
     TrainConfig,
     check_template,
@@ -147,7 +148,7 @@ def stored_spec(raw: Mapping[str, Any]) -> JobSpec:
 
 def to_finetune_config(
     spec: JobSpec, *, train_dir: Path, eval_dirs: dict[str, Path], device: str | None = None,
-    workers: int | None = None,
+    workers: int | None = None, precision: Precision = "auto",
 ) -> FinetuneConfig:
     """Map a job spec onto the core's config. ``eval_dirs`` maps eval dataset ids to their directories;
     ``workers`` None lets the core choose the data-loader workers for the device (``DataConfig.workers``).
@@ -181,5 +182,6 @@ def to_finetune_config(
         ),
         scoring=ScoringConfig(batch_size=hp.scoring_batch_size, **scoring),
         device=device,
+        precision=precision,
         evaluate_zero_shot=True,
     )

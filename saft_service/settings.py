@@ -11,7 +11,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -110,6 +110,11 @@ class Settings(BaseSettings):
 
     # Worker.
     device: str | None = Field(None, description="Device jobs train on; unset picks CUDA when available.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Autocast of the jobs' forward passes: 'auto' (bf16 on a CUDA device with bf16, fp32 elsewhere),"
+        " 'bf16' or 'fp32'.",
+    )
     data_workers: int | None = Field(
         None,
         ge=0,

@@ -344,6 +344,7 @@ def _run_claimed(
             eval_dirs={i: folders[i] for i in spec.eval_dataset_ids},
             device=settings.device,
             workers=settings.data_workers,
+            precision=settings.precision,
         )
     except SaftError as e:  # a range the core has tightened since the job was stored: invalid_config
         end(*job_failure(e, spec, time_limit_s=settings.job_time_limit))

@@ -77,6 +77,14 @@ def _copy_of(models, name):
     return copy.deepcopy(model), prompts
 
 
+def _mask_of(models, name: str, model: torch.nn.Module, ratio: float) -> Mask:
+    """``_random_mask`` of the named model, drawn once per module (seconds for a full-size model)."""
+    key = ("mask", name, ratio)
+    if key not in models:
+        models[key] = _random_mask(model, ratio)
+    return models[key]
+
+
 @pytest.mark.parametrize(("name", "ratio"), [
     ("saft-tiny", 1e-4), ("saft-tiny", 1e-3), ("saft-tiny", 1e-1),
     # full-size architectures (at 64 px): every path of the engine on real shapes, in seconds each
@@ -84,7 +92,7 @@ def _copy_of(models, name):
 ])
 def test_sparse_gradient_at_the_mask_equals_the_dense_one(models, name, ratio, caplog):
     model, prompts = _copy_of(models, name)
-    mask = _random_mask(model, ratio)
+    mask = _mask_of(models, name, model, ratio)
     torch.manual_seed(1)
     images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
     dense, _ = _mask_grads(model, prompts, mask, "dense", images, labels)
@@ -103,6 +111,42 @@ def test_sparse_gradient_at_the_mask_equals_the_dense_one(models, name, ratio, c
         assert "visual.layer1.0.conv2.weight" in engine.fallbacks
         assert "visual.layer1.0.conv2.weight" in caplog.text
         assert not any(n.startswith("transformer.") for n in engine.fallbacks)  # its text tower is a ViT's
+
+
+def _relative_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """||a - b|| / ||b|| over all tensors together."""
+    diff = sum(float((a[n] - b[n]).square().sum()) for n in b)
+    return (diff / sum(float(t.square().sum()) for t in b.values())) ** 0.5
+
+
+# Tolerance of the sparse engine's entry gradients under bf16 autocast against autograd's (the dense engine) under
+# the same autocast: 5 % relative error over all entries together, and no less accurate than autograd in bf16 when
+# both are measured against the fp32 gradient. Both bf16 paths sit a few % from fp32 (bf16 keeps 8 bits of
+# mantissa); they differ from each other by where they round: the gathered products sum in fp32, autograd's
+# GEMM rounds its [out, in] result to bf16.
+BF16_RTOL = 0.05
+
+
+@pytest.mark.parametrize(("name", "ratio"), [
+    ("saft-tiny", 1e-3), ("saft-tiny", 1e-1),  # gathered products, and the row GEMM (high density)
+    pytest.param("ViT-B-32", 1e-3, marks=pytest.mark.slow),
+])
+def test_bf16_autocast_entry_gradients_agree_with_the_dense_engine(models, name, ratio):
+    """The code CUDA runs (bf16 autocast), run on the CPU: CI checks the engine's dtypes on every change."""
+    model, prompts = _copy_of(models, name)
+    mask = _mask_of(models, name, model, ratio)
+    torch.manual_seed(1)
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
+    fp32, _ = _mask_grads(model, prompts, mask, "dense", images, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # backward inside the block too: the engine must not care
+        dense, _ = _mask_grads(model, prompts, mask, "dense", images, labels)
+        sparse, engine = _mask_grads(model, prompts, mask, "sparse", images, labels)
+    assert all(g.dtype == torch.float32 for g in sparse.values())
+    if ratio >= 0.1:
+        assert any(p.startswith("GEMM") for p in engine.paths.values())  # the bf16 GEMM path ran
+    assert _relative_error(dense, fp32) > 1e-4  # autocast really ran in bf16
+    assert _relative_error(sparse, dense) < BF16_RTOL
+    assert _relative_error(sparse, fp32) <= 1.25 * _relative_error(dense, fp32) + 1e-3
 
 
 @pytest.mark.parametrize("ratio", [1e-3, 1e-1])

@@ -110,6 +110,13 @@ class Settings(BaseSettings):
 
     # Worker.
     device: str | None = Field(None, description="Device jobs train on; unset picks CUDA when available.")
+    cuda_memory_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Share of the GPU's memory one worker process may take (torch's per-process memory fraction);"
+        " unset: all of it. Two workers on one GPU: 0.5 each. A job that needs more fails out_of_memory.",
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
         description="Autocast of the jobs' forward passes: 'auto' (bf16 on a CUDA device with bf16, fp32 elsewhere),"

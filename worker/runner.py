@@ -15,6 +15,7 @@ job is left running and the reaper requeues it once its heartbeat is stale.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -309,8 +310,32 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
     out_dir = job_dir / f"attempt-{attempt}"
     for leftover in job_dir.glob("attempt-*"):  # outputs of attempts whose worker was lost
         remove_tree(leftover)
-    with Heartbeat(job_id, attempt, settings) as heartbeat:
-        _run_claimed(job_id, attempt, spec, rows, job_dir, out_dir, storage, settings, heartbeat)
+    try:
+        with Heartbeat(job_id, attempt, settings) as heartbeat:
+            _run_claimed(job_id, attempt, spec, rows, job_dir, out_dir, storage, settings, heartbeat)
+    finally:
+        release_device_memory()
+
+
+def prepare_device(settings: Settings) -> None:
+    """Cap this process's share of the GPU (``SAFT_CUDA_MEMORY_FRACTION``) before a job allocates on it."""
+    import torch
+
+    if settings.cuda_memory_fraction is None or not torch.cuda.is_available():
+        return
+    device = torch.device(settings.device or "cuda")
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(settings.cuda_memory_fraction, device)
+
+
+def release_device_memory() -> None:
+    """After a job, whatever it ended with (out of memory included): drop its tensors and hand the GPU memory
+    PyTorch cached back to the device, so that the next job, or another process on the GPU, starts clean."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _run_claimed(
@@ -364,6 +389,7 @@ def _run_claimed(
         out_dir.mkdir(parents=True, exist_ok=True)
         from saft_core.pipeline import finetune
 
+        prepare_device(settings)
         result = finetune(cfg, out_dir, reporter.callbacks())
     except Exception as e:
         if isinstance(e, Cancelled) and heartbeat.lost:

@@ -13,8 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SAFT_DATA_DIR=/data
 RUN useradd --create-home --uid 1000 saft \
- && mkdir -p /data /app \
- && chown saft:saft /data
+ && mkdir -p /data /app /home/saft/.cache/saft-models \
+ && chown -R saft:saft /data /home/saft/.cache
 WORKDIR /app
 # The project's dependencies, read from pyproject.toml, in their own layer (rebuilt only when it changes).
 COPY pyproject.toml ./

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := var/demo
 
-.PHONY: install run demo check test test-unit test-service bench-quick bench-speed bench-scale lint clean
+.PHONY: install run demo check test test-unit test-service bench-quick bench-speed bench-scale gpu-check gpu-wheels lint clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,15 @@ bench-speed: $(STAMP)
 ## stage against its floor (about 30 minutes on 2 cores; writes benchmarks/results/scale.{json,md}).
 bench-scale: $(STAMP)
 	$(PY) -m benchmarks.scale
+
+## The GPU check (on a machine with an NVIDIA GPU; about 8 minutes): the speed benchmark on CUDA, one job through
+## the service, the gpu tests; results in var/gpu-check. GPU_CHECK_ARGS=--cpu rehearses it on the CPU.
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS) var/gpu-check
+
+## The wheels a GPU machine without network needs for gpu-check (Python 3.12, manylinux x86-64), into .whl/.
+gpu-wheels: $(STAMP)
+	bash scripts/gpu_wheels.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -152,9 +152,9 @@ def field_path(loc: Sequence[Any], body: Any = None) -> str:
         parts = parts[1:]
     out: list[str] = []
     for i, part in enumerate(parts):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
             node = node[part]
         elif isinstance(node, dict) and i < len(parts) - 1:
             continue  # a union member's tag, not a field

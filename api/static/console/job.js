@@ -180,8 +180,8 @@ function shown(job, seen) {
 function warningsBanner(warnings) {
   if (!warnings?.length) return "";
   return `<div class="warnings" role="alert"><strong>${warnings.length === 1 ? "Training may have gone wrong" : `Training may have gone wrong (${warnings.length} warnings)`}</strong>
-    <ul>${warnings.map((w) => `<li data-code="${esc(w.code)}"><span class="message">${esc(w.message)}</span>
-      ${w.hint ? `<span class="hint-text">Try: ${esc(w.hint)}</span>` : ""} <code>${esc(w.code)}</code></li>`).join("")}</ul></div>`;
+    <ul>${warnings.map((w) => `<li data-code="${esc(w.code)}"><span class="message">${esc(w.message)}</span> <code>${esc(w.code)}</code>
+      ${w.hint ? `<span class="hint-text">→ ${esc(w.hint.charAt(0).toUpperCase() + w.hint.slice(1))}</span>` : ""}</li>`).join("")}</ul></div>`;
 }
 
 // --- results of a succeeded job ---------------------------------------------------------------------------

@@ -155,7 +155,7 @@ export async function newJobView(view, query) {
             <small class="hint">A pretrained tag of the model, a weights file in the service's models folder, <code>default</code> or <code>none</code> (a random init).</small>
             <small class="field-error" data-error-for="pretrained"></small></label>
         </div>
-        <div class="grid three">
+        <div class="grid two">
           <div data-field="method"><span class="label">Method</span>
             <div class="segmented">
               <label><input type="radio" name="method.type" value="saft" checked> SAFT (sparse)</label>

@@ -171,10 +171,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = []
     for e in exc.errors():
         loc = list(e.get("loc", ()))
+        about = loc
         if str(e.get("type", "")).startswith("union_tag_"):  # about the tag field itself: method.type
-            loc.append(str(e.get("ctx", {}).get("discriminator", "")).strip("'"))
+            about = [*loc, str(e.get("ctx", {}).get("discriminator", "")).strip("'")]
         errors.append({
-            "loc": loc, "field": field_path(loc, exc.body), "msg": plain_message(str(e.get("msg", ""))),
+            "loc": loc, "field": field_path(about, exc.body), "msg": plain_message(str(e.get("msg", ""))),
             "type": str(e.get("type", "")),
         })
     first = errors[0] if errors else {"field": "", "msg": "invalid request"}

@@ -28,9 +28,11 @@ DESCRIPTION = """\
 Fine-tune CLIP models with SAFT (sparse adaptation: only the ~0.1 % of parameters with the largest gradient
 scores are trained) and serve them.
 
-1. `POST /v1/datasets` an ImageFolder archive (larger ones: the resumable `/v1/uploads`); 2. `POST /v1/jobs`;
-3. poll `GET /v1/jobs/{id}` or stream `GET /v1/jobs/{id}/events/stream`; 4. download
-`GET /v1/jobs/{id}/checkpoint`; 5. `POST /v1/classify`.
+1. `POST /v1/datasets` an ImageFolder archive (larger ones: the resumable `/v1/uploads`);
+2. `POST /v1/jobs`;
+3. poll `GET /v1/jobs/{id}` or stream `GET /v1/jobs/{id}/events/stream`;
+4. download `GET /v1/jobs/{id}/checkpoint`;
+5. `POST /v1/classify`.
 
 Every `/v1` call needs `Authorization: Bearer <key>` (make one with `saft keys create --tenant NAME`).
 Resources belong to the key's tenant; other tenants get 404. Errors are `application/problem+json`

@@ -4,12 +4,14 @@
      "detail": "no dataset ds_... in this tenant", "instance": "/v1/datasets/ds_...", "code": "dataset_not_found"}
 
 Clients branch on ``code`` (also the last part of ``type``); ``detail`` is for people. Validation errors add
-``errors``: a list of ``{loc, msg, type}``.
+``errors``: a list of ``{loc, field, msg, type}`` (``field`` as the request names it, ``msg`` in plain words).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -112,15 +114,74 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, code, detail, headers=getattr(exc, "headers", None))
 
 
+# Pydantic's wording, said plainly: "Value error, template ..." is the validator's own sentence; "Input should be
+# greater than 0" is "must be greater than 0". The field is named by the error's `field`, so none of these repeats it.
+_PLAIN_MESSAGES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), plain)
+    for pattern, plain in (
+        (r"^(?:Value error|Assertion failed), ", ""),
+        (r"^Field required$", "is required"),
+        (r"^Extra inputs are not permitted$", "is not a field of this request"),
+        (r"^Input should be a valid integer, (?:got a number with a fractional part|unable to parse .*)$",
+         "must be a whole number"),
+        (r"^Input should be a valid number, unable to parse .*$", "must be a number"),
+        (r"^Input tag (.+) found using .+ does not match any of the expected tags: (.+)$", r"must be one of \2, not \1"),
+        (r"^Unable to extract tag using discriminator .+$", "is required"),
+        (r" after validation\b", ""),
+        (r"^(?:Input|Value|String|List|Dictionary|Tuple|Set|Object|Decimal|Data) should\b", "must"),
+        (r"^JSON decode error$", "is not valid JSON"),
+    )
+)
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
+def plain_message(msg: str) -> str:
+    """A validation message in plain words (see ``_PLAIN_MESSAGES``)."""
+    for pattern, plain in _PLAIN_MESSAGES:
+        msg = pattern.sub(plain, msg)
+    return msg
+
+
+def field_path(loc: Sequence[Any], body: Any = None) -> str:
+    """The field an error is about, as the request names it: ``method.ratio`` for pydantic's
+    ``("body", "method", "saft", "ratio")``. The request location goes, and so does a union member's tag (a part
+    that is not a key of the body there and is not the last one: a missing field is named by the last part)."""
+    parts = list(loc)
+    node = body if parts[:1] == ["body"] else None
+    if parts[:1] and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        elif isinstance(node, dict) and i < len(parts) - 1:
+            continue  # a union member's tag, not a field
+        else:
+            node = None
+        out.append(str(part))
+    return ".".join(out)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 with ``errors``: each with pydantic's ``loc`` and ``type``, the ``field`` it is about as the request
+    names it (``method.ratio``) and ``msg`` in plain words; ``detail`` says the first as ``field: msg``."""
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-        for e in exc.errors()
-    ]
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
-    detail = f"{where}: {first['msg']}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    errors = []
+    for e in exc.errors():
+        loc = list(e.get("loc", ()))
+        about = loc
+        if str(e.get("type", "")).startswith("union_tag_"):  # about the tag field itself: method.type
+            about = [*loc, str(e.get("ctx", {}).get("discriminator", "")).strip("'")]
+        errors.append({
+            "loc": loc, "field": field_path(about, exc.body), "msg": plain_message(str(e.get("msg", ""))),
+            "type": str(e.get("type", "")),
+        })
+    first = errors[0] if errors else {"field": "", "msg": "invalid request"}
+    detail = f"{first['field'] or 'request'}: {first['msg']}" + (
+        f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    )
     # A value refused by one of the service's limits keeps the code that names the limit.
     code = first.get("type") if first.get("type") in LIMIT_CODES else "validation_error"
     return problem_response(request, 422, str(code), detail, errors=errors)
@@ -212,6 +273,11 @@ def document_problems(app: FastAPI) -> None:
         for path, item in doc.get("paths", {}).items():
             for operation in item.values():
                 responses = operation.setdefault("responses", {})
+                for status, response in responses.items():
+                    # A declared error answer (problem_doc) is a problem document and only that: FastAPI also
+                    # lists its model under application/json, which the API never answers with.
+                    if status[:1] in "45" and PROBLEM_MEDIA_TYPE in response.get("content", {}):
+                        response["content"] = content
                 if path.startswith("/v1/"):
                     responses.setdefault("401", {"description": "Missing or invalid API key.", "content": content})
                 has_params = bool(operation.get("parameters")) or "requestBody" in operation

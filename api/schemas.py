@@ -426,11 +426,27 @@ class ModelPublic(BaseModel):
     pretrained: list[str] = Field(description="Pretrained tags open_clip knows for this architecture.")
     cached_pretrained: list[str] = Field(description="Tags whose weights are available offline.")
     local: bool = Field(description="Whether the model can be created offline (weights included).")
+    default_pretrained: str | None = Field(
+        None,
+        description="The tag `pretrained: \"default\"` means for this model; null when it has no pretrained weights "
+        "(a random init).",
+    )
+    available_offline: bool = Field(
+        False,
+        description="Whether the weights of `default_pretrained` are on the service, so a job runs without a "
+        "download. Otherwise they download on first use, which fails on a service without internet "
+        "(`cached_pretrained` lists the tags that are there).",
+    )
 
 
 class ModelsPublic(BaseModel):
     default: str
-    data: list[ModelPublic]
+    data: list[ModelPublic] = Field(description="The default model first, then those available offline, by name.")
+    weights_files: list[str] = Field(
+        default_factory=list,
+        description="Weights files in the service's models folder (SAFT_MODELS_DIR) that `pretrained` may name, "
+        "with any architecture they fit; empty when there is none.",
+    )
 
 
 class HealthPublic(BaseModel):

@@ -12,6 +12,7 @@ check is no oracle for the server's files.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from saft_core.config import DEFAULT_PRETRAINED
@@ -29,6 +30,28 @@ def _models_file(pretrained: str, settings: Settings) -> Path | None:
     root = settings.models_dir.expanduser().resolve()
     path = (root / pretrained).resolve()
     return path if path.is_relative_to(root) and path.is_file() else None
+
+
+# What open_clip loads as a weights file; other files in the models folder (a README, a licence) are not listed.
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+MAX_LISTED_FILES = 200
+
+
+def weights_files(settings: Settings) -> list[str]:
+    """The weights files ``pretrained`` may name (relative to ``SAFT_MODELS_DIR``, sorted; at most
+    ``MAX_LISTED_FILES``, so a large folder costs a request little). Empty without a models folder."""
+    if settings.models_dir is None:
+        return []
+    root = settings.models_dir.expanduser().resolve()
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.endswith(WEIGHTS_SUFFIXES) and not name.startswith("."):
+                found.append((Path(folder) / name).relative_to(root).as_posix())
+                if len(found) >= MAX_LISTED_FILES:
+                    return sorted(found)
+    return sorted(found)
 
 
 def check_model(name: str, pretrained: str | None, settings: Settings) -> None:

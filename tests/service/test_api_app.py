@@ -61,6 +61,44 @@ def test_openapi_describes_every_route_with_bearer_auth(client: TestClient) -> N
     assert "application/problem+json" in paths["/v1/jobs"]["post"]["responses"]["422"]["content"]
     job_schema = doc["components"]["schemas"]["JobCreate"]
     assert {"dataset_id", "method", "hyperparameters", "eval_dataset_ids"} <= set(job_schema["properties"])
+    # Every error answer is documented as what the API sends: a problem document, never application/json.
+    for path, item in paths.items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if status[0] in "45":
+                    assert list(response["content"]) == ["application/problem+json"], (path, method, status)
+    assert paths["/v1/models"]["get"]["responses"]["401"]["content"]["application/problem+json"]["schema"] == {
+        "$ref": "#/components/schemas/Problem"
+    }
+    # The intro's numbered steps are a Markdown list: one item a line (Swagger UI ran them into one item).
+    steps = [line for line in doc["info"]["description"].splitlines() if line[:1].isdigit()]
+    assert [s[:3] for s in steps] == ["1. ", "2. ", "3. ", "4. ", "5. "], steps
+
+
+def test_validation_errors_are_plain_words_about_the_fields_as_sent(client: TestClient) -> None:
+    """No pydantic wording ("Value error, ...", "Input should be", "Field required") and no location prefix or
+    union tag in a field's path: the console shows these next to the field, the CLI prints them."""
+    cases = [
+        ({"dataset_id": "ds_x", "templates": ["a picture"]}, "templates", "must contain exactly one '{}'"),
+        ({"dataset_id": "ds_x", "method": {"type": "saft", "ratio": 2}}, "method.ratio", "must be less than 1"),
+        ({"method": {"type": "full"}}, "dataset_id", "is required"),
+        ({"dataset_id": "ds_x", "hyperparameters": {"epochs": "x"}}, "hyperparameters.epochs",
+         "must be a whole number"),
+        ({"dataset_id": "ds_x", "hyperparameters": {"lr": 1}}, "hyperparameters.lr", "is not a field of this request"),
+        ({"dataset_id": "ds_x", "method": {"type": "sparse"}}, "method.type", "must be one of 'saft', 'full', not 'sparse'"),
+    ]
+    for body, field, words in cases:
+        r = client.post("/v1/jobs", json=body)
+        assert r.status_code == 422, r.text
+        problem = r.json()
+        first = problem["errors"][0]
+        assert first["field"] == field and words in first["msg"], (body, first)
+        assert problem["detail"].startswith(f"{field}: {first['msg']}"), problem["detail"]
+        assert first["loc"][0] == "body"  # pydantic's own location stays, for programs
+        for pydantic_words in ("Value error", "Input should", "Field required", "Extra inputs", "Input tag", "body."):
+            assert pydantic_words not in problem["detail"], problem["detail"]
+    r = client.get("/v1/jobs", params={"limit": 0})  # a query parameter: named as such, in the same words
+    assert r.json()["errors"][0]["field"] == "limit" and r.json()["detail"].startswith("limit: must be greater")
 
 
 def test_a_job_the_queue_cannot_take_stays_queued_and_says_so(client: TestClient, tmp_path: Path) -> None:
@@ -108,6 +146,25 @@ def test_models_lists_the_default_first(client: TestClient) -> None:
     assert body["default"] == "saft-tiny"
     assert body["data"][0]["name"] == "saft-tiny" and body["data"][0]["local"] is True
     assert len(body["data"]) > 1
+    # Which run offline and which would download (none of open_clip's weights are cached on a test machine).
+    models = {m["name"]: m for m in body["data"]}
+    tiny, vit = models["saft-tiny"], models["ViT-B-16"]
+    assert (tiny["default_pretrained"], tiny["available_offline"]) == ("world", True)
+    assert vit["available_offline"] is False and vit["default_pretrained"] in vit["pretrained"] and "openai" in vit["pretrained"]
+    assert body["weights_files"] == []  # no models folder
+
+
+def test_models_lists_the_weights_files_of_the_models_folder(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    (models_dir / "team").mkdir(parents=True)
+    for name in ("b.safetensors", "team/a.pt", "README.md", ".hidden.safetensors"):
+        (models_dir / name).write_bytes(b"x")
+    settings = Settings(data_dir=tmp_path, models_dir=models_dir, broker_url="redis://127.0.0.1:9/0")
+    db.upgrade(settings)
+    with db.session_scope(settings) as session:
+        _, key = keys.create_key(session, tenant_name="t")
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as c:
+        assert c.get("/v1/models").json()["weights_files"] == ["b.safetensors", "team/a.pt"]
 
 
 def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:

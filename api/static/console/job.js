@@ -6,6 +6,7 @@ import { frontierChart, groupMask, lossChart, maskChart } from "./charts.js";
 import { badge, dropZone, esc, fail, fmt, onLeave, problemBox, toast } from "./ui.js";
 
 const ACTIVE = new Set(["queued", "running"]);
+const RANK = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 }; // a job only moves forward (bar a requeue)
 const POLL_MS = 1000; // the job row carries the newest step and loss between (sparser) progress events
 const STAGES = ["loading", "scoring", "masking", "training", "evaluating", "saving"];
 
@@ -26,6 +27,7 @@ export async function jobView(view, id) {
       <div><span id="duration">–</span>duration</div>
     </div>
     <div id="job-problem"></div>
+    <div id="job-warnings"></div>
     <section class="card" id="progress-card">
       <div class="stages" id="stages">${STAGES.map((s) => `<span data-stage="${s}">${s}</span>`).join("")}</div>
       <div class="progress big" id="progress"><div class="bar"></div><span class="label"></span></div>
@@ -43,6 +45,9 @@ export async function jobView(view, id) {
   const points = new Map(); // training step -> {loss, lr}
   const stageStart = {}; // stage -> {t, step}: where its rate (for the ETA) is measured from
   let resultsShown = false;
+  // What the events said last (status, stage, step of total). The row is read each second and the events come as
+  // they happen, so either can be the newer: the page shows the one further along (see `shown`).
+  const seen = { status: null, stage: null, step: 0, total: 0 };
 
   const addPoint = (step, loss, lr, total) => {
     if (total && chart.options.scales.x.max !== total) chart.options.scales.x.max = total; // grows left to right
@@ -56,19 +61,27 @@ export async function jobView(view, id) {
   };
 
   const render = () => {
-    $("#status").innerHTML = badge(job.status) + (job.cancel_requested && ACTIVE.has(job.status) ? ` <span class="muted">stopping…</span>` : "");
-    $("#cancel").hidden = !ACTIVE.has(job.status) || job.cancel_requested;
-    $("#delete").hidden = ACTIVE.has(job.status);
+    const { status, stage, step, total } = shown(job, seen);
+    const active = ACTIVE.has(status);
+    $("#status").innerHTML = badge(status) + (job.cancel_requested && active ? ` <span class="muted">stopping…</span>` : "");
+    $("#cancel").hidden = !active || job.cancel_requested;
+    $("#delete").hidden = active;
     const end = job.finished_at ? new Date(job.finished_at) : new Date();
     $("#duration").textContent = job.started_at ? fmt.seconds((end - new Date(job.started_at)) / 1000) : "–";
-    const { step, total_steps: total } = job.progress;
-    const stage = job.stage;
-    const done = job.status === "succeeded";
-    const frac = done ? 1 : total ? step / total : 0;
-    $("#progress").querySelector(".bar").style.width = `${(frac * 100).toFixed(1)}%`;
-    $("#progress").className = `progress big ${job.status}`;
-    $("#progress").querySelector(".label").textContent = done ? "done" : ACTIVE.has(job.status) ? `${Math.round(frac * 100)} %` : job.status;
-    $("#step-text").textContent = stage ? `${stage}: step ${step} of ${total}` : done ? `${job.metrics.train_steps ?? step} training steps` : job.status === "queued" ? "waiting for a worker" : "";
+    const done = status === "succeeded";
+    // A stage's total is known from its first step on: until then (and in stages that count no steps) the bar
+    // says it is busy rather than "0 of 0".
+    const counting = total > 0;
+    const frac = done ? 1 : counting ? step / total : 0;
+    const busy = status === "running" && !counting;
+    $("#progress").querySelector(".bar").style.width = busy ? "" : `${(frac * 100).toFixed(1)}%`;
+    $("#progress").className = `progress big ${status}${busy ? " indeterminate" : ""}`;
+    $("#progress").querySelector(".label").textContent = done ? "done" : busy ? "" : active ? `${Math.round(frac * 100)} %` : status;
+    $("#step-text").textContent = done ? `${job.metrics.train_steps ?? job.progress.step} training steps`
+      : status === "queued" ? "waiting for a worker"
+      : status !== "running" ? ""
+      : !stage ? "starting…"
+      : counting ? `${stage}: step ${step} of ${total}` : `${stage}…`;
     const current = STAGES.indexOf(stage);
     for (const el of $("#stages").children) {
       const i = STAGES.indexOf(el.dataset.stage);
@@ -76,7 +89,7 @@ export async function jobView(view, id) {
     }
     // ETA of the current stage, from its own rate since we first saw it.
     let eta = "";
-    if (job.status === "running" && stage && total) {
+    if (status === "running" && stage && total) {
       const now = performance.now();
       stageStart[stage] ??= { t: now, step };
       const s0 = stageStart[stage];
@@ -84,9 +97,10 @@ export async function jobView(view, id) {
       if (rate > 0 && step < total) eta = `about ${fmt.seconds((total - step) / rate)} left in ${stage}`;
     }
     $("#eta").textContent = eta;
-    if (stage === "training") addPoint(step, job.metrics.train_loss, job.metrics.learning_rate, total);
+    if (job.stage === "training") addPoint(job.progress.step, job.metrics.train_loss, job.metrics.learning_rate, job.progress.total_steps);
     $("#job-problem").innerHTML = job.error ? problemBox(new ApiError(422, { detail: job.error.message, code: job.error.code })) : "";
-    if (done && !resultsShown) {
+    $("#job-warnings").innerHTML = warningsBanner(job.warnings);
+    if (job.status === "succeeded" && !resultsShown) { // the row: it carries the checkpoint
       resultsShown = true;
       showResults($("#results"), job).catch((err) => fail(err, $("#results")));
     }
@@ -94,6 +108,7 @@ export async function jobView(view, id) {
 
   const log = $("#log");
   const logEvent = (e) => {
+    follow(seen, e);
     if (e.kind === "progress") {
       if (e.data.stage === "training") addPoint(e.data.step, e.data.train_loss, e.data.learning_rate, e.data.total_steps);
       if (e.data.stage !== "training") return;
@@ -111,6 +126,7 @@ export async function jobView(view, id) {
   let lastId = 0;
   for (const e of (await api(`/v1/jobs/${id}/events`)).data) { logEvent(e); lastId = e.id; }
   render();
+  const renderSoon = () => { cancelAnimationFrame(renderSoon.frame); renderSoon.frame = requestAnimationFrame(render); };
 
   const controller = new AbortController();
   let timer = null;
@@ -127,6 +143,7 @@ export async function jobView(view, id) {
     followEvents(`/v1/jobs/${id}/events/stream?after=${lastId}`, ({ event, data }) => {
       if (event === "end") return;
       logEvent(data);
+      renderSoon(); // what the event says shows at once; the row follows
       if (event === "status" || event === "stage" || event === "error") refresh();
     }, controller.signal).then(refresh).catch((err) => { if (!controller.signal.aborted) fail(err, view); });
   }
@@ -138,6 +155,33 @@ export async function jobView(view, id) {
     if (!confirm("Delete this job with its checkpoint, mask and events?")) return;
     try { await api(`/v1/jobs/${id}`, { method: "DELETE" }); toast("Job deleted", "ok"); location.hash = "#/jobs"; } catch (err) { fail(err, view); }
   });
+}
+
+/** Take what event `e` says about the job's status, stage and step into `seen`. */
+function follow(seen, e) {
+  const d = e.data || {};
+  if ((e.kind === "status" || e.kind === "error") && d.status) {
+    seen.status = d.status;
+    if (d.status !== "running") Object.assign(seen, { stage: null, step: 0, total: 0 });
+  } else if (e.kind === "stage" && d.stage) {
+    Object.assign(seen, { status: "running", stage: d.stage, step: 0, total: 0 });
+  } else if (e.kind === "progress" && d.stage) {
+    Object.assign(seen, { status: "running", stage: d.stage, step: d.step ?? 0, total: d.total_steps ?? 0 });
+  }
+}
+
+/** What to show: the job row, unless the events are further along (the row was read before they happened). */
+function shown(job, seen) {
+  const row = { status: job.status, stage: job.stage, step: job.progress.step, total: job.progress.total_steps };
+  return seen.status && RANK[seen.status] > RANK[job.status] ? { ...seen } : row;
+}
+
+/** The banner of a job whose training went wrong though it succeeded: each warning with what to try. */
+function warningsBanner(warnings) {
+  if (!warnings?.length) return "";
+  return `<div class="warnings" role="alert"><strong>${warnings.length === 1 ? "Training may have gone wrong" : `Training may have gone wrong (${warnings.length} warnings)`}</strong>
+    <ul>${warnings.map((w) => `<li data-code="${esc(w.code)}"><span class="message">${esc(w.message)}</span> <code>${esc(w.code)}</code>
+      ${w.hint ? `<span class="hint-text">→ ${esc(w.hint.charAt(0).toUpperCase() + w.hint.slice(1))}</span>` : ""}</li>`).join("")}</ul></div>`;
 }
 
 // --- results of a succeeded job ---------------------------------------------------------------------------
@@ -280,7 +324,7 @@ function showTry(card, job) {
     return (await api("/v1/classify", { method: "POST", form })).results[0].predictions;
   };
   const bars = (list, preds) => {
-    list.innerHTML = preds.map((p) => `<li><span class="label">${esc(p.label)}</span><span class="bar-track"><span class="bar" style="width:${(p.score * 100).toFixed(1)}%"></span></span><span class="score">${(p.score * 100).toFixed(1)} %</span></li>`).join("");
+    list.innerHTML = preds.map((p) => `<li><span class="label" title="${esc(p.label)}">${esc(p.label)}</span><span class="bar-track"><span class="bar" style="width:${(p.score * 100).toFixed(1)}%"></span></span><span class="score">${(p.score * 100).toFixed(1)} %</span></li>`).join("");
   };
   const run = async (which) => {
     if (!image) return;

@@ -38,7 +38,7 @@ export async function jobsView(view, query) {
         <tbody>${page.data.map((j) => `
           <tr data-id="${esc(j.id)}" class="clickable">
             <td><a href="#/jobs/${esc(j.id)}" class="mono">${esc(j.id)}</a><div class="sub">${fmt.date(j.created_at)}</div></td>
-            <td>${badge(j.status)}${j.stage && j.status === "running" ? ` <span class="muted">${esc(j.stage)}</span>` : ""}</td>
+            <td>${badge(j.status)}${j.stage && j.status === "running" ? ` <span class="muted">${esc(j.stage)}</span>` : ""}${j.warnings?.length ? ` <span class="warn-flag" title="${esc(j.warnings.map((w) => w.message).join("\n"))}">⚠ ${j.warnings.length === 1 ? "warning" : `${j.warnings.length} warnings`}</span>` : ""}</td>
             <td>${esc(fmt.method(j.method))}</td>
             <td>${esc(names[j.dataset_id] || j.dataset_id)}</td>
             <td class="num">${fmt.seconds(duration(j))}</td>
@@ -75,6 +75,7 @@ function duration(j) {
 // --- the form ---------------------------------------------------------------------------------------------
 
 const MAIN_HP = ["epochs", "learning_rate", "batch_size", "seed"];
+const SUGGESTED_VALIDATION_FRACTION = 0.2; // the API's default (0 on services before it held one out by default)
 
 const humanize = (key) => key.charAt(0).toUpperCase() + key.slice(1).replaceAll("_", " ");
 
@@ -114,8 +115,21 @@ export async function newJobView(view, query) {
     return;
   }
   const chosen = query.get("dataset") || datasets.data[0].id;
-  const dsOptions = datasets.data.map((d) => `<option value="${esc(d.id)}" ${d.id === chosen ? "selected" : ""}>${esc(d.name)} · ${d.num_images} images, ${d.classes.length} classes</option>`).join("");
-  const local = models.data.filter((m) => m.local);
+  // Datasets often share a name (three uploads of "shapes"): each choice also says its id, size and age.
+  const dsOptions = datasets.data.map((d) => `<option value="${esc(d.id)}" ${d.id === chosen ? "selected" : ""}>${esc(d.name)} · ${esc(fmt.shortId(d.id))} · ${d.num_images} images, ${d.classes.length} classes · ${fmt.date(d.created_at)}</option>`).join("");
+  const evalChoices = datasets.data.map((d) => `
+    <label class="check eval-choice" title="${esc(d.id)}"><input type="checkbox" name="eval" value="${esc(d.id)}">
+      <span class="eval-name">${esc(d.name)}</span> <code data-short-id>${esc(fmt.shortId(d.id))}</code>
+      <span class="sub">${fmt.int(d.num_images)} images · ${fmt.date(d.created_at)}</span></label>`).join("");
+  // The API's default where it holds one out; an older service's 0 would hide the frontier, so the form asks
+  // for a validation split all the same (a user can still set 0).
+  const validation = { ...job.validation_fraction, default: job.validation_fraction.default || SUGGESTED_VALIDATION_FRACTION };
+  const groups = [
+    ["Weights on this service", models.data.filter((m) => m.available_offline)],
+    ["Downloads its weights on first use", models.data.filter((m) => !m.available_offline && m.default_pretrained)],
+    ["No pretrained weights (random init)", models.data.filter((m) => !m.available_offline && !m.default_pretrained)],
+  ].filter(([, list]) => list.length);
+  const modelOptions = groups.map(([label, list]) => `<optgroup label="${esc(label)}">${list.map((m) => `<option ${m.name === models.default ? "selected" : ""}>${esc(m.name)}</option>`).join("")}</optgroup>`).join("");
   view.innerHTML = `
     <div class="page-head"><h1>New fine-tuning job</h1></div>
     <form id="job-form" class="card form" novalidate>
@@ -124,16 +138,24 @@ export async function newJobView(view, query) {
         <div class="grid two">
           <label data-field="dataset_id">Training dataset<select name="dataset_id">${dsOptions}</select>
             <small class="field-error" data-error-for="dataset_id"></small></label>
-          ${field("validation_fraction", job.validation_fraction, "Validation fraction")}
+          ${field("validation_fraction", validation, "Validation fraction")}
         </div>
         <div data-field="eval_dataset_ids"><span class="label">Evaluation datasets <small class="hint">${esc(job.eval_dataset_ids.description)} Scored zero-shot and fine-tuned.</small></span>
-          <div class="checks">${datasets.data.map((d) => `<label class="check"><input type="checkbox" name="eval" value="${esc(d.id)}"> ${esc(d.name)}</label>`).join("")}</div>
+          <div class="checks">${evalChoices}</div>
           <small class="field-error" data-error-for="eval_dataset_ids"></small></div>
       </fieldset>
       <fieldset><legend>Model and method</legend>
-        <div class="grid three">
-          <label data-field="model">Base model<select name="model">${(local.length ? local : models.data).map((m) => `<option ${m.name === models.default ? "selected" : ""}>${esc(m.name)}</option>`).join("")}</select>
+        <div class="grid two">
+          <label data-field="model">Base model<select name="model">${modelOptions}</select>
             <small class="field-error" data-error-for="model"></small></label>
+          <label data-field="pretrained">Pretrained weights
+            <input name="pretrained" list="pretrained-list" value="${esc(job.pretrained.default ?? "")}" placeholder="default" autocomplete="off">
+            <datalist id="pretrained-list"></datalist>
+            <small class="weights-note" id="weights-note"></small>
+            <small class="hint">A pretrained tag of the model, a weights file in the service's models folder, <code>default</code> or <code>none</code> (a random init).</small>
+            <small class="field-error" data-error-for="pretrained"></small></label>
+        </div>
+        <div class="grid two">
           <div data-field="method"><span class="label">Method</span>
             <div class="segmented">
               <label><input type="radio" name="method.type" value="saft" checked> SAFT (sparse)</label>
@@ -159,6 +181,22 @@ export async function newJobView(view, query) {
       <div class="form-actions"><button class="primary" type="submit" id="submit">Start job</button></div>
     </form>`;
   const form = view.querySelector("#job-form");
+  const modelSelect = form.querySelector('[name="model"]');
+  const weightsInput = form.querySelector('[name="pretrained"]');
+  const showWeights = () => {
+    const m = models.data.find((x) => x.name === modelSelect.value);
+    const choices = [["default", m.default_pretrained ? `${m.default_pretrained}, ${weightsWhere(m, m.default_pretrained, models).text}` : "random init"],
+      ...m.pretrained.map((t) => [t, weightsWhere(m, t, models).text]),
+      ...models.weights_files.map((f) => [f, "file in the models folder"]), ["none", "random init"]];
+    form.querySelector("#pretrained-list").innerHTML = choices.map(([v, label]) => `<option value="${esc(v)}">${esc(label)}</option>`).join("");
+    const where = weightsWhere(m, weightsInput.value.trim() || "default", models);
+    const note = form.querySelector("#weights-note");
+    note.textContent = where.text;
+    note.dataset.where = where.kind;
+  };
+  modelSelect.addEventListener("change", () => { weightsInput.value = "default"; showWeights(); });
+  weightsInput.addEventListener("input", showWeights);
+  showWeights();
   const toggleMethod = () => {
     const isSaft = form.querySelector('[name="method.type"]:checked').value === "saft";
     view.querySelector("#saft-fields").hidden = !isSaft;
@@ -189,6 +227,16 @@ export async function newJobView(view, query) {
   });
 }
 
+/** Where the weights of `pretrained` for model `m` come from: {kind: offline|download|file|none|unknown, text}. */
+function weightsWhere(m, pretrained, models) {
+  const tag = pretrained === "default" ? m.default_pretrained : pretrained;
+  if (tag == null || ["none", "random", ""].includes(tag.toLowerCase())) return { kind: "none", text: "no weights: a random init" };
+  if (m.cached_pretrained.includes(tag)) return { kind: "offline", text: "on this service: no download" };
+  if (m.pretrained.includes(tag)) return { kind: "download", text: "downloads on first use (fails on a service without internet)" };
+  if (models.weights_files.includes(tag)) return { kind: "file", text: "a file in the service's models folder" };
+  return { kind: "unknown", text: "not a tag of this model: the service looks for a file of that name in its models folder" };
+}
+
 /** The request body from the form, and the obvious mistakes found on the way: [{path, msg}]. */
 function readForm(form) {
   const body = {};
@@ -206,6 +254,7 @@ function readForm(form) {
     if (path === "eval" || path === "method.type" || path === "templates") continue;
     if (path.startsWith("method.") && !isSaft) continue;
     if (el.type === "checkbox") { set(path, el.checked); continue; }
+    if (path === "pretrained") { set(path, el.value.trim() || "default"); continue; }
     if (el.type !== "number") { set(path, el.value); continue; }
     if (el.value.trim() === "") {
       if (el.dataset.nullable) set(path, null);
@@ -249,13 +298,10 @@ function showErrors(form, errors) {
   form.querySelector(".invalid input, .invalid select, .invalid textarea")?.focus();
 }
 
-/** The API's 422: `errors` with `loc` (["body", "method", "saft", "ratio"]) mapped onto the fields. */
+/** The API's 422: each of its `errors` names its `field` as the request does (method.ratio) in plain words. */
 function showApiErrors(form, err) {
   form.querySelector("#form-problem").innerHTML = problemBox(err);
-  const errors = (err.errors || []).map((e) => ({
-    path: e.loc.filter((p, i) => i > 0 || p !== "body").filter((p, i, a) => !(a[i - 1] === "method" && (p === "saft" || p === "full"))).join("."),
-    msg: e.msg.replace(/^Value error, /, ""),
-  }));
+  const errors = (err.errors || []).map((e) => ({ path: e.field ?? "", msg: e.msg }));
   // A refusal that names its field only in the message (e.g. "eval_dataset_ids: no dataset ...").
   const named = err.message.match(/^([a-z_.]+): /);
   if (!errors.length && named) errors.push({ path: named[1], msg: err.message.slice(named[0].length) });

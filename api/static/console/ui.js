@@ -47,6 +47,7 @@ export const fmt = {
   pct: (x) => (x == null ? "–" : `${(x * 100).toFixed(1)} %`),
   method: (m) => (m.type === "saft" ? `SAFT ${+(m.ratio * 100).toPrecision(3)} %` : "full"),
   int: (n) => (n == null ? "–" : Number(n).toLocaleString("en-US")),
+  shortId: (id) => String(id ?? "").replace(/^([a-z]+_[0-9a-f]{8})[0-9a-f]+$/, "$1…"), // ds_0123abcd…, as git does
 };
 
 export const badge = (status) => `<span class="badge ${esc(status)}">${esc(status)}</span>`;

@@ -270,10 +270,16 @@ class Classification(_Model):
 
 
 class ModelInfo(_Model):
+    """A base model (server schema ``ModelPublic``). ``available_offline``: the weights of
+    ``default_pretrained`` are on the service (no download); ``cached_pretrained`` lists each tag that is. Both
+    have defaults so that an older server, which sends neither, still parses."""
+
     name: str
     pretrained: list[str]
     cached_pretrained: list[str]
     local: bool
+    default_pretrained: str | None = None
+    available_offline: bool = False
 
 
 class Problem(_Model):

@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 # Density k / (rows * in) below which the gathered products beat a row-restricted GEMM. Measured with
 # `python -m benchmarks.speed` (section "crossover", ViT-B/16's c_fc at batch 8, one thread): 0.014 in the run of
 # benchmarks/results/speed.md, 0.017 with two threads, 0.027 in a separate run (a shared machine); both paths
-# cost about the same in between. The CUDA value is an estimate (GEMMs are relatively cheaper on a GPU), not a measurement.
+# cost about the same in between. The CUDA value is an estimate (GEMMs are relatively cheaper on a GPU), not a
+# measurement yet: `python -m benchmarks.speed --device cuda` (make gpu-check) measures it in bf16 on the GPU.
 CROSSOVER_DENSITY: dict[str, float] = {"cpu": 0.02, "cuda": 0.01}
 # Upper bound on the temporaries of one chunk of entry gradients (bytes).
 CHUNK_BYTES = 32 * 2**20

@@ -80,9 +80,9 @@ def _build(name: str, image_size: int, device: str = "cpu") -> tuple[torch.nn.Mo
     import saft_core.models  # noqa: F401  (registers saft-tiny)
 
     torch.manual_seed(0)
-    with torch.device(device):
-        model = open_clip.create_model(name, force_image_size=image_size)
-    return model.to(device), open_clip.get_tokenizer(name)
+    with torch.device(device):  # open_clip builds on the CPU and then moves to ``device`` otherwise
+        model = open_clip.create_model(name, force_image_size=image_size, device=device)
+    return model, open_clip.get_tokenizer(name)
 
 
 def _batch(image_size: int, batch: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ same words ``__post_init__`` uses.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING
 from typing import Any
@@ -25,6 +26,8 @@ def _parser(o: Option, check_bounds: bool) -> Callable[[str], Any]:
         except ValueError:
             kind = "a whole number" if o.base is int else "a number"
             raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        if not math.isfinite(value):  # no option means NaN or infinity (nor can JSON carry them to a service)
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if check_bounds and o.bounds and (why := bound_error(value, o.bounds)):
             raise argparse.ArgumentTypeError(why)
         return value

@@ -33,7 +33,7 @@ from .config import (
     TrainConfig,
 )
 from .errors import Cancelled, ConfigError, SaftError
-from .flags import add_option, add_options, config_values
+from .flags import add_option, add_options, config_values, finite_float
 from .frontier import DEFAULT_ALPHA, RECOMMENDED, RULE, AlphaChoice, parse_alpha, resolve_alpha
 from .options import option_of
 
@@ -311,7 +311,7 @@ def add_training_options(p: argparse.ArgumentParser, *, check_bounds: bool = Tru
     check = {"check_bounds": check_bounds}
     add_options(p, TrainConfig, skip=_TRAIN_BY_HAND, **check)
     grad_clip = option_of(TrainConfig, "grad_clip")
-    p.add_argument("--grad-clip", type=float, default=grad_clip.default,
+    p.add_argument("--grad-clip", type=finite_float, default=grad_clip.default,
                    help=f"{grad_clip.help.split(';')[0]}; 0 disables (default {grad_clip.default})")
     add_option(p, option_of(DataConfig, "shots"), **check)
     add_option(p, option_of(DataConfig, "validation_fraction"), **check)

@@ -36,6 +36,17 @@ def _parser(o: Option, check_bounds: bool) -> Callable[[str], Any]:
     return parse
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type`` of a float flag written by hand: a finite number (NaN and infinity are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _help(o: Option, default: Any) -> str:
     text = o.help.rstrip(".").replace("%", "%%")  # argparse formats help with %
     if default in (None, False) or "default" in text:  # None and False say nothing; some texts name it

@@ -222,16 +222,15 @@ def job_body(
     top["method"] = m
     if hp:
         top["hyperparameters"] = hp
-    # Validate the shape here (unknown fields, wrong types) so a typo fails before a request is made.
-    try:
-        body = JobCreate.model_validate(top).model_dump(mode="json", exclude_unset=True)
-    except pydantic.ValidationError as e:
-        raise SaftClientError(f"invalid job options: {e}") from e
-    # JSON has no NaN or infinity (the request could not even be encoded): refuse them by name.
-    for where, value in _numbers(body):
+    # JSON has no NaN or infinity (and pydantic would write them as null: "no grad clip"): refuse them by name.
+    for where, value in _numbers(top):
         if not math.isfinite(value):
             raise SaftClientError(f"invalid job options: {where} must be a finite number, got {value}")
-    return body
+    # Validate the shape here (unknown fields, wrong types) so a typo fails before a request is made.
+    try:
+        return JobCreate.model_validate(top).model_dump(mode="json", exclude_unset=True)
+    except pydantic.ValidationError as e:
+        raise SaftClientError(f"invalid job options: {e}") from e
 
 
 def _numbers(obj: Any, where: str = "") -> Iterator[tuple[str, float]]:

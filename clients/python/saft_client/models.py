@@ -193,11 +193,12 @@ class JobEvent(_Model):
     """A status change, stage, progress report, message, metrics or error (server schema ``JobEventPublic``).
 
     ``id`` increases within a job; ``data`` of a progress event has ``stage``, ``step``, ``total_steps`` and,
-    while training, ``train_loss`` and ``learning_rate``; a status event has ``status``."""
+    while training, ``train_loss`` and ``learning_rate``; a status event has ``status``; a warning event (a
+    training-health warning) has ``code`` and ``hint``."""
 
     id: int
     created_at: datetime
-    kind: Literal["status", "stage", "progress", "message", "metrics", "error"]
+    kind: Literal["status", "stage", "progress", "message", "metrics", "warning", "error"]
     level: Literal["info", "warning", "error"]
     message: str
     data: dict[str, Any]

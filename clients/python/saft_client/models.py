@@ -193,12 +193,11 @@ class JobEvent(_Model):
     """A status change, stage, progress report, message, metrics or error (server schema ``JobEventPublic``).
 
     ``id`` increases within a job; ``data`` of a progress event has ``stage``, ``step``, ``total_steps`` and,
-    while training, ``train_loss`` and ``learning_rate``; a status event has ``status``; a warning event (a
-    training-health warning) has ``code`` and ``hint``."""
+    while training, ``train_loss`` and ``learning_rate``; a status event has ``status``."""
 
     id: int
     created_at: datetime
-    kind: Literal["status", "stage", "progress", "message", "metrics", "warning", "error"]
+    kind: Literal["status", "stage", "progress", "message", "metrics", "error"]
     level: Literal["info", "warning", "error"]
     message: str
     data: dict[str, Any]

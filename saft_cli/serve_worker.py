@@ -7,6 +7,7 @@ banner, its warnings), as the last thing on screen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -20,7 +21,8 @@ def run(argv: list[str]) -> int:
     fd = int(argv[0])
 
     def ready(**_: object) -> None:
-        os.write(fd, b"ready\n")
+        with contextlib.suppress(OSError):  # the parent stopped waiting (its timeout): nothing to tell
+            os.write(fd, b"ready\n")
         os.close(fd)
 
     signals.worker_ready.connect(ready, weak=False)

@@ -183,6 +183,13 @@ def wait_ready(stack: Stack, timeout: float = 120.0) -> None:
     raise RuntimeError(f"service not ready after {timeout} s: {last}\n{stack.logs()}")
 
 
+def serve_key(proc: Proc, timeout: float = 180.0) -> str:
+    """The key ``saft serve`` printed: it comes once its worker is ready, after the worker's start-up output."""
+    line = wait_until(lambda: next((ln for ln in proc.lines if ln.startswith("API key")), None), timeout=timeout)
+    assert line, f"saft serve printed no key\n{proc.tail()}"
+    return line.split()[-1]
+
+
 def create_key(env: dict[str, str], tenant: str) -> str:
     out = subprocess.run(
         saft("keys", "create", "--tenant", tenant),
@@ -287,9 +294,7 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack("embedded", f"http://127.0.0.1:{port}", data_dir, {}, [proc], env, import_root)
     try:
         wait_ready(stack)
-        key_lines = [ln for ln in proc.lines if ln.startswith("API key")]
-        assert key_lines, f"saft serve printed no key\n{stack.logs()}"
-        stack.keys["alpha"] = key_lines[-1].split()[-1]
+        stack.keys["alpha"] = serve_key(proc)
         assert any(ln == f"URL: {stack.base_url}" for ln in proc.lines), stack.logs()
         stack.keys["beta"] = create_key(env, "beta")
         yield stack

@@ -66,7 +66,7 @@ class _Bars:
 
         if self.bar is None or self.bar.desc != p.stage:
             self.close()
-            self.bar = tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=True, dynamic_ncols=True)
         self.bar.total = p.total
         self.bar.n = p.step
         if p.loss is not None:

@@ -154,3 +154,36 @@ def test_problem_documents_carry_the_request_id(pg_stack: Stack) -> None:
     r = httpx.post(f"{pg_stack.base_url}/v1/jobs", json={"dataset_id": "ds_x"})
     assert r.status_code == 401
     assert r.json()["request_id"] == r.headers["x-request-id"] and len(r.headers["x-request-id"]) == 32
+
+
+def test_an_unexpected_error_keeps_the_request_id_in_its_answer_and_log(tmp_path: Path) -> None:
+    """The handler of unexpected errors answers outside the middleware that sets the header (in-process app)."""
+    import io
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from saft_service.logs import JsonFormatter
+    from saft_service.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path, run_reaper=False))
+
+    @app.get("/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("api.problems")
+    logger.addHandler(handler)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            r = client.get("/v1/boom", headers={"X-Request-ID": "rid-500"})
+    finally:
+        logger.removeHandler(handler)
+    assert r.status_code == 500 and r.json()["code"] == "internal_error"
+    assert r.json()["request_id"] == "rid-500" and r.headers.get_list("x-request-id") == ["rid-500"]
+    (line,) = [json.loads(ln) for ln in out.getvalue().splitlines() if "unhandled error" in ln]
+    assert line["request_id"] == "rid-500" and "RuntimeError: kaboom" in line["exception"]

@@ -27,7 +27,7 @@ def settings_from_env() -> Settings:
     from .settings import get_settings
 
     settings = get_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return settings
 
 

@@ -9,6 +9,7 @@ from celery.signals import worker_init, worker_process_init
 from sqlalchemy.exc import DBAPIError
 
 from saft_service.queue import RUN_JOB_TASK
+from saft_service.settings import get_settings
 
 from . import runner
 from .app import app
@@ -40,6 +41,17 @@ def _preload_core(**_: object) -> None:
     """Import the core (torch, open_clip) once, in the worker's main process, so a pool process forked from
     it starts a job at once. Importing does not initialise CUDA: the job does that, in the pool process."""
     import saft_core.pipeline  # noqa: F401
+
+
+@worker_init.connect
+def _serve_metrics(**_: object) -> None:
+    """Serve the worker's metrics on ``SAFT_WORKER_METRICS_PORT`` from its main process (the job process writes
+    its own to the multiprocess folder that ``saft worker`` set up, and the port sums them)."""
+    port = get_settings().worker_metrics_port
+    if port:
+        from saft_service.metrics import serve_worker_metrics
+
+        serve_worker_metrics(port)
 
 
 @worker_process_init.connect

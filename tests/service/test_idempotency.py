@@ -224,3 +224,49 @@ def test_keys_expire_are_purged_and_a_lost_claim_is_taken_over(factory: tuple[ob
     )  # "done"; "busy" is newer
     assert idempotency.count(f, tenant) == 1
     assert isinstance(claim("done", timedelta(hours=25)), idempotency.Claimed)  # a new request now
+
+
+# --- a crash between the commit of what a request created and the storing of its answer --------------------
+
+
+class Crash(Exception):
+    """The API process dies here: nothing after this point of the request runs."""
+
+
+def test_a_retry_after_a_crash_before_the_answer_was_stored_gets_the_first_answer(
+    migrated_settings: Settings, shapes_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dataset and the job commit with their key's answer, so a request cut off after that commit (here:
+    where the exact answer would be stored) is replayed by its retry, not run again into a second one."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    settings = migrated_settings
+    with db.session_scope(settings) as session:
+        _, api_key = keys.create_key(session, tenant_name="crash")
+
+    def crash(*args: object, **kwargs: object) -> bool:
+        raise Crash
+
+    archive = zip_dir(shapes_dir)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {api_key}"}) as c:
+        for path, send in [
+            ("/v1/datasets", lambda key: c.post(path, data={"name": "crash"}, files={"file": ("s.zip", archive)},
+                                                headers={HEADER: key})),
+            ("/v1/jobs", lambda key: c.post(path, json={"dataset_id": first_ds}, headers={HEADER: key})),
+        ]:
+            key = new_key()
+            with monkeypatch.context() as m:
+                m.setattr(idempotency, "complete", crash)
+                with pytest.raises(Crash):
+                    send(key)
+            made = c.get(path).json()["data"]
+            assert len(made) == 1  # the first request did create it
+            retry = send(key)
+            assert retry.status_code == 201, retry.text
+            assert retry.headers.get("idempotent-replayed") == "true"
+            assert retry.json()["id"] == made[0]["id"]
+            assert len(c.get(path).json()["data"]) == 1  # and nothing more
+            first_ds = made[0]["id"]
+    db.get_engine(settings).dispose()

@@ -251,22 +251,25 @@ def test_a_retry_after_a_crash_before_the_answer_was_stored_gets_the_first_answe
 
     archive = zip_dir(shapes_dir)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {api_key}"}) as c:
-        for path, send in [
-            ("/v1/datasets", lambda key: c.post(path, data={"name": "crash"}, files={"file": ("s.zip", archive)},
-                                                headers={HEADER: key})),
-            ("/v1/jobs", lambda key: c.post(path, json={"dataset_id": first_ds}, headers={HEADER: key})),
-        ]:
+        made: dict[str, str] = {}
+
+        def send(path: str, key: str) -> httpx.Response:
+            if path == "/v1/datasets":
+                return c.post(path, data={"name": "crash"}, files={"file": ("s.zip", archive)}, headers={HEADER: key})
+            return c.post(path, json={"dataset_id": made["/v1/datasets"]}, headers={HEADER: key})
+
+        for path in ("/v1/datasets", "/v1/jobs"):
             key = new_key()
             with monkeypatch.context() as m:
                 m.setattr(idempotency, "complete", crash)
                 with pytest.raises(Crash):
-                    send(key)
-            made = c.get(path).json()["data"]
-            assert len(made) == 1  # the first request did create it
-            retry = send(key)
+                    send(path, key)
+            rows = c.get(path).json()["data"]
+            assert len(rows) == 1  # the first request did create it
+            retry = send(path, key)
             assert retry.status_code == 201, retry.text
             assert retry.headers.get("idempotent-replayed") == "true"
-            assert retry.json()["id"] == made[0]["id"]
+            assert retry.json()["id"] == rows[0]["id"]
             assert len(c.get(path).json()["data"]) == 1  # and nothing more
-            first_ds = made[0]["id"]
+            made[path] = rows[0]["id"]
     db.get_engine(settings).dispose()

@@ -19,7 +19,7 @@ from saft_service.storage import Storage
 from . import problems
 from .classify import ClassifierCache
 from .deps import key_checker
-from .limits import AuthenticateFirst, ContentLengthLimit, JsonBodyLimit
+from .limits import AuthenticateFirst, BodyTimeout, ContentLengthLimit, JsonBodyLimit
 from .routes import classify, console, datasets, health, jobs, models, thumbnails, uploads, usage
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.add_middleware(AuthenticateFirst, check=key_checker(settings))
+    app.add_middleware(BodyTimeout, seconds=settings.request_body_timeout)  # outermost: every reader is timed
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(datasets.router, max_body_size=settings.max_upload_bytes)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from saft_core.errors import SaftError
 from saft_service.limits import LIMIT_CODES, LimitError
@@ -39,6 +40,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -110,8 +112,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = "the request body is too large" + (f" (limit: {limit} bytes)" if limit else "")
     elif exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}"
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # The router answers with the methods of the first route of this path; list those of all of them.
+        allowed = ", ".join(allowed_methods(request))
+        headers = {**(headers or {}), "Allow": allowed}
+        detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
     code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    return problem_response(request, exc.status_code, code, detail, headers=getattr(exc, "headers", None))
+    return problem_response(request, exc.status_code, code, detail, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on the request's path, sorted."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match in (Match.FULL, Match.PARTIAL):
+                methods |= route.methods
+    return sorted(methods)
 
 
 # Pydantic's wording, said plainly: "Value error, template ..." is the validator's own sentence; "Input should be

@@ -84,9 +84,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.new_key or not keys.tenant_has_keys(session, DEFAULT_TENANT):
             _, key = keys.create_key(session, tenant_name=DEFAULT_TENANT)
         queued = jobs.recover_after_restart(session, max_attempts=settings.max_attempts)
-    # 2. One worker process (its own process group, so stopping it also stops its pool child).
+    # 2. One worker process (its own process group, so stopping it also stops its pool child). It ends with
+    # this process however this one ends (a kill -9, an OOM kill): a restart never finds an old worker on the
+    # queue beside the new one.
     worker = subprocess.Popen(
-        [sys.executable, "-m", "saft_cli", "worker", "--pool", args.pool],
+        [sys.executable, "-m", "saft_cli", "worker", "--pool", args.pool, "--exit-with-parent", str(os.getpid())],
         start_new_session=True,
         stdout=sys.stderr,  # keep stdout for the banner (URL and key)
     )

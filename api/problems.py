@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 
 from saft_core.errors import SaftError
 from saft_service.limits import LIMIT_CODES, LimitError
@@ -122,15 +122,17 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, code, detail, headers=headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app accepts on the request's path, sorted."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(request.scope)
-            if match in (Match.FULL, Match.PARTIAL):
-                methods |= route.methods
-    return sorted(methods)
+    """Every method some route of the app accepts on the request's path, sorted: the methods for which the
+    router finds a full match (asked through each route's public ``matches``, whatever nests the routes)."""
+    return sorted(
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)
+    )
 
 
 # Pydantic's wording, said plainly: "Value error, template ..." is the validator's own sentence; "Input should be

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     )
     classify_max_params: int | None = Field(
         200_000_000, ge=1, description="Largest model (parameters) the API process loads for classify; larger "
-        "ones, and ones whose size cannot be known without a download, answer 422 model_too_large; unset: any.",
+        "ones, and ones whose size cannot be known without a download, answer 422 model_too_large; 'none': any.",
     )
     max_templates: int = Field(100, ge=1, description="Most prompt templates in one job.")
     max_template_chars: int = Field(300, ge=3, description="Longest prompt template.")
@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("INFO", description="Logging level of the API and worker.")
+
+    @field_validator("classify_max_params", mode="before")
+    @classmethod
+    def _no_budget(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
     @field_validator("import_roots", mode="before")
     @classmethod

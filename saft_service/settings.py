@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Most prompts (labels x the model's templates) one classify request encodes."
     )
     classify_max_params: int | None = Field(
-        200_000_000, ge=1, description="Largest model (parameters) the API process loads for classify; larger "
+        300_000_000, ge=1, description="Largest model (parameters) the API process loads for classify; larger "
         "ones, and ones whose size cannot be known without a download, answer 422 model_too_large; 'none': any.",
     )
     max_templates: int = Field(100, ge=1, description="Most prompt templates in one job.")

@@ -76,13 +76,16 @@ def _tenant_upload(session: Session, storage: Storage, tenant: Tenant, upload_id
     responses={**INVALID, **TOO_LARGE, **IDEMPOTENCY_RESPONSES},
     dependencies=[IDEMPOTENT],
 )
-def create_upload(body: UploadCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> UploadPublic:
+def create_upload(
+    body: UploadCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep, answer: IdempotentAnswer
+) -> UploadPublic:
     """Declare the file (name, size, optionally its SHA-256); the answer says how to cut it: `part_size` and
     `parts_total`. Then `PUT` each part, in any order and in parallel, and `complete`. The declared size counts
     against the tenant's storage quota at once (413 `storage_quota_exceeded` if it does not fit)."""
     try:
         upload = multipart.create_upload(
-            session, settings, tenant_id=tenant.id, filename=body.filename, size=body.size, sha256=body.sha256
+            session, settings, tenant_id=tenant.id, filename=body.filename, size=body.size, sha256=body.sha256,
+            also=lambda s, u: answer(s, 201, UploadPublic.of(u)),
         )
     except MultipartError as e:
         raise _problem(e) from e

@@ -236,8 +236,9 @@ class Crash(Exception):
 def test_a_retry_after_a_crash_before_the_answer_was_stored_gets_the_first_answer(
     migrated_settings: Settings, shapes_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The dataset and the job commit with their key's answer, so a request cut off after that commit (here:
-    where the exact answer would be stored) is replayed by its retry, not run again into a second one."""
+    """The dataset, the job and the multipart upload commit with their key's answer, so a request cut off after
+    that commit (here: where the exact answer would be stored) is replayed by its retry, not run again into a
+    second one."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
@@ -256,9 +257,11 @@ def test_a_retry_after_a_crash_before_the_answer_was_stored_gets_the_first_answe
         def send(path: str, key: str) -> httpx.Response:
             if path == "/v1/datasets":
                 return c.post(path, data={"name": "crash"}, files={"file": ("s.zip", archive)}, headers={HEADER: key})
+            if path == "/v1/uploads":
+                return c.post(path, json={"filename": "s.zip", "bytes": len(archive)}, headers={HEADER: key})
             return c.post(path, json={"dataset_id": made["/v1/datasets"]}, headers={HEADER: key})
 
-        for path in ("/v1/datasets", "/v1/jobs"):
+        for path in ("/v1/datasets", "/v1/jobs", "/v1/uploads"):
             key = new_key()
             with monkeypatch.context() as m:
                 m.setattr(idempotency, "complete", crash)

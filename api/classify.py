@@ -23,6 +23,7 @@ from PIL import Image
 from saft_core.config import ModelSpec
 from saft_core.images import ImageDecodeError, decode_image
 from saft_core.inference import Classifier
+from saft_core.models import parameter_count
 from saft_service.limits import LimitError, check_name, loads_bounded
 from saft_service.settings import Settings
 
@@ -143,6 +144,36 @@ def parse_labels(raw: str | None, settings: Settings) -> list[str] | None:
     if len(set(labels)) != len(labels):
         raise ProblemError(422, "invalid_labels", "labels must be distinct")
     return labels
+
+
+def check_cost(model: str, labels: int, templates: int, settings: Settings) -> None:
+    """Refuse a classify request whose head or model is over the service's limits, before anything is built:
+    ``too_many_prompts`` (labels x templates over ``SAFT_MAX_CLASSIFY_PROMPTS``; each prompt is a pass of the
+    text encoder) and ``model_too_large`` (more parameters than ``SAFT_CLASSIFY_MAX_PARAMS``, or a size that
+    cannot be known without a download)."""
+    prompts = labels * templates
+    if prompts > settings.max_classify_prompts:
+        raise LimitError(
+            "too_many_prompts",
+            f"{labels} labels x {templates} templates = {prompts} prompts; the limit is "
+            f"{settings.max_classify_prompts} (SAFT_MAX_CLASSIFY_PROMPTS); send fewer labels",
+        )
+    limit = settings.classify_max_params
+    if limit is None:
+        return
+    count = parameter_count(model)
+    if count is None:
+        raise LimitError(
+            "model_too_large",
+            f"the size of model {model!r} cannot be checked without downloading it; classify here loads only "
+            f"models of at most {limit} parameters (SAFT_CLASSIFY_MAX_PARAMS)",
+        )
+    if count > limit:
+        raise LimitError(
+            "model_too_large",
+            f"model {model!r} has {count} parameters; classify here loads models of at most {limit} "
+            "(SAFT_CLASSIFY_MAX_PARAMS)",
+        )
 
 
 # Large JPEGs are decoded at a reduced scale (DCT scaling) no smaller than this; the model sees 224 px or so.

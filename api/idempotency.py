@@ -12,6 +12,10 @@ built with ``route_class=IdempotentRoute``. The route class wraps the whole rout
      answer is replayed when endpoint and fingerprint match, else 422 ``idempotency_key_reused``;
    - new: the route runs on a request whose body is hashed while the route reads it; a 2xx answer is stored
      with the fingerprint, anything else frees the key so that a retry runs again.
+3. A route that creates something (a job, a dataset) takes ``IdempotentAnswer`` and calls it inside the
+   transaction that creates it, so the answer is recorded in the same commit: a process that dies after that
+   commit (before the answer is sent or stored) leaves a key whose retry gets the first answer, never a second
+   job. The exact bytes sent replace the recorded answer once the response is built.
 
 The fingerprint is the SHA-256 of the body bytes; for ``multipart/form-data`` the boundary (random per client
 request) is replaced by a fixed token first, so a retry of the same upload matches.
@@ -30,6 +34,8 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, Header, Request, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message
 
@@ -75,6 +81,37 @@ def idempotency_key_header(
 
 
 IDEMPOTENT = Depends(idempotency_key_header)
+
+_HELD = "saft.idempotency"  # scope entry: the key this request owns, while its route runs
+
+
+class HeldKey:
+    """The key a running request owns: what ``IdempotentAnswer`` needs to record the answer."""
+
+    def __init__(self, tenant_id: str, key: str, token: str, fingerprint: BodyFingerprint) -> None:
+        self.tenant_id, self.key, self.token, self.fingerprint = tenant_id, key, token, fingerprint
+
+    def record(self, session: Session, status: int, answer: BaseModel) -> None:
+        """Record ``answer`` in ``session``'s transaction (committed by the caller with what it created)."""
+        if not self.fingerprint.complete:  # the body is read before a route runs; if not, keep the old way
+            return
+        stored = idempotency.record_answer(
+            session, tenant_id=self.tenant_id, key=self.key, token=self.token,
+            fingerprint=self.fingerprint.hexdigest(), status=status, content_type="application/json",
+            body=answer.model_dump_json(),
+        )
+        if not stored:
+            log.warning("idempotency key of tenant %s was taken over before its answer was recorded", self.tenant_id)
+
+
+def _answer_recorder(request: Request) -> Callable[[Session, int, BaseModel], None]:
+    held: HeldKey | None = request.scope.get(_HELD)
+    return held.record if held is not None else (lambda session, status, answer: None)
+
+
+IdempotentAnswer = Annotated[Callable[[Session, int, BaseModel], None], Depends(_answer_recorder)]
+"""``record(session, status, answer)``: call it in the transaction that creates what the request creates (a
+no-op for a request without ``Idempotency-Key``)."""
 
 
 class BodyFingerprint:
@@ -221,6 +258,7 @@ async def _run_first(
     def release() -> None:
         idempotency.release(factory, tenant_id=tenant_id, key=key, token=token)
 
+    request.scope[_HELD] = HeldKey(tenant_id, key, token, fingerprint)
     try:
         response = await handler(Request(request.scope, fingerprint.receive, request._send))
         await fingerprint.drain()

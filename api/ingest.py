@@ -44,7 +44,7 @@ def _dataset_row(
 
 def _commit_row(
     session: Session, settings: Settings, row: Dataset, *, counted: int, exclude_upload: str | None,
-    also: Callable[[Session], None] | None,
+    also: Callable[[Session, Dataset], None] | None,
 ) -> None:
     """Write ``row`` (and whatever ``also`` writes, e.g. deleting the upload it came from) in one transaction
     that first checks that ``counted`` more bytes fit the tenant's quota."""
@@ -52,17 +52,18 @@ def _commit_row(
     tenant_usage(session, row.tenant_id, settings, exclude_upload=exclude_upload).check(counted)
     session.add(row)
     if also is not None:
-        also(session)
+        also(session, row)
     session.commit()
 
 
 def ingest_archive(
     fileobj: BinaryIO, *, name: str, tenant: Tenant, session: Session, settings: Settings, storage: Storage,
-    max_bytes: int | None = None, exclude_upload: str | None = None, also: Callable[[Session], None] | None = None,
+    max_bytes: int | None = None, exclude_upload: str | None = None,
+    also: Callable[[Session, Dataset], None] | None = None,
 ) -> Dataset:
     """Check, extract and store the archive in ``fileobj`` as a dataset of ``tenant``. ``max_bytes``: the
     extraction limit (default ``SAFT_MAX_EXTRACTED_BYTES``); ``exclude_upload``: an upload whose reservation
-    this dataset replaces; ``also``: more writes for the row's transaction."""
+    this dataset replaces; ``also``: more writes for the row's transaction (given the row)."""
     storage.ensure()
     usage = tenant_usage(session, tenant.id, settings, exclude_upload=exclude_upload)
     session.commit()  # no connection held through the extraction
@@ -100,10 +101,12 @@ def ingest_archive(
 
 
 def ingest_folder(
-    folder: Path, *, shown: str, name: str, tenant: Tenant, session: Session, settings: Settings
+    folder: Path, *, shown: str, name: str, tenant: Tenant, session: Session, settings: Settings,
+    also: Callable[[Session, Dataset], None] | None = None,
 ) -> Dataset:
     """Register the ImageFolder ``folder`` (resolved, under an import root) in place as an external dataset.
-    ``shown``: the path as the client sent it, used in messages instead of the resolved one."""
+    ``shown``: the path as the client sent it, used in messages instead of the resolved one; ``also``: more
+    writes for the row's transaction (given the row)."""
     try:
         size = check_folder(folder, Limits.of(settings), allowed=settings.resolved_import_roots)
         ds = load_dataset(folder, verify=True, max_pixels=settings.max_image_pixels)
@@ -113,6 +116,8 @@ def ingest_folder(
         raise ProblemError(422, e.code, redact_paths(e.message, {folder: shown})) from e
     row = _dataset_row(new_id("ds"), tenant, name, str(folder), ds, size, external=True)
     session.add(row)
+    if also is not None:
+        also(session, row)
     session.commit()
     log.info("tenant %s registered dataset %s in place (%d images, %d classes)",
              tenant.name, row.id, row.num_images, len(row.classes))

@@ -1,5 +1,6 @@
 """ASGI middlewares that refuse a request before the framework reads its body: a declared ``Content-Length``
-over its limit (413), a body without a valid API key (401), a JSON body too large or too deep (413, 422).
+over its limit (413), a body without a valid API key (401), a JSON body too large or too deep (413, 422); and
+one that stops waiting for a body that does not arrive (408).
 
 FastAPI's ``max_body_size`` (set per router in ``main.py``) also counts the bytes of bodies without a length
 (chunked), and its 413 goes through our problem handler; for a declared length Starlette answers in plain
@@ -8,6 +9,7 @@ text, so this middleware answers first, as ``application/problem+json``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import anyio
@@ -18,6 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from saft_service.limits import json_depth_exceeds
 
 from .problems import problem_response
+
+log = logging.getLogger(__name__)
 
 
 class ContentLengthLimit:
@@ -154,3 +158,65 @@ class JsonBodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class BodyTimeout:
+    """ASGI middleware: a request whose body stops arriving (no bytes for ``seconds``) answers 408
+    ``request_timeout`` and its connection closes, instead of holding a connection and a thread forever.
+
+    The wait is bounded between two chunks of the body (a slow but steady upload goes on), and only until the
+    last chunk (a stream that waits for the client to go away is not timed). Whatever the code reading the
+    body made of the timeout (an error, a 400 of the framework's body parser), the client gets the 408.
+    """
+
+    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+        timed_out = started = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done, timed_out
+            if body_done:
+                return await receive()
+            try:
+                with anyio.fail_after(self.seconds):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                raise BodyTimedOut from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if timed_out and not started:
+                return  # the answer is ours (below)
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not timed_out:
+                raise
+        if timed_out and not started:
+            log.info("%s %s: no body bytes for %.0f s; answered 408", scope["method"], scope["path"], self.seconds)
+            response = problem_response(
+                Request(scope),
+                408,
+                "request_timeout",
+                f"the request body stopped arriving: no bytes for {self.seconds:g} s (SAFT_REQUEST_BODY_TIMEOUT)",
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+
+
+class BodyTimedOut(Exception):
+    """Raised to the code that waits for a body chunk that did not come in time."""

@@ -21,7 +21,7 @@ from saft_service.storage import Storage
 from . import problems
 from .classify import ClassifierCache
 from .deps import key_checker
-from .limits import AuthenticateFirst, ContentLengthLimit, JsonBodyLimit
+from .limits import AuthenticateFirst, BodyTimeout, ContentLengthLimit, JsonBodyLimit
 from .observability import RequestObservation
 from .routes import classify, console, datasets, health, jobs, metrics, models, thumbnails, uploads, usage
 
@@ -93,7 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.add_middleware(AuthenticateFirst, check=key_checker(settings))
-    app.add_middleware(RequestObservation)  # outermost of ours: every answer gets the request id and is timed
+    app.add_middleware(BodyTimeout, seconds=settings.request_body_timeout)  # every reader of the body is timed
+    app.add_middleware(RequestObservation)  # outermost of ours: every answer (a 408 too) gets the request id
     app.state.metrics_registry = service_metrics.scrape_registry(service_metrics.StoreCollector(settings))
     app.include_router(health.router)
     app.include_router(metrics.router)

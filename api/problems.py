@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from saft_core.errors import SaftError
 from saft_service.limits import LIMIT_CODES, LimitError
@@ -43,6 +44,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -121,8 +123,27 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = "the request body is too large" + (f" (limit: {limit} bytes)" if limit else "")
     elif exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}"
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # The router answers with the methods of the first route of this path; list those of all of them.
+        allowed = ", ".join(allowed_methods(request))
+        headers = {**(headers or {}), "Allow": allowed}
+        detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
     code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    return problem_response(request, exc.status_code, code, detail, headers=getattr(exc, "headers", None))
+    return problem_response(request, exc.status_code, code, detail, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on the request's path, sorted: the methods for which the
+    router finds a full match (asked through each route's public ``matches``, whatever nests the routes)."""
+    return sorted(
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)
+    )
 
 
 # Pydantic's wording, said plainly: "Value error, template ..." is the validator's own sentence; "Input should be

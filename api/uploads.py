@@ -90,21 +90,34 @@ class _Entry:
     ref: zipfile.ZipInfo | tarfile.TarInfo
 
 
+# Compressed tars other than gzip are refused whatever their size: their decoders cost far more (bzip2's CPU,
+# xz's memory, up to the dictionary size the file itself declares) for images that barely compress anyway.
+_REFUSED_COMPRESSIONS = {b"BZh": "bzip2 (.tar.bz2)", b"\xfd7zXZ\x00": "xz (.tar.xz)"}
+UNSUPPORTED = "the file is not a .zip, .tar or .tar.gz archive"
+
+
 def _archive_kind(f: BinaryIO) -> str:
+    """``zip``, ``tar`` or ``tar.gz`` from the file's first bytes; anything else is 415 ``unsupported_archive``."""
     f.seek(0)
     head = f.read(512)
     f.seek(0)
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
     if head[:2] == b"\x1f\x8b":
-        return "tar"  # gzip; tarfile checks it holds a tar
+        return "tar.gz"  # tarfile checks it holds a tar
+    for magic, what in _REFUSED_COMPRESSIONS.items():
+        if head.startswith(magic):
+            raise UploadError(
+                "unsupported_archive", f"{what} compressed archives are not accepted; send a .zip, .tar or .tar.gz",
+                status=415,
+            )
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
     if len(head) == 512 and tarfile.is_tarfile(f):  # old-style tar without the ustar magic
         f.seek(0)
         return "tar"
     f.seek(0)
-    raise UploadError("unsupported_archive", "the file is not a .zip, .tar or .tar.gz archive", status=415)
+    raise UploadError("unsupported_archive", UNSUPPORTED, status=415)
 
 
 def _normalise(name: str) -> tuple[str, ...] | None:
@@ -288,7 +301,7 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
                     with zf.open(e.ref) as src:  # type: ignore[arg-type]
                         budget -= _copy_limited(src, target, budget, "/".join(e.parts), limits)
         else:
-            with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
+            with tarfile.open(fileobj=fileobj, mode="r:gz" if kind == "tar.gz" else "r:") as tf:
                 entries = _plan(_tar_entries(tf, limits), limits)
                 for e in entries:
                     target = dest.joinpath(*e.parts)

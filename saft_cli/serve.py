@@ -138,10 +138,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _, key = keys.create_key(session, tenant_name=DEFAULT_TENANT)
         queued = jobs.recover_after_restart(session, max_attempts=settings.max_attempts)
     # 2. One worker process (its own process group, so stopping it also stops its pool child); it writes to
-    #    the pipe once it is ready for jobs.
+    #    the pipe once it is ready for jobs. It ends with this process however this one ends (a kill -9, an OOM
+    #    kill): a restart never finds an old worker on the queue beside the new one.
     ready_r, ready_w = os.pipe()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "saft_cli.serve_worker", str(ready_w), "--pool", args.pool],
+        [sys.executable, "-m", "saft_cli.serve_worker", str(ready_w), "--pool", args.pool,
+         "--exit-with-parent", str(os.getpid())],
         start_new_session=True,
         stdout=sys.stderr,  # keep stdout for the banner (URL and key)
         pass_fds=(ready_w,),

@@ -14,6 +14,7 @@ PIL only: no torch, so the API's upload path stays light.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -71,6 +72,10 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(str(e), code="image_too_large") from e
+        # PIL refuses at twice its own limit before we see the size; say our limit, not PIL's.
+        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        shown = f"{size.group(1)} pixels" if size else "over the limit"
+        raise ImageDecodeError(f"the image is {shown}; the limit is {limit}", code="image_too_large") from e
     except _DECODE_ERRORS as e:
         raise ImageDecodeError(str(e) or type(e).__name__) from e

@@ -11,6 +11,7 @@ download retries.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -46,6 +47,7 @@ __all__ = [
     "available_models",
     "is_architecture",
     "load_model",
+    "parameter_count",
     "pretrained_tags",
     "resolve_device",
     "weights_sha256",
@@ -201,6 +203,26 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None, *, cac
         raise ModelError(f"cannot load model {spec.name!r} with pretrained {spec.pretrained!r}: {e}") from e
     model.eval()
     return LoadedModel(model, pre_train, pre_eval, tokenizer, asked, weights_sha256(model), dev)
+
+
+@functools.lru_cache(maxsize=256)
+def parameter_count(name: str) -> int | None:
+    """Parameters of architecture ``name``, counted on torch's meta device: no memory is allocated and no
+    weights are read, so it costs milliseconds (ViT-L-14: 40 ms).
+    None when it is not known without a download (an ``hf-hub:`` model, a Hugging Face text tower) or the
+    architecture is unknown."""
+    if _is_hf_hub(name) or name not in open_clip.list_models():
+        return None
+    config = open_clip.get_model_config(name) or {}
+    if config.get("text_cfg", {}).get("hf_model_name"):
+        return None
+    try:
+        with torch.device("meta"):  # every tensor created without storage (also what open_clip makes itself)
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+    except (RuntimeError, ValueError, OSError, KeyError, NotImplementedError) as e:
+        log.warning("cannot count the parameters of %s: %s", name, e)
+        return None
+    return sum(p.numel() for p in model.parameters())
 
 
 def is_architecture(name: str) -> bool:

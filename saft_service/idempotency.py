@@ -6,13 +6,16 @@ one request (its endpoint and body fingerprint). Its life:
 1. ``claim``: the first request inserts the row in state ``processing`` with a random ``token`` (the primary
    key ``(tenant_id, key)`` makes two racing requests agree on one owner); a retry finds the row and gets
    ``InUse`` (still running) or ``Replay`` (done: the stored answer).
-2. ``complete``: the owner stores its answer (state ``done``); ``release``: the owner gave no answer worth
-   replaying (an error), so the key is freed and a retry runs again.
+2. ``record_answer``: the owner writes its answer (state ``done``) in the transaction that creates what the
+   request creates (the job, the dataset), so the two commit together: a retry after a crash at any point
+   finds either nothing created and the key still ``processing`` (3.), or the answer. ``complete`` then stores
+   the exact bytes sent; ``release``: the owner gave no answer worth replaying (an error), so the key is
+   freed and a retry runs again (a key whose answer is recorded is never freed).
 3. A ``processing`` row older than ``stale_after`` (its request died with its process) and an expired row can
    be taken over by the next request (compare-and-set on the token, so only one does).
 4. ``purge_expired`` deletes rows past ``expires_at`` (kept ``SAFT_IDEMPOTENCY_TTL`` seconds, at least a day).
 
-Each function opens and commits its own short transaction.
+Each function but ``record_answer`` opens and commits its own short transaction.
 """
 
 from __future__ import annotations
@@ -146,29 +149,52 @@ def complete(
     content_type: str,
     body: str,
 ) -> bool:
-    """Store the owner's answer; False when the key is no longer this owner's (taken over or purged)."""
+    """Store the owner's answer (the exact bytes sent, over a recorded one); False when the key is no longer
+    this owner's (taken over or purged)."""
     with factory() as session:
-        result = session.execute(
-            update(IdempotencyKey)
-            .where(
-                IdempotencyKey.tenant_id == tenant_id,
-                IdempotencyKey.key == key,
-                IdempotencyKey.token == token,
-            )
-            .values(state=DONE, fingerprint=fingerprint, status=status, content_type=content_type, body=body)
+        stored = record_answer(
+            session, tenant_id=tenant_id, key=key, token=token, fingerprint=fingerprint, status=status,
+            content_type=content_type, body=body,
         )
         session.commit()
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        return stored
+
+
+def record_answer(
+    session: Session,
+    *,
+    tenant_id: str,
+    key: str,
+    token: str,
+    fingerprint: str,
+    status: int,
+    content_type: str,
+    body: str,
+) -> bool:
+    """Write the owner's answer in ``session``'s transaction (the caller commits it with what it created);
+    False when the key is no longer this owner's."""
+    result = session.execute(
+        update(IdempotencyKey)
+        .where(
+            IdempotencyKey.tenant_id == tenant_id,
+            IdempotencyKey.key == key,
+            IdempotencyKey.token == token,
+        )
+        .values(state=DONE, fingerprint=fingerprint, status=status, content_type=content_type, body=body)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def release(factory: sessionmaker[Session], *, tenant_id: str, key: str, token: str) -> None:
-    """Free the key (the request failed): a retry with it runs again."""
+    """Free the key (the request failed): a retry with it runs again. A key whose answer was recorded with
+    what the request created stays: that answer is the one a retry gets."""
     with factory() as session:
         session.execute(
             delete(IdempotencyKey).where(
                 IdempotencyKey.tenant_id == tenant_id,
                 IdempotencyKey.key == key,
                 IdempotencyKey.token == token,
+                IdempotencyKey.state == PROCESSING,
             )
         )
         session.commit()

@@ -31,6 +31,8 @@ LIMIT_CODES = frozenset(
         "too_many_templates",
         "template_too_long",
         "too_many_labels",
+        "too_many_prompts",
+        "model_too_large",
         "label_too_long",
         "class_name_too_long",
         "too_many_classes",

@@ -20,7 +20,7 @@ import io
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -64,10 +64,12 @@ def plan_parts(size: int, settings: Settings) -> tuple[int, int]:
 
 
 def create_upload(
-    session: Session, settings: Settings, *, tenant_id: str, filename: str, size: int, sha256: str | None
+    session: Session, settings: Settings, *, tenant_id: str, filename: str, size: int, sha256: str | None,
+    also: Callable[[Session, Upload], None] | None = None,
 ) -> Upload:
     """A new upload of ``size`` bytes, its size reserved against the quota (raises ``StorageQuotaExceeded``) and
-    ``MultipartError`` past ``SAFT_MAX_MULTIPART_BYTES``. Committed."""
+    ``MultipartError`` past ``SAFT_MAX_MULTIPART_BYTES``. Committed, with whatever ``also`` writes (the API's
+    idempotent answer)."""
     if size > settings.max_multipart_bytes:
         raise MultipartError(
             413, "upload_too_large",
@@ -83,6 +85,8 @@ def create_upload(
         expires_at=now + timedelta(seconds=settings.upload_ttl),
     )
     session.add(upload)
+    if also is not None:
+        also(session, upload)
     session.commit()
     return upload
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         64 * MiB, ge=1, description="Largest body of any other request (classify)."
     )
     max_classify_images: int = Field(64, ge=1, description="Most images in one classify request.")
+    request_body_timeout: float = Field(
+        60.0, gt=0, description="Seconds the API waits for the next bytes of a request body; then 408."
+    )
     max_active_jobs: int = Field(
         20, ge=1, description="Most queued and running jobs one tenant may have; more answer 429."
     )
@@ -87,6 +90,13 @@ class Settings(BaseSettings):
         200, ge=1, description="Longest class name (folder or classes.json value) and classify label."
     )
     max_labels: int = Field(1000, ge=1, description="Most labels in one classify request.")
+    max_classify_prompts: int = Field(
+        10_000, ge=1, description="Most prompts (labels x the model's templates) one classify request encodes."
+    )
+    classify_max_params: int | None = Field(
+        300_000_000, ge=1, description="Largest model (parameters) the API process loads for classify; larger "
+        "ones, and ones whose size cannot be known without a download, answer 422 model_too_large; 'none': any.",
+    )
     max_templates: int = Field(100, ge=1, description="Most prompt templates in one job.")
     max_template_chars: int = Field(300, ge=3, description="Longest prompt template.")
     max_metadata_bytes: int = Field(8192, ge=2, description="Largest job metadata, as JSON.")
@@ -213,6 +223,11 @@ class Settings(BaseSettings):
         50, ge=1, description="Tenants listed by name in saft_tenant_storage_bytes (the largest; the rest summed "
         "as tenant=\"_other\")."
     )
+
+    @field_validator("classify_max_params", mode="before")
+    @classmethod
+    def _no_budget(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
     @field_validator("import_roots", mode="before")
     @classmethod

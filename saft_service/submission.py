@@ -15,6 +15,7 @@ insert one at a time, while other tenants' submissions go on in parallel on Post
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -46,8 +47,12 @@ class QuotaExceeded(SubmissionRefused):
     pass
 
 
-def submit_job(session: Session, settings: Settings, *, tenant: Tenant, spec: JobSpec) -> Job:
-    """Check, store and enqueue a job for ``tenant``; ``spec`` is the validated request. Commits.
+def submit_job(
+    session: Session, settings: Settings, *, tenant: Tenant, spec: JobSpec,
+    also: Callable[[Session, Job], None] | None = None,
+) -> Job:
+    """Check, store and enqueue a job for ``tenant``; ``spec`` is the validated request. Commits; ``also``
+    writes more in the job's transaction (the API records the request's idempotent answer there).
 
     Raises ``DatasetNotFound`` or ``QuotaExceeded`` (nothing stored). The returned job is ``queued``.
     """
@@ -78,6 +83,8 @@ def submit_job(session: Session, settings: Settings, *, tenant: Tenant, spec: Jo
         session, tenant_id=tenant.id, dataset_id=spec.dataset_id, spec=spec.model_dump(mode="json")
     )
     job_datasets.record(session, job.id, spec)
+    if also is not None:
+        also(session, job)
     session.commit()
     # From here the job exists: a database error must not turn into an error answer (a client retrying it
     # would make a second job). A message that was not sent is the reaper's to send.

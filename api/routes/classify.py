@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import Field
 
-from saft_core.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
+from saft_core.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TEMPLATES, ModelSpec
 from saft_core.frontier import DEFAULT_ALPHA, resolve_alpha
 from saft_service.allowed_models import check_model, resolve_pretrained
 from saft_service.jobs import JobStatus
@@ -18,7 +18,7 @@ from saft_service.limits import ID_PATTERN, LimitError
 from saft_service.metrics import CLASSIFY_IMAGES, CLASSIFY_SECONDS
 from saft_service.tables import Job
 
-from ..classify import ClassifierCache, decode_upload, parse_labels
+from ..classify import ClassifierCache, check_cost, decode_upload, parse_labels
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
 from ..problems import CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, UNAVAILABLE, ProblemError
 from ..schemas import ClassifyPublic, ImagePredictions, Prediction
@@ -85,12 +85,15 @@ def classify(
         alpha = resolve_alpha(alpha, job.checkpoint.recommended_alpha)
         if label_list is None:
             label_list = list(job.checkpoint.classes)
+        templates = len(spec.templates)  # the checkpoint's, which the job wrote from its spec
     else:
         model_spec = ModelSpec(name=model or DEFAULT_MODEL, pretrained=pretrained or DEFAULT_PRETRAINED)
         check_model(model_spec.name, model_spec.pretrained, settings)
         if label_list is None:
             raise ProblemError(422, "invalid_labels", "zero-shot classification needs labels (a JSON list)")
         alpha = 1.0
+        templates = len(DEFAULT_TEMPLATES)
+    check_cost(model_spec.name, len(label_list), templates, settings)
     session.commit()  # decoding and inference take seconds: hold no database connection through them
     started = time.perf_counter()
     pictures = [decode_upload(f.file.read(), i, settings.max_image_pixels) for i, f in enumerate(images)]

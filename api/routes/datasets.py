@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Res
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from saft_service.job_datasets import active_job_using
 from saft_service.limits import NO_CONTROL_CHARACTERS
@@ -18,7 +19,7 @@ from saft_service.storage import remove_tree
 from saft_service.tables import Dataset
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
-from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
+from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
 from ..ingest import ingest_archive, ingest_folder
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
@@ -115,6 +116,7 @@ def create_dataset(
     settings: SettingsDep,
     storage: StorageDep,
     imported: Annotated[DatasetImport | None, Depends(json_import)],
+    answer: IdempotentAnswer,
     file: Annotated[
         UploadFile | None, File(description="A .zip, .tar or .tar.gz of <class>/<image> (+ classes.json).")
     ] = None,
@@ -131,17 +133,21 @@ def create_dataset(
     already on the server, under one of the operator's import roots (`SAFT_IMPORT_ROOTS`): a folder is checked
     the same way and read in place (`external: true`; deleting the dataset never deletes those files), an
     archive is extracted into the store like an upload."""
+
+    def record(s: Session, row: Dataset) -> None:
+        answer(s, 201, DatasetPublic.of(row))
+
     if imported is not None:
         target = _import_target(imported.source.path, settings)
         if target.is_dir():
             row = ingest_folder(
                 target, shown=imported.source.path, name=imported.name, tenant=tenant, session=session,
-                settings=settings,
+                settings=settings, also=record,
             )
         else:
             with target.open("rb") as f:
                 row = ingest_archive(f, name=imported.name, tenant=tenant, session=session, settings=settings,
-                                     storage=storage)
+                                     storage=storage, also=record)
         return DatasetPublic.of(row)
     if file is None or name is None:
         missing = [n for n, v in (("file", file), ("name", name)) if v is None]
@@ -149,7 +155,8 @@ def create_dataset(
             [{"loc": ("body", m), "msg": "Field required", "type": "missing", "input": None} for m in missing]
         )
     return DatasetPublic.of(
-        ingest_archive(file.file, name=name, tenant=tenant, session=session, settings=settings, storage=storage)
+        ingest_archive(file.file, name=name, tenant=tenant, session=session, settings=settings, storage=storage,
+                       also=record)
     )
 
 

@@ -22,7 +22,7 @@ from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob, TenantJobBriefly
 from ..event_stream import KEEPALIVE_S, event_watch, job_event_stream
-from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
+from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_MANY, UNAVAILABLE, ProblemError
 from ..schemas import (
@@ -51,14 +51,16 @@ SAFETENSORS = "application/octet-stream"
     dependencies=[IDEMPOTENT],
 )
 def create_job(
-    body: JobCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep
+    body: JobCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep, answer: IdempotentAnswer
 ) -> JobPublic:
     """Queue a job. Poll `GET /v1/jobs/{id}` or stream `GET /v1/jobs/{id}/events/stream` to follow it.
 
     The job is stored before it is sent to the queue: if the queue is down it stays `queued` (an event says so)
     and is sent when the queue is back. Past the tenant's quota of active jobs: 429 with `Retry-After`."""
     try:
-        job = submit_job(session, settings, tenant=tenant, spec=body)
+        job = submit_job(
+            session, settings, tenant=tenant, spec=body, also=lambda s, j: answer(s, 201, JobPublic.of(j))
+        )
     except QuotaExceeded as e:
         raise ProblemError(429, e.code, e.message, headers={"Retry-After": "30"}) from e
     except SubmissionRefused as e:

@@ -22,11 +22,11 @@ from saft_service import multipart
 from saft_service.limits import ID_PATTERN
 from saft_service.multipart import MultipartError
 from saft_service.storage import Storage, is_storage_full
-from saft_service.tables import Tenant, Upload, UploadPart, utcnow
+from saft_service.tables import Dataset, Tenant, Upload, UploadPart, utcnow
 from saft_service.usage import StorageQuotaExceeded
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
-from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentRoute
+from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
 from ..ingest import ingest_archive
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
@@ -76,13 +76,16 @@ def _tenant_upload(session: Session, storage: Storage, tenant: Tenant, upload_id
     responses={**INVALID, **TOO_LARGE, **IDEMPOTENCY_RESPONSES},
     dependencies=[IDEMPOTENT],
 )
-def create_upload(body: UploadCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> UploadPublic:
+def create_upload(
+    body: UploadCreate, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep, answer: IdempotentAnswer
+) -> UploadPublic:
     """Declare the file (name, size, optionally its SHA-256); the answer says how to cut it: `part_size` and
     `parts_total`. Then `PUT` each part, in any order and in parallel, and `complete`. The declared size counts
     against the tenant's storage quota at once (413 `storage_quota_exceeded` if it does not fit)."""
     try:
         upload = multipart.create_upload(
-            session, settings, tenant_id=tenant.id, filename=body.filename, size=body.size, sha256=body.sha256
+            session, settings, tenant_id=tenant.id, filename=body.filename, size=body.size, sha256=body.sha256,
+            also=lambda s, u: answer(s, 201, UploadPublic.of(u)),
         )
     except MultipartError as e:
         raise _problem(e) from e
@@ -249,7 +252,7 @@ async def put_part(
 )
 def complete_upload(
     upload_id: UploadId, body: UploadComplete, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep,
-    storage: StorageDep,
+    storage: StorageDep, answer: IdempotentAnswer,
 ) -> DatasetPublic:
     """Every part must have arrived (409 `upload_incomplete` names the missing ones in `missing_parts`). The
     parts are read in order as one file, checked against the declared SHA-256 (422 `checksum_mismatch`: the
@@ -269,6 +272,11 @@ def complete_upload(
     # A multipart archive may extract to SAFT_MAX_EXTRACTED_BYTES or to four times its own size, whichever is
     # larger (images barely compress; a bomb cannot grow much), and never past the tenant's quota.
     max_bytes = max(settings.max_extracted_bytes, 4 * upload.size_bytes)
+
+    def replaces_upload(s: Session, row: Dataset) -> None:  # in the dataset's transaction
+        s.execute(delete(Upload).where(Upload.id == upload_id))
+        answer(s, 201, DatasetPublic.of(row))
+
     kept = True
     try:
         with multipart.CompletingBeat(settings, upload_id), multipart.open_parts(storage, upload) as reader:
@@ -281,7 +289,7 @@ def complete_upload(
             row = ingest_archive(
                 reader, name=body.name, tenant=tenant, session=session, settings=settings, storage=storage,
                 max_bytes=max_bytes, exclude_upload=upload_id,
-                also=lambda s: s.execute(delete(Upload).where(Upload.id == upload_id)),
+                also=replaces_upload,
             )
         kept = False
     except ProblemError as e:

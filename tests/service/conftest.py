@@ -414,6 +414,8 @@ def second_api(base: Stack, name: str, *, workers: int = 1, **env: str) -> Itera
 
 @pytest.fixture(scope="session")
 def idle_api(pg_stack: Stack) -> Iterator[Stack]:
-    """A second API on ``pg_stack``'s database whose queue no worker consumes: its jobs stay queued (quiet)."""
-    with second_api(pg_stack, "api-idle", SAFT_QUEUE_NAME=f"idle-{secrets.token_hex(4)}") as stack:
+    """A second API on ``pg_stack``'s database whose queue no worker consumes: its jobs stay queued (quiet). It
+    waits only 2 s for a request body that stops arriving."""
+    with second_api(pg_stack, "api-idle", SAFT_QUEUE_NAME=f"idle-{secrets.token_hex(4)}",
+                    SAFT_REQUEST_BODY_TIMEOUT="2") as stack:
         yield stack

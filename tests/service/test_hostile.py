@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 import socket
 import struct
 import tarfile
@@ -111,6 +112,21 @@ def tar_of(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None)
     return buf.getvalue()
 
 
+def compressed_tar(compression: str, *, padding: int) -> bytes:
+    """A dataset tar compressed with ``compression`` (bz2, xz), with ``padding`` random bytes in one member, so
+    it can be made smaller or larger than a tar block (512 bytes)."""
+    members = {"cat/1.png": png(), "dog/1.png": png(colour="blue")}
+    if padding:
+        members["cat/pad.png"] = random.Random(0).randbytes(padding)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def tar_link() -> bytes:
     link = tarfile.TarInfo("cat/1.png")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
@@ -145,6 +161,7 @@ class Hostile:
     code: str
     kwargs: Callable[[], dict[str, Any]] = field(default=lambda: {})
     auth: bool = True
+    detail: str | None = None  # a text the problem's detail must contain
 
 
 def upload(archive: bytes | Callable[[], bytes], name: str = "hostile", filename: str = "d.zip") -> Callable[[], dict]:
@@ -187,6 +204,14 @@ CORPUS: list[Hostile] = [
             lambda: {**classify()(), "headers": {"Authorization": "Bearer saft_%00x"}}, auth=False),
     # archives
     Hostile("not-an-archive", "POST", D, 415, "unsupported_archive", upload(b"just some text" * 100)),
+    # .tar.bz2 and .tar.xz: refused whatever their size (one rule), saying why
+    *[
+        Hostile(f"tar-{comp}-{size}", "POST", D, 415, "unsupported_archive",
+                upload(lambda comp=comp, pad=pad: compressed_tar(comp, padding=pad), filename=f"d.tar.{comp}"),
+                detail=f"(.tar.{comp}) compressed archives are not accepted")
+        for comp in ("bz2", "xz")
+        for size, pad in (("small", 0), ("large", 4096))
+    ],
     Hostile("zip-slip", "POST", D, 422, "unsafe_archive", upload(lambda: dataset_zip({"../evil.png": png()}))),
     Hostile("absolute-entry", "POST", D, 422, "unsafe_archive", upload(lambda: dataset_zip({"/etc/x.png": png()}))),
     Hostile("backslash-entry", "POST", D, 422, "unsafe_archive",
@@ -216,7 +241,8 @@ CORPUS: list[Hostile] = [
     Hostile("folder-name-control", "POST", D, 422, "control_characters",
             upload(lambda: dataset_zip(classes=("ca\x01t", "dog")))),
     Hostile("dataset-png-bomb", "POST", D, 422, "image_too_large",
-            upload(lambda: dataset_zip({"cat/bomb.png": png_bomb()}))),
+            upload(lambda: dataset_zip({"cat/bomb.png": png_bomb()})),
+            detail="the image is 144000000 pixels; the limit is 40000000"),
     Hostile("dataset-jpeg-claims", "POST", D, 422, "image_too_large",
             upload(lambda: dataset_zip({"dog/big.jpg": jpeg_claiming(60_000, 60_000)}))),
     Hostile("dataset-garbage-image", "POST", D, 422, "invalid_dataset",
@@ -231,7 +257,8 @@ CORPUS: list[Hostile] = [
     Hostile("upload-without-file", "POST", D, 422, "validation_error", lambda: {"data": {"name": "x"}}),
     Hostile("upload-as-json", "POST", D, 422, "validation_error", lambda: {"json": {"name": "x", "file": "x"}}),
     # images and labels (classify)
-    Hostile("classify-png-bomb", "POST", C, 422, "image_too_large", classify([png_bomb()] * 6)),
+    Hostile("classify-png-bomb", "POST", C, 422, "image_too_large", classify([png_bomb()] * 6),
+            detail="the image is 144000000 pixels; the limit is 40000000 (SAFT_MAX_IMAGE_PIXELS)"),
     Hostile("classify-png-claims", "POST", C, 422, "image_too_large", classify([png_claiming(100_000, 100_000)])),
     Hostile("classify-jpeg-claims", "POST", C, 422, "image_too_large", classify([jpeg_claiming(65_000, 65_000)])),
     Hostile("classify-gif-claims", "POST", C, 422, "image_too_large", classify([gif_claiming(65_535, 65_535)])),
@@ -250,6 +277,9 @@ CORPUS: list[Hostile] = [
             classify(pretrained="../../../../etc/hostname")),
     Hostile("classify-hf-hub", "POST", C, 422, "model_not_allowed", classify(model="hf-hub:laion/whatever")),
     Hostile("classify-unknown-model", "POST", C, 422, "unknown_model", classify(model="no-such-arch")),
+    # a 428 M-parameter random model would be built and cached in the API process: refused from its size
+    Hostile("classify-model-too-large", "POST", C, 422, "model_too_large",
+            classify(model="ViT-L-14", pretrained="none"), detail="SAFT_CLASSIFY_MAX_PARAMS"),
     Hostile("classify-job-id-nul", "POST", C, 422, "validation_error", classify(job_id="job_\x00")),
     Hostile("classify-job-missing", "POST", C, 404, "job_not_found", classify(job_id="job_0123456789abcdef")),
     Hostile("classify-alpha-nan", "POST", C, 422, "validation_error", classify(job_id="job_01", alpha="nan")),
@@ -367,6 +397,8 @@ def test_hostile_request_is_refused_and_leaves_nothing(
     problem = r.json()
     assert problem["code"] == case.code, problem
     assert problem["status"] == case.status and problem["detail"]
+    if case.detail is not None:
+        assert case.detail in problem["detail"], problem
     text = r.text
     assert str(pg_stack.data_dir) not in text and "staging" not in text, text
     assert snapshot(pg_stack) == (rows, files)

@@ -224,3 +224,55 @@ def test_keys_expire_are_purged_and_a_lost_claim_is_taken_over(factory: tuple[ob
     )  # "done"; "busy" is newer
     assert idempotency.count(f, tenant) == 1
     assert isinstance(claim("done", timedelta(hours=25)), idempotency.Claimed)  # a new request now
+
+
+# --- a crash between the commit of what a request created and the storing of its answer --------------------
+
+
+class Crash(Exception):
+    """The API process dies here: nothing after this point of the request runs."""
+
+
+def test_a_retry_after_a_crash_before_the_answer_was_stored_gets_the_first_answer(
+    migrated_settings: Settings, shapes_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dataset, the job and the multipart upload commit with their key's answer, so a request cut off after
+    that commit (here: where the exact answer would be stored) is replayed by its retry, not run again into a
+    second one."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    settings = migrated_settings
+    with db.session_scope(settings) as session:
+        _, api_key = keys.create_key(session, tenant_name="crash")
+
+    def crash(*args: object, **kwargs: object) -> bool:
+        raise Crash
+
+    archive = zip_dir(shapes_dir)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {api_key}"}) as c:
+        made: dict[str, str] = {}
+
+        def send(path: str, key: str) -> httpx.Response:
+            if path == "/v1/datasets":
+                return c.post(path, data={"name": "crash"}, files={"file": ("s.zip", archive)}, headers={HEADER: key})
+            if path == "/v1/uploads":
+                return c.post(path, json={"filename": "s.zip", "bytes": len(archive)}, headers={HEADER: key})
+            return c.post(path, json={"dataset_id": made["/v1/datasets"]}, headers={HEADER: key})
+
+        for path in ("/v1/datasets", "/v1/jobs", "/v1/uploads"):
+            key = new_key()
+            with monkeypatch.context() as m:
+                m.setattr(idempotency, "complete", crash)
+                with pytest.raises(Crash):
+                    send(path, key)
+            rows = c.get(path).json()["data"]
+            assert len(rows) == 1  # the first request did create it
+            retry = send(path, key)
+            assert retry.status_code == 201, retry.text
+            assert retry.headers.get("idempotent-replayed") == "true"
+            assert retry.json()["id"] == rows[0]["id"]
+            assert len(c.get(path).json()["data"]) == 1  # and nothing more
+            made[path] = rows[0]["id"]
+    db.get_engine(settings).dispose()

@@ -29,7 +29,9 @@ from .conftest import (
     REPO,
     Proc,
     Stack,
+    alive,
     base_env,
+    children,
     create_key,
     free_port,
     saft,
@@ -340,11 +342,18 @@ def test_a_job_cut_off_by_a_crashed_saft_serve_resumes_at_the_next_start(
         job = c.post("/v1/jobs", json={"dataset_id": ds["id"], **LONG_JOB}).json()
         step = training_step(c, job["id"], at_least=10)
     serve_pid = first.procs[0].popen.pid
-    worker_pids = [int(p) for p in Path(f"/proc/{serve_pid}/task/{serve_pid}/children").read_text().split()]
-    for pid in [serve_pid, *worker_pids]:
-        os.killpg(pid, signal.SIGKILL)  # the API's and the worker's process groups: a crash, no clean-up
+    worker_pids = children(serve_pid)
+    tree = worker_pids + [pid for w in worker_pids for pid in children(w)]  # the worker and its pool process
+    assert len(tree) >= 2, tree
+    os.kill(serve_pid, signal.SIGKILL)  # `saft serve` alone, as a crash or an OOM kill ends it: no clean-up
     first.procs[0].popen.wait()
     crashed = time.monotonic()
+    # What it started ends with it (the kernel's parent-death signal), so a restart finds no old worker.
+    gone = wait_until(lambda: not any(alive(pid) for pid in tree), timeout=10)
+    for pid in tree:  # whatever is left (a failure) must not outlive the test
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert gone, f"still running after saft serve was killed: {[p for p in tree if alive(p)]}"
 
     second = serve()
     try:

@@ -67,6 +67,16 @@ def test_a_decompression_bomb_is_too_large_when_its_warning_is_an_error(monkeypa
     assert exc.value.code == "image_too_large"
 
 
+def test_an_image_past_twice_the_limit_is_refused_naming_the_limit_not_pils(monkeypatch):
+    """PIL refuses at twice its limit before the header check runs; the message still says the real limit."""
+    data = encode(Image.new("L", (100, 100)), "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000)  # the API sets PIL's limit to SAFT_MAX_IMAGE_PIXELS
+    with pytest.raises(ImageDecodeError) as exc:
+        decode_image(data, max_pixels=2_000)
+    assert exc.value.code == "image_too_large"
+    assert exc.value.message == "the image is 10000 pixels; the limit is 2000"
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [

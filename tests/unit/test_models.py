@@ -5,7 +5,7 @@ import torch
 
 from saft_core.config import ModelSpec
 from saft_core.errors import ModelError
-from saft_core.models import available_models, load_model, weights_sha256
+from saft_core.models import available_models, load_model, parameter_count, weights_sha256
 
 
 def test_random_init_is_seeded_and_fingerprinted():
@@ -16,6 +16,15 @@ def test_random_init_is_seeded_and_fingerprinted():
     with torch.no_grad():
         next(a.model.parameters()).view(-1)[0] += 1e-3
     assert weights_sha256(a.model) != b.sha256
+
+
+def test_parameter_count_without_building_the_model():
+    tiny = load_model(ModelSpec("saft-tiny", None), "cpu")
+    assert parameter_count("saft-tiny") == sum(p.numel() for p in tiny.model.parameters())
+    assert parameter_count("ViT-B-32") == 151_277_313  # counted on the meta device: nothing allocated
+    assert parameter_count("roberta-ViT-B-32") is None  # its text tower's config is a download
+    assert parameter_count("hf-hub:laion/CLIP-ViT-B-32") is None
+    assert parameter_count("no-such-model") is None
 
 
 def test_local_weights_file_loads(tmp_path):

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from . import webhooks
 from .tables import Checkpoint, Evaluation, Job, JobEvent, Mask, utcnow
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,11 @@ def _transition(
     result = session.execute(
         stmt.values(status=target.value, **values).execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    if target in TERMINAL:  # the webhook deliveries commit (or roll back) with the final transition
+        webhooks.enqueue_job_event(session, job_id, f"job.{target.value}")
+    return True
 
 
 def _running(job_id: str, attempt: int | None) -> Any:

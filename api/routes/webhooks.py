@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -88,7 +88,7 @@ class WebhookDeliveryPublic(BaseModel):
     id: str = Field(description="The `webhook-id` header of every attempt of this delivery.")
     event_type: str
     job_id: str | None
-    status: str = Field(description="pending (retried at `next_attempt_at`), delivered or failed (retries ended).")
+    status: Literal["pending", "delivered", "failed"] = Field(description="pending (retried at `next_attempt_at`), delivered or failed (retries ended).")
     next_attempt_at: datetime | None
     created_at: datetime
     finished_at: datetime | None
@@ -98,7 +98,7 @@ class WebhookDeliveryPublic(BaseModel):
     @classmethod
     def of(cls, d: WebhookDelivery) -> WebhookDeliveryPublic:
         return cls(
-            id=d.id, event_type=d.event_type, job_id=d.job_id, status=d.status,
+            id=d.id, event_type=d.event_type, job_id=d.job_id, status=d.status,  # type: ignore[arg-type]
             next_attempt_at=d.next_attempt_at if d.status == WebhookDelivery.PENDING else None,
             created_at=d.created_at, finished_at=d.finished_at, payload=json.loads(d.payload),
             attempts=[

@@ -10,8 +10,8 @@ import ipaddress
 import json
 
 import pytest
-
 from saft_client import webhooks as client_webhooks
+
 from saft_service import webhooks
 from saft_service.tables import WebhookEndpoint, utcnow
 

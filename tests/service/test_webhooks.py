@@ -178,3 +178,20 @@ def test_private_addresses_are_refused_again_at_delivery_and_redirects_are_not_f
         attempt = row.attempt_rows[0]
         assert (row.status, attempt.status_code) == ("pending", 302) and "not followed" in (attempt.error or "")
         assert target.for_job(job_id) == []
+
+
+def test_the_webhook_migration_goes_down_and_up(settings: Settings) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    tables = {"webhook_endpoints", "webhook_deliveries", "webhook_attempts"}
+    cfg = db.alembic_config(settings)
+    revision = next(r for r in ScriptDirectory.from_config(cfg).walk_revisions() if r.path.endswith("_webhooks.py"))
+    tenant_with_endpoint(settings, "http://127.0.0.1:9/x")
+    command.downgrade(cfg, revision.down_revision)
+    assert not tables & set(sa.inspect(db.get_engine(settings)).get_table_names())
+    command.upgrade(cfg, "head")
+    assert tables <= set(sa.inspect(db.get_engine(settings)).get_table_names())
+    with db.session_scope(settings) as session:
+        assert session.scalars(select(WebhookEndpoint)).all() == []

@@ -8,8 +8,8 @@
 ``running -> queued`` is a requeue after the job's worker was lost (the reaper: no heartbeat); ``running ->
 running`` a restart by a worker that knows the previous process is dead. Transitions are compare-and-set
 updates (``UPDATE ... WHERE status IN (allowed sources)``), so the API cancelling a queued job and a worker
-claiming it cannot both win. Each transition writes a ``JobEvent`` in the same transaction. Callers own the
-transaction (commit after the call).
+claiming it cannot both win. Each transition writes a ``JobEvent`` in the same transaction, and a final one its
+webhook deliveries (``saft_service.webhooks``). Callers own the transaction (commit after the call).
 
 Fencing: ``attempts`` counts the starts of a job and is the lease of the process running it. Every write a
 worker makes about its job (heartbeat, stage, progress, its end) carries the attempt it claimed and applies only

@@ -29,8 +29,9 @@ class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(
-        min_length=1, max_length=webhooks.MAX_URL_CHARS,
-        description="An http(s) URL on a public address; it gets a signed POST for each event.",
+        min_length=1, max_length=webhooks.MAX_URL_CHARS, pattern=r"^[^\x00-\x20\x7f]+$",
+        description="An http(s) URL on a public address (no spaces or control characters); it gets a signed POST "
+        "for each event.",
     )
     events: list[str] = Field(
         default_factory=lambda: list(webhooks.EVENT_TYPES), min_length=1, max_length=50, description=EVENTS_HELP

@@ -4,10 +4,12 @@ private addresses are refused at registration."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
+from saft_client import AsyncClient, Client, webhooks
 
 from .conftest import Stack, second_api, wait_for_job, wait_until, zip_dir
 from .receiver import receiver, signed_by
@@ -57,6 +59,19 @@ def test_a_job_that_ends_is_delivered_signed_and_retried(stack: Stack, shapes_di
         assert delivery["id"] == first.headers["webhook-id"] and delivery["status"] == "delivered"
         assert [(a["number"], a["status_code"]) for a in delivery["attempts"]] == [(1, 500), (2, 200)]
         assert delivery["payload"] == json.loads(first.body) and delivery["next_attempt_at"] is None
+
+        # the Python client: the same listing, and its verify accepts what the test's own check accepts
+        with Client(stack.base_url, stack.keys["alpha"]) as sc:
+            listed_by_client = [d for d in sc.webhooks.deliveries(flaky_hook["id"]) if d.job_id == cancelled["id"]]
+            assert [a.status_code for a in listed_by_client[0].attempts] == [500, 200]
+            assert sc.webhooks.get(hook["id"]).url == ok.url
+        assert webhooks.verify(first.body, first.headers, flaky_hook["secret"])["type"] == "job.cancelled"
+
+        async def async_list() -> list[str]:
+            async with AsyncClient(stack.base_url, stack.keys["alpha"]) as ac:
+                return [h.id async for h in ac.webhooks.list()]
+
+        assert {hook["id"], flaky_hook["id"]} <= set(asyncio.run(async_list()))
 
         # another tenant sees none of it
         with stack.client("beta") as other:

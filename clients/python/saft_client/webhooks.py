@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._base import id_of
@@ -25,6 +25,7 @@ from .errors import SaftClientError
 from .models import Webhook, WebhookCreated, WebhookDelivery, WebhookSecret
 
 if TYPE_CHECKING:
+    from .aio import AsyncClient
     from .client import Client
 
 SECRET_PREFIX = "whsec_"
@@ -105,6 +106,37 @@ class Webhooks:
         self, webhook: str | Webhook, *, limit: int | None = None, page_size: int = 50
     ) -> Iterator[WebhookDelivery]:
         """Deliveries to the endpoint, newest first, each with its attempts."""
+        return self._c._pages(
+            f"/v1/webhooks/{id_of(webhook)}/deliveries", WebhookDelivery, {"limit": page_size}, limit
+        )
+
+
+class AsyncWebhooks:
+    """``AsyncClient.webhooks``: the same as ``Webhooks``, awaited."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def create(self, url: str, events: list[str] | None = None) -> WebhookCreated:
+        body: dict[str, Any] = {"url": url, **({"events": events} if events is not None else {})}
+        return WebhookCreated.model_validate((await self._c.request("POST", "/v1/webhooks", json=body)).json())
+
+    async def get(self, webhook: str | Webhook) -> Webhook:
+        return await self._c._get(f"/v1/webhooks/{id_of(webhook)}", Webhook)
+
+    def list(self, *, limit: int | None = None, page_size: int = 50) -> AsyncIterator[Webhook]:
+        return self._c._pages("/v1/webhooks", Webhook, {"limit": page_size}, limit)
+
+    async def delete(self, webhook: str | Webhook) -> None:
+        await self._c.request("DELETE", f"/v1/webhooks/{id_of(webhook)}")
+
+    async def rotate_secret(self, webhook: str | Webhook) -> WebhookSecret:
+        response = await self._c.request("POST", f"/v1/webhooks/{id_of(webhook)}/rotate-secret")
+        return WebhookSecret.model_validate(response.json())
+
+    def deliveries(
+        self, webhook: str | Webhook, *, limit: int | None = None, page_size: int = 50
+    ) -> AsyncIterator[WebhookDelivery]:
         return self._c._pages(
             f"/v1/webhooks/{id_of(webhook)}/deliveries", WebhookDelivery, {"limit": page_size}, limit
         )

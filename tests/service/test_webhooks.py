@@ -195,3 +195,18 @@ def test_the_webhook_migration_goes_down_and_up(settings: Settings) -> None:
     assert tables <= set(sa.inspect(db.get_engine(settings)).get_table_names())
     with db.session_scope(settings) as session:
         assert session.scalars(select(WebhookEndpoint)).all() == []
+
+
+def test_a_silent_receiver_times_out_and_https_is_checked(settings: Settings) -> None:
+    import socket
+
+    quick = settings.model_copy(update={"webhook_timeout": 0.3})
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        outcome = webhooks.post(f"http://127.0.0.1:{silent.getsockname()[1]}/", "{}", {}, quick)
+    assert outcome.status_code is None and "timed out" in (outcome.error or ""), outcome
+    with receiver() as rec:  # TLS to a plain HTTP server: the handshake fails, nothing is sent
+        outcome = webhooks.post(rec.url.replace("http://", "https://"), "{}", {}, quick)
+    assert outcome.status_code is None and "SSL" in (outcome.error or ""), outcome
+    assert rec.requests == []

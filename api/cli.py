@@ -16,6 +16,11 @@ def cmd_api(args: argparse.Namespace) -> int:
         from saft_service import db
 
         db.upgrade(settings)
+    if args.workers > 1:
+        # One /metrics for all worker processes: each writes its metrics where any of them can sum them.
+        from saft_service.metrics_dir import use_multiprocess_dir
+
+        use_multiprocess_dir("api")
     uvicorn.run(
         "api.main:app",
         host=args.host,

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from saft_service import keys
 from saft_service.db import session_factory
 from saft_service.limits import ID_PATTERN
+from saft_service.logs import add_to_context
 from saft_service.settings import Settings
 from saft_service.storage import Storage
 from saft_service.tables import Dataset, Job, Tenant
@@ -67,6 +68,7 @@ def _authenticate(session: Session, credentials: HTTPAuthorizationCredentials | 
     tenant = keys.authenticate(session, credentials.credentials)
     if tenant is None:
         raise ProblemError(401, *INVALID_KEY, headers=challenge)
+    add_to_context(tenant=tenant.name)  # the request's log lines name the tenant from here on
     return tenant
 
 
@@ -117,6 +119,7 @@ def _tenant_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.tenant_id != tenant.id:
         raise ProblemError(404, "job_not_found", f"no job {job_id} in this tenant")
+    add_to_context(job_id=job.id)
     return job
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from saft_service import __version__
+from saft_service import metrics as service_metrics
 from saft_service.logs import setup_logging
 from saft_service.reaper import Reaper
 from saft_service.settings import Settings, get_settings
@@ -20,7 +22,20 @@ from . import problems
 from .classify import ClassifierCache
 from .deps import key_checker
 from .limits import AuthenticateFirst, ContentLengthLimit, JsonBodyLimit
-from .routes import classify, console, datasets, health, jobs, models, thumbnails, uploads, usage, webhooks
+from .observability import RequestObservation
+from .routes import (
+    classify,
+    console,
+    datasets,
+    health,
+    jobs,
+    metrics,
+    models,
+    thumbnails,
+    uploads,
+    usage,
+    webhooks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper = Reaper(settings) if settings.run_reaper else None
         if reaper:
             reaper.start()
+        service_metrics.API_PROCESSES.set(1)
         try:
             yield
         finally:
             if reaper:
                 reaper.stop()
+            service_metrics.mark_process_dead(os.getpid())
 
     app = FastAPI(
         title="SAFT service",
@@ -89,7 +106,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.add_middleware(AuthenticateFirst, check=key_checker(settings))
+    app.add_middleware(RequestObservation)  # outermost of ours: every answer gets the request id and is timed
+    app.state.metrics_registry = service_metrics.scrape_registry(service_metrics.StoreCollector(settings))
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(models.router)
     app.include_router(datasets.router, max_body_size=settings.max_upload_bytes)
     app.include_router(uploads.router, max_body_size=settings.max_upload_part_bytes)
@@ -108,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _default_app() -> FastAPI:
     settings = get_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return create_app(settings)
 
 

@@ -1,9 +1,11 @@
 """Errors as RFC 9457 problem details (``application/problem+json``) with a stable ``code``.
 
     {"type": "urn:saft:problem:dataset_not_found", "title": "Not Found", "status": 404,
-     "detail": "no dataset ds_... in this tenant", "instance": "/v1/datasets/ds_...", "code": "dataset_not_found"}
+     "detail": "no dataset ds_... in this tenant", "instance": "/v1/datasets/ds_...", "code": "dataset_not_found",
+     "request_id": "5f0c..."}
 
-Clients branch on ``code`` (also the last part of ``type``); ``detail`` is for people. Validation errors add
+Clients branch on ``code`` (also the last part of ``type``); ``detail`` is for people; ``request_id`` is the
+request's ``X-Request-ID`` (in the service's logs too). Validation errors add
 ``errors``: a list of ``{loc, field, msg, type}`` (``field`` as the request names it, ``msg`` in plain words).
 """
 
@@ -26,6 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from saft_core.errors import SaftError
 from saft_service.limits import LIMIT_CODES, LimitError
 from saft_service.storage import client_message
+
+from .observability import request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     code: str
+    request_id: str | None = None  # the request's X-Request-ID: quote it when reporting a problem
 
 
 class ProblemError(StarletteHTTPException):
@@ -95,6 +100,12 @@ def problem_response(
         "code": code,
         **extra,
     }
+    # The request's id (api/observability.py), in the document and its header: the handler of unexpected
+    # errors answers outside the middleware that adds the header to other responses.
+    request_id = request_id_of(request.scope)
+    if request_id:
+        body["request_id"] = request_id
+        headers = {**(headers or {}), "X-Request-ID": request_id}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saft_core.cli import Subcommands
@@ -19,6 +24,8 @@ from saft_service.cli import safe_url, settings_from_env
 from worker.cli import POOLS
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from saft_service.settings import Settings
 
 log = logging.getLogger("saft_cli.serve")
@@ -26,7 +33,26 @@ log = logging.getLogger("saft_cli.serve")
 DEFAULT_TENANT = "default"
 
 
-def _print_banner(settings: Settings, host: str, port: int, key: str | None) -> None:
+def _activate_line() -> str | None:
+    """``. .venv/bin/activate`` when this runs from a virtual environment whose ``saft`` is not on PATH (as
+    under ``make run``), so that another shell can use ``saft`` and the client; else None."""
+    if sys.prefix == sys.base_prefix:
+        return None
+    bin_dir = Path(sys.prefix) / "bin"
+    on_path = shutil.which("saft")
+    if on_path and Path(on_path).resolve().parent == bin_dir.resolve():
+        return None
+    activate = bin_dir / "activate"
+    try:
+        shown = activate.relative_to(Path.cwd())
+    except ValueError:
+        shown = activate
+    return f". {shown}"
+
+
+def banner(settings: Settings, host: str, port: int, key: str | None, *, worker_ready: bool = True) -> str:
+    """What ``saft serve`` prints once the API and the worker are up: where it runs, the key, and the lines to
+    paste into another shell, last (the key on the export line)."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}"
     where = (
@@ -34,18 +60,45 @@ def _print_banner(settings: Settings, host: str, port: int, key: str | None) -> 
         if settings.embedded_database and settings.embedded_broker
         else f"database {safe_url(settings.sqlalchemy_url)}, broker {safe_url(settings.celery_broker_url)}"
     )
-    print(f"SAFT service on the {where}", flush=True)
-    print(f"Console: {url}/console", flush=True)
-    print(f"OpenAPI docs: {url}/docs", flush=True)
+    lines = ["", f"SAFT service on the {where}"]
+    if not worker_ready:
+        lines.append("The worker is still starting: jobs wait in the queue until it is ready.")
+    lines += [f"Console: {url}/console", f"OpenAPI docs: {url}/docs"]
     if key is None:
-        print(
-            f"Tenant '{DEFAULT_TENANT}' already has a key (keys are shown once); "
-            f"make another with: saft keys create --tenant {DEFAULT_TENANT}",
-            flush=True,
+        lines.append(
+            f"Tenant '{DEFAULT_TENANT}' already has a key (keys are shown once); print a new one with "
+            f"`saft serve --new-key` or `saft keys create --tenant {DEFAULT_TENANT}`"
         )
     else:
-        print(f"API key (tenant '{DEFAULT_TENANT}', shown once): {key}", flush=True)
-    print(f"URL: {url}", flush=True)
+        lines.append(f"API key (tenant '{DEFAULT_TENANT}', shown once): {key}")
+    lines += [f"URL: {url}", "In another shell, for `saft` and the client:"]
+    if (activate := _activate_line()) is not None:
+        lines.append(f"  {activate}")
+    lines.append(f"  export SAFT_URL={url}" + (f" SAFT_API_KEY={key}" if key else ""))
+    return "\n".join(lines)
+
+
+def _announce(
+    server: uvicorn.Server, worker: subprocess.Popen[bytes], ready_fd: int, timeout: float, text: Callable[[bool], str]
+) -> None:
+    """Print ``text`` once the API listens and the worker is ready (or after ``timeout`` seconds of waiting for
+    it), so that it comes after the worker's start-up output; nothing if the service stops first."""
+    deadline = time.monotonic() + timeout
+    ready = False
+    with os.fdopen(ready_fd, "rb") as pipe:
+        while not ready and worker.poll() is None and time.monotonic() < deadline:
+            if select.select([pipe], [], [], 0.5)[0]:
+                ready = pipe.readline() == b"ready\n"
+                if not ready:  # the worker closed the pipe without a word: it is exiting
+                    break
+    if ready:
+        time.sleep(0.3)  # Celery logs its own "ready." line just after telling us: let it come first
+    while not server.started:
+        if server.should_exit or worker.poll() is not None:
+            return
+        time.sleep(0.05)
+    if worker.poll() is None and not server.should_exit:
+        print(text(ready), flush=True)
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -78,18 +131,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_env()
     # 1. Schema, a key for the default tenant, and jobs a previous run left behind.
-    db.upgrade(settings)
+    db.upgrade(settings, quiet=True)
     with db.session_scope(settings) as session:
         key = None
         if args.new_key or not keys.tenant_has_keys(session, DEFAULT_TENANT):
             _, key = keys.create_key(session, tenant_name=DEFAULT_TENANT)
         queued = jobs.recover_after_restart(session, max_attempts=settings.max_attempts)
-    # 2. One worker process (its own process group, so stopping it also stops its pool child).
+    # 2. One worker process (its own process group, so stopping it also stops its pool child); it writes to
+    #    the pipe once it is ready for jobs.
+    ready_r, ready_w = os.pipe()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "saft_cli", "worker", "--pool", args.pool],
+        [sys.executable, "-m", "saft_cli.serve_worker", str(ready_w), "--pool", args.pool],
         start_new_session=True,
         stdout=sys.stderr,  # keep stdout for the banner (URL and key)
+        pass_fds=(ready_w,),
     )
+    os.close(ready_w)
     for job_id in queued:
         with db.session_scope(settings) as session:
             send(session, settings, job_id)
@@ -107,7 +164,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` still stops
     # the worker (SIGINT already arrives as KeyboardInterrupt).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    _print_banner(settings, args.host, args.port, key)
+    # 4. The banner last, after the worker's start-up output (its own banner, its warnings).
+    threading.Thread(
+        target=_announce,
+        args=(server, worker, ready_r, args.ready_timeout,
+              lambda ready: banner(settings, args.host, args.port, key, worker_ready=ready)),
+        name="banner",
+        daemon=True,
+    ).start()
     try:
         server.run()
     finally:
@@ -133,4 +197,6 @@ def register(sub: Subcommands) -> None:
         help="worker pool: prefork runs each job in a child process (default)",
     )
     p.add_argument("--stop-grace", type=float, default=30.0, help="seconds the worker gets to stop on exit")
+    p.add_argument("--ready-timeout", type=float, default=180.0,
+                   help="seconds to wait for the worker before printing the URL and key anyway")
     p.set_defaults(func=cmd_serve)

@@ -10,9 +10,11 @@ exits 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from .config import (
     TrainConfig,
 )
 from .errors import Cancelled, ConfigError, SaftError
-from .flags import add_option, add_options, config_values
+from .flags import add_option, add_options, config_values, finite_float
 from .frontier import DEFAULT_ALPHA, RECOMMENDED, RULE, AlphaChoice, parse_alpha, resolve_alpha
 from .options import option_of
 
@@ -64,7 +66,7 @@ class _Bars:
 
         if self.bar is None or self.bar.desc != p.stage:
             self.close()
-            self.bar = tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=True, dynamic_ncols=True)
         self.bar.total = p.total
         self.bar.n = p.step
         if p.loss is not None:
@@ -310,7 +312,7 @@ def add_training_options(p: argparse.ArgumentParser, *, check_bounds: bool = Tru
     check = {"check_bounds": check_bounds}
     add_options(p, TrainConfig, skip=_TRAIN_BY_HAND, **check)
     grad_clip = option_of(TrainConfig, "grad_clip")
-    p.add_argument("--grad-clip", type=float, default=grad_clip.default,
+    p.add_argument("--grad-clip", type=finite_float, default=grad_clip.default,
                    help=f"{grad_clip.help.split(';')[0]}; 0 disables (default {grad_clip.default})")
     add_option(p, option_of(DataConfig, "shots"), **check)
     add_option(p, option_of(DataConfig, "validation_fraction"), **check)
@@ -385,6 +387,20 @@ def register(sub: Subcommands) -> None:
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the chosen command; map errors to exit codes."""
+    try:
+        try:
+            return _run(parser, argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+    except BrokenPipeError:
+        # The reader went away (`saft jobs list | head`): stop quietly, as `cat` does on SIGPIPE. Point stdout
+        # at /dev/null so that the interpreter's own flush at exit does not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -9,6 +9,7 @@ same words ``__post_init__`` uses.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING
 from typing import Any
@@ -25,12 +26,25 @@ def _parser(o: Option, check_bounds: bool) -> Callable[[str], Any]:
         except ValueError:
             kind = "a whole number" if o.base is int else "a number"
             raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        if not math.isfinite(value):  # no option means NaN or infinity (nor can JSON carry them to a service)
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if check_bounds and o.bounds and (why := bound_error(value, o.bounds)):
             raise argparse.ArgumentTypeError(why)
         return value
 
     parse.__name__ = o.base.__name__  # argparse names the type in "invalid <type> value" messages
     return parse
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type`` of a float flag written by hand: a finite number (NaN and infinity are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def _help(o: Option, default: Any) -> str:

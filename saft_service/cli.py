@@ -27,7 +27,7 @@ def settings_from_env() -> Settings:
     from .settings import get_settings
 
     settings = get_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return settings
 
 
@@ -44,7 +44,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from . import db, keys
 
     settings = settings_from_env()
-    db.upgrade(settings)
+    db.upgrade(settings, quiet=True)
     with db.session_scope(settings) as session:
         row, key = keys.create_key(session, tenant_name=args.tenant)
         key_id = row.id
@@ -57,7 +57,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from . import db, keys
 
     settings = settings_from_env()
-    db.upgrade(settings)
+    db.upgrade(settings, quiet=True)
     with db.session_scope(settings) as session:
         rows = [
             {
@@ -86,7 +86,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from . import db, keys
 
     settings = settings_from_env()
-    db.upgrade(settings)
+    db.upgrade(settings, quiet=True)
     with db.session_scope(settings) as session:
         try:
             row, revoked = keys.revoke_key(session, args.key)

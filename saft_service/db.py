@@ -99,11 +99,21 @@ def alembic_config(settings: Settings | None = None) -> Any:
     return cfg
 
 
-def upgrade(settings: Settings | None = None) -> None:
-    """Bring the database to the newest migration (``alembic upgrade head``)."""
-    from alembic import command
-
+def upgrade(settings: Settings | None = None, *, quiet: bool = False) -> None:
+    """Bring the database to the newest migration (``alembic upgrade head``). ``quiet``: without Alembic's
+    INFO lines (for commands that migrate only as a matter of course: ``saft keys``, ``saft serve``); its
+    plugin set-up lines are never shown."""
     settings = settings or get_settings()
     if settings.embedded_database:
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(settings), "head")
+    quieted = [logging.getLogger("alembic.runtime.plugins")] + ([logging.getLogger("alembic")] if quiet else [])
+    levels = [lg.level for lg in quieted]
+    for lg in quieted:
+        lg.setLevel(max(logging.WARNING, lg.getEffectiveLevel()))
+    try:
+        from alembic import command  # importing it sets up its plugins (and logs that)
+
+        command.upgrade(alembic_config(settings), "head")
+    finally:
+        for lg, level in zip(quieted, levels, strict=True):
+            lg.setLevel(level)

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from . import jobs
 from .db import session_scope
+from .metrics import count_reaper
 from .multipart import reap_uploads
 from .queue import QueueUnavailable, enqueue_job, pending_job_ids
 from .settings import Settings
@@ -157,7 +158,7 @@ class Reaper:
                 self._healthy_since = now
             judge = now - self._healthy_since >= self.settings.heartbeat_timeout
             try:
-                reap_once(self.settings, judge_heartbeats=judge)
+                count_reaper(reap_once(self.settings, judge_heartbeats=judge))
             except Exception as e:  # the database is down, most likely: the next pass tries again
                 log.warning("reaper pass failed: %s", e)
                 self._healthy_since = None

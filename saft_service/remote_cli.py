@@ -7,14 +7,17 @@
     saft usage                                       your storage: bytes used and the quota
     saft jobs create --dataset ID [finetune options] [--follow]
     saft jobs list [--status S] | show ID | follow ID | cancel ID | delete ID
-    saft jobs download ID --out FILE [--mask]        SHA-256 verified, written atomically
+    saft jobs download ID [--mask] [--out FILE]      SHA-256 verified, written atomically; never replaces a
+                                                     file without --force (default: ID[-mask].safetensors)
     saft jobs classify ID IMAGE... [--alpha A|recommended]   with the job's model, on the server
 
 The local commands (``saft finetune``, ``saft classify --checkpoint``) run the model in this process; these
 run nothing locally and need no torch. Server and key: ``--url``/``--api-key`` or ``SAFT_URL``/``SAFT_API_KEY``.
 ``--json`` prints one JSON document on stdout. Exit status: 0; 2 for an error answer or an unreachable
-server (the problem's code and detail on stderr); ``jobs follow`` (and ``create --follow``) 1 for a failed
-job and 130 for a cancelled one.
+server (the problem's code and detail on stderr, once, with what to do); ``jobs follow`` (and ``create
+--follow``) 1 for a failed job and 130 for a cancelled one. ``jobs follow`` and ``jobs show`` end with a summary
+(status, duration, loss, top-1 per set at zero-shot, fine-tuned and the recommended alpha, the checkpoint, the
+job's warnings).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saft_core.cli import Subcommands, add_model_options, add_training_options, alpha_arg, frontier_table
@@ -30,7 +34,7 @@ from saft_core.config import TrainConfig
 from saft_core.flags import config_values
 
 if TYPE_CHECKING:
-    from saft_client import Client, Dataset, Job, JobEvent
+    from saft_client import Client, Dataset, Evaluation, Job, JobEvent
 
 EXIT_FAILED = 1
 EXIT_ERROR = 2
@@ -39,9 +43,11 @@ EXIT_CANCELLED = 130
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _client(args: argparse.Namespace) -> Client:
-    from saft_client import Client
+    from saft_client import Client, RetryPolicy
 
-    return Client(args.url, args.api_key)
+    # Nothing listening at the URL is said at once (a wrong port, a service not started); a service that has
+    # answered and then drops is retried as usual.
+    return Client(args.url, args.api_key, retry=RetryPolicy(retry_unreached=False))
 
 
 def _print_json(obj: Any) -> None:
@@ -54,33 +60,70 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj))
 
 
+START_HINT = "start it with `make run` (or `saft serve`) in the project's folder, or point --url or SAFT_URL at it"
+KEY_HINT = "set SAFT_API_KEY (export SAFT_API_KEY=saft_...) or pass --api-key"
+WHERE_KEYS = "`make run` (`saft serve`) prints a key for tenant 'default'; `saft keys create --tenant NAME` makes one"
+
+
+def _error_lines(e: Exception, url: str) -> list[str]:
+    """What to tell a person about a failed remote command: the problem once, and what to do about it."""
+    from saft_client import APIError, ConnectionFailed, Unauthorized
+
+    if isinstance(e, ConnectionFailed):
+        reason = f" ({e.reason})" if e.reason else ""
+        return [f"error: no SAFT service answers at {e.url or url}{reason}", f"  {START_HINT}"]
+    if isinstance(e, FileExistsError):
+        return [f"error: {e}; pass --force to replace it, or --out another file"]
+    if not isinstance(e, APIError):
+        return [f"error: {e}"]
+    head = f"error: {e.status} {e.code}"
+    # A refused request lists each field once (the detail repeats the first), without pydantic's prefixes.
+    fields = [f"{'.'.join(str(p) for p in err.get('loc', []) if p != 'body') or 'request'}: "
+              f"{str(err.get('msg', '')).removeprefix('Value error, ')}" for err in e.errors]
+    if len(fields) == 1:
+        lines = [f"{head}: {fields[0]}"]
+    elif fields:
+        lines = [f"{head}:", *(f"  {f}" for f in fields)]
+    else:
+        lines = [f"{head}: {e.detail}"]
+    if isinstance(e, Unauthorized):
+        lines += ["  the key is the one in --api-key or, without it, SAFT_API_KEY", f"  {WHERE_KEYS}"]
+    return lines
+
+
 def _remote(func: Callable[[argparse.Namespace, Client], int]) -> Callable[[argparse.Namespace], int]:
     """Run ``func`` with a client; turn the client's errors into a message (and the problem with --json)."""
 
     def run(args: argparse.Namespace) -> int:
         from saft_client import APIError, SaftClientError
 
+        client = _client(args)  # opens no connection yet
+        url = client.base_url
+        if not client.api_key:
+            client.close()
+            lines = [f"error: no API key: {KEY_HINT}", f"  {WHERE_KEYS}"]
+            return _fail(args, lines, {"code": "no_api_key", "detail": f"no API key: {KEY_HINT}"})
         try:
-            with _client(args) as client:
+            with client:
                 return func(args, client)
-        except APIError as e:
-            print(f"error: {e.status} {e.code}: {e.detail}", file=sys.stderr)
-            for err in e.errors:
-                print(f"  {'.'.join(str(p) for p in err.get('loc', []))}: {err.get('msg')}", file=sys.stderr)
-            if args.json:
-                _print_json({"error": e.problem})
-            return EXIT_ERROR
         except KeyboardInterrupt:
             # Only this command stops: a job keeps running on the server (`saft jobs cancel ID` stops it).
             print("interrupted (nothing was cancelled on the server)", file=sys.stderr)
             return EXIT_CANCELLED
-        except SaftClientError as e:
-            print(f"error: {e}", file=sys.stderr)
-            if args.json:
-                _print_json({"error": {"code": type(e).__name__, "detail": str(e)}})
-            return EXIT_ERROR
+        except APIError as e:
+            return _fail(args, _error_lines(e, url), e.problem)
+        except (SaftClientError, FileExistsError) as e:
+            return _fail(args, _error_lines(e, url), {"code": type(e).__name__, "detail": str(e)})
 
     return run
+
+
+def _fail(args: argparse.Namespace, lines: list[str], problem: dict[str, Any]) -> int:
+    for line in lines:
+        print(line, file=sys.stderr)
+    if args.json:
+        _print_json({"error": problem})
+    return EXIT_ERROR
 
 
 def _size(n: int) -> str:
@@ -106,67 +149,134 @@ def _job_line(job: Job) -> str:
     return f"{job.id}  {job.status}{where}{err}  dataset={job.dataset_id}  created {job.created_at:%Y-%m-%d %H:%M:%S}"
 
 
-def _progress_bar(quiet: bool) -> tuple[Callable[[JobEvent], None], Callable[[], None]]:
-    """An ``on_event`` that draws a tqdm bar per stage on stderr (step/total, loss) and prints messages."""
-    state: dict[str, Any] = {"bar": None}
+class _Progress:
+    """``on_event`` for ``jobs.wait``: a tqdm bar per stage on stderr (step/total, loss), left on screen when the
+    stage ends; messages and warnings as lines. Keeps the warning events for the summary (a server without
+    the job's ``warnings`` field still reports them as events)."""
 
-    def close() -> None:
-        if state["bar"] is not None:
-            state["bar"].close()
-            state["bar"] = None
+    BAR = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total}{postfix}"  # tqdm's postfix brings its own ", "
 
-    def on_event(e: JobEvent) -> None:
-        if quiet:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.warnings: list[dict[str, Any]] = []
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __call__(self, e: JobEvent) -> None:
+        if e.level == "warning" and "code" in e.data:
+            self.warnings.append({"code": e.data["code"], "message": e.message, "hint": e.data.get("hint")})
+        if self.quiet:
             return
         from tqdm import tqdm
 
         if e.kind == "progress":
             stage, step, total = e.data.get("stage"), int(e.data.get("step", 0)), int(e.data.get("total_steps", 0))
-            bar = state["bar"]
-            if bar is None or bar.desc != stage:
-                close()
-                bar = state["bar"] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True,
-                                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} {postfix}")
-            bar.total = total
-            bar.n = step
+            if self.bar is None or self.bar.desc != stage:
+                self.close()
+                self.bar = tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True,
+                                bar_format=self.BAR)
+            self.bar.total = total
+            self.bar.n = step
             if "train_loss" in e.data:
-                bar.set_postfix(loss=f"{e.data['train_loss']:.4f}", refresh=False)
-            bar.refresh()
+                self.bar.set_postfix(loss=f"{e.data['train_loss']:.4f}", refresh=False)
+            self.bar.refresh()
         elif e.kind == "stage":
-            close()
+            self.close()
             print(f"[{e.data.get('stage', e.message)}]", file=sys.stderr, flush=True)
         elif e.kind in ("status", "message", "error") or e.level != "info":
-            close()
+            self.close()
             print(f"{e.created_at:%H:%M:%S} {e.message}", file=sys.stderr, flush=True)
 
-    return on_event, close
+
+def _duration(seconds: float) -> str:
+    """Seconds for people: 41 s, 3 min 12 s, 2 h 05 min."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
-def _finish(job: Job, client: Client, args: argparse.Namespace) -> int:
-    """Print a finished job (with its evaluations) and return the exit status for its outcome."""
+def _warnings_of(job: Job, seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The job's training-health warnings ``{code, message, hint}``: its ``warnings`` field where the server
+    and client have it, else the warning events seen while following."""
+    listed = getattr(job, "warnings", None)
+    if listed is None:
+        return seen
+    return [w if isinstance(w, dict) else {k: getattr(w, k, None) for k in ("code", "message", "hint")}
+            for w in listed]
+
+
+def job_summary(job: Job, evaluations: list[Evaluation], warnings: list[dict[str, Any]], *,
+                every_alpha: bool = False) -> str:
+    """A finished job on one screen: status and duration, the training loss, top-1 per evaluated set at
+    zero-shot, fine-tuned and the recommended alpha (``every_alpha``: the whole frontier), the checkpoint, and
+    the job's training-health warnings."""
+    took = job.finished_at - job.started_at if job.started_at and job.finished_at else None
+    lines = [f"job {job.id} {job.status}" + (f" in {_duration(took.total_seconds())}" if took else "")]
+    if job.error:
+        lines.append(f"  {job.error.code}: {job.error.message}")
+    m = job.metrics
+    last = m.get("train_loss_last_epoch", m.get("train_loss_last", m.get("train_loss")))
+    if last is not None:
+        first = f"{m['train_loss_first']:.4f} -> " if "train_loss_first" in m else ""
+        mean = " (mean of the last epoch)" if "train_loss_last_epoch" in m else ""
+        steps = f" over {int(m['train_steps'])} steps" if "train_steps" in m else ""
+        lines.append(f"training loss {first}{last:.4f}{mean}{steps}")
+    ckpt = job.checkpoint
+    rec = ckpt.recommended_alpha if ckpt else None
+    if every_alpha and evaluations:
+        lines.append(frontier_table([(e.dataset_name, e.alpha, e.top1, e.n) for e in evaluations],
+                                    rec, ckpt.alpha_rule if ckpt else None))
+    elif evaluations:
+        top1 = {(e.dataset_name, e.alpha): e.top1 for e in evaluations}
+        sizes = {e.dataset_name: e.n for e in evaluations}
+        columns = [(0.0, "zero-shot"), (1.0, "fine-tuned")] + ([(rec, f"alpha {rec:g}*")] if rec is not None else [])
+        width = max(len("top-1"), *(len(name) for name in sizes)) + 2
+        lines.append(f"{'top-1':<{width}}" + "".join(f"{label:>13}" for _, label in columns))
+        for name, n in sizes.items():
+            cells = "".join(f"{top1[(name, a)]:>13.1%}" if (name, a) in top1 else f"{'-':>13}" for a, _ in columns)
+            lines.append(f"{name:<{width}}{cells}  (n={n})")
+        if rec is not None:
+            lines += [f"* recommended alpha {rec:g} ({ckpt.alpha_rule} rule on the validation split)",
+                      f"  classify with it: saft jobs classify {job.id} IMAGE --alpha recommended"]
+    if job.status == "succeeded" and rec is None:
+        lines.append("no recommended alpha: the job had no validation split (--validation-fraction)")
+    if ckpt:
+        lines.append(f"checkpoint: {_size(ckpt.size_bytes)} (sha256 {ckpt.sha256[:12]}...); "
+                     f"download: saft jobs download {job.id}")
+    for w in warnings:
+        lines.append(f"warning [{w.get('code')}]: {w.get('message')}")
+        if w.get("hint"):
+            lines.append(f"  try: {w['hint']}")
+    return "\n".join(lines)
+
+
+def _finish(job: Job, client: Client, args: argparse.Namespace, seen: list[dict[str, Any]] | None = None,
+            *, every_alpha: bool = False) -> int:
+    """Print a finished job (its summary) and return the exit status for its outcome."""
     evaluations = client.jobs.evaluations(job) if job.status == "succeeded" else []
     if args.json:
         _print_json({"job": job.model_dump(mode="json"), "evaluations": [e.model_dump(mode="json") for e in evaluations]})
     else:
-        print(_job_line(job))
-        if evaluations:
-            ckpt = job.checkpoint
-            print(frontier_table([(e.dataset_name, e.alpha, e.top1, e.n) for e in evaluations],
-                                 ckpt.recommended_alpha if ckpt else None, ckpt.alpha_rule if ckpt else None))
-        if job.checkpoint:
-            print(f"checkpoint: {job.checkpoint.size_bytes:,} bytes, sha256 {job.checkpoint.sha256}")
+        print(job_summary(job, evaluations, _warnings_of(job, seen or []), every_alpha=every_alpha))
     if job.status == "failed":
         return EXIT_FAILED
     return EXIT_CANCELLED if job.status == "cancelled" else 0
 
 
 def _follow(job_id: str, client: Client, args: argparse.Namespace) -> int:
-    on_event, close = _progress_bar(args.quiet or args.json)
+    progress = _Progress(args.quiet or args.json)
     try:
-        job = client.jobs.wait(job_id, on_event=on_event)
+        job = client.jobs.wait(job_id, on_event=progress)
     finally:
-        close()
-    return _finish(job, client, args)
+        progress.close()
+    return _finish(job, client, args, progress.warnings)
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -302,7 +412,7 @@ def cmd_jobs_show(args: argparse.Namespace, client: Client) -> int:
     if not job.done:
         _print_json(job) if args.json else print(_job_line(job))
         return 0
-    _finish(job, client, args)
+    _finish(job, client, args, every_alpha=True)
     return 0  # show reports; it does not judge the outcome (follow does)
 
 
@@ -322,9 +432,17 @@ def cmd_jobs_delete(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def download_name(job_id: str, mask: bool) -> str:
+    """The default file of ``saft jobs download``: ``JOB.safetensors``, or ``JOB-mask.safetensors``."""
+    return f"{job_id}-mask.safetensors" if mask else f"{job_id}.safetensors"
+
+
 def cmd_jobs_download(args: argparse.Namespace, client: Client) -> int:
+    out = Path(args.out or download_name(args.id, args.mask))
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} exists")  # before anything is fetched
     get = client.jobs.download_mask if args.mask else client.jobs.download_checkpoint
-    path = get(args.id, args.out, progress=not (args.quiet or args.json))
+    path = get(args.id, out, progress=not (args.quiet or args.json), overwrite=args.force)
     import hashlib
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -435,9 +553,11 @@ def register(sub: Subcommands) -> None:
     j.add_argument("id")
     j = _add(js, "delete", cmd_jobs_delete, "delete a finished job and its files")
     j.add_argument("id")
-    j = _add(js, "download", cmd_jobs_download, "download the sparse checkpoint (or --mask), SHA-256 verified")
+    j = _add(js, "download", cmd_jobs_download,
+             "download the sparse checkpoint (or --mask), SHA-256 verified, written atomically")
     j.add_argument("id")
-    j.add_argument("--out", required=True, help="file to write (replaced only once the download is verified)")
+    j.add_argument("--out", help="file to write (default: ID.safetensors, or ID-mask.safetensors with --mask)")
+    j.add_argument("--force", action="store_true", help="replace --out if it exists (once the download is verified)")
     j.add_argument("--mask", action="store_true", help="the mask file instead of the checkpoint")
     j.add_argument("--quiet", action="store_true", help="no progress bar")
     j = _add(js, "classify", cmd_jobs_classify, "classify images on the server with a succeeded job's model")

@@ -216,6 +216,23 @@ class Settings(BaseSettings):
     max_webhooks: int = Field(20, ge=1, description="Most webhook endpoints one tenant may register.")
 
     log_level: str = Field("INFO", description="Logging level of the API and worker.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="'text': plain lines; 'json': one JSON object per line (time, level, logger, message, "
+        "request_id, tenant, job_id where known).",
+    )
+
+    # Metrics (Prometheus; see saft_service/metrics.py).
+    metrics_token: str | None = Field(
+        None, description="When set, GET /metrics needs 'Authorization: Bearer <this>'; unset: open to all."
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Port on which each worker serves its metrics (/metrics); unset: none."
+    )
+    metrics_max_tenants: int = Field(
+        50, ge=1, description="Tenants listed by name in saft_tenant_storage_bytes (the largest; the rest summed "
+        "as tenant=\"_other\")."
+    )
 
     @field_validator("import_roots", mode="before")
     @classmethod

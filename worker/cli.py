@@ -34,6 +34,11 @@ def celery_argv(settings: Settings, *, pool: str) -> list[str]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from_env()
+    if settings.worker_metrics_port:
+        # The job runs in a child process: it writes its metrics where the port's process sums them.
+        from saft_service.metrics_dir import use_multiprocess_dir
+
+        use_multiprocess_dir("worker")
     from .app import app
 
     app.worker_main(celery_argv(settings, pool=args.pool))

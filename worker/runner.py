@@ -15,6 +15,7 @@ job is left running and the reaper requeues it once its heartbeat is stale.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import logging
 import os
@@ -35,9 +36,11 @@ from saft_service import jobs
 from saft_service.allowed_models import resolve_pretrained
 from saft_service.db import session_scope
 from saft_service.jobspec import JobSpec, stored_spec, to_finetune_config
+from saft_service.logs import add_to_context, log_context
+from saft_service.metrics import JOB_ATTEMPTS, JOB_SECONDS, STAGE_SECONDS
 from saft_service.settings import Settings, get_settings
 from saft_service.storage import Storage, client_message, is_storage_full, remove_tree, sha256_file
-from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, Mask, MaskTensor, utcnow
+from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, Mask, MaskTensor, Tenant, utcnow
 from saft_service.usage import StorageQuotaExceeded, lock_tenant, tenant_usage
 
 from .failures import INTERNAL_ERROR, STORAGE_FULL, job_failure
@@ -78,7 +81,10 @@ class Heartbeat:
         self.job_id, self.attempt, self.settings = job_id, attempt, settings
         self.lost = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        # run in a copy of this context, so that its log lines carry the job's ids
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._run,), name=f"heartbeat-{job_id}", daemon=True
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -120,6 +126,7 @@ class JobReporter:
         self._last_cancel_check = 0.0
         self._cancel = False
         self.training_steps = 0
+        self._stage: tuple[str, float] | None = None  # the stage running and when it began (for its metric)
 
     def _write(self, what: str, fn: Callable[[object], object]) -> None:
         """A best-effort write about the running job: skipped (and logged) while the database is down."""
@@ -129,8 +136,17 @@ class JobReporter:
         except DBAPIError as e:
             log.warning("job %s: %s not recorded (%s)", self.job_id, what, type(e).__name__)
 
+    def end_stage(self) -> None:
+        """The running stage is complete: observe its duration."""
+        if self._stage is not None:
+            name, began = self._stage
+            STAGE_SECONDS.labels(name).observe(time.monotonic() - began)
+            self._stage = None
+
     def on_stage(self, stage: str) -> None:
         log.info("job %s: stage %s", self.job_id, stage)
+        self.end_stage()
+        self._stage = (stage, time.monotonic())
         self._write("stage", lambda s: jobs.set_stage(s, self.job_id, stage, attempt=self.attempt))
         self._last_row = self._last_event = 0.0
 
@@ -286,7 +302,11 @@ def _record_success(
 def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Settings | None = None) -> None:
     """Run job ``job_id`` to its end (succeeded, failed or cancelled). Never raises for a job's own failure;
     raises a database error only before the job was claimed (the task then retries the message)."""
-    settings = settings or get_settings()
+    with log_context(job_id=job_id):  # every log line of the run names the job (and its tenant, once claimed)
+        _run_job(job_id, worker=worker, redelivered=redelivered, settings=settings or get_settings())
+
+
+def _run_job(job_id: str, *, worker: str, redelivered: bool, settings: Settings) -> None:
     storage = Storage(settings)
     # 1. Claim the row; a duplicate or stale message is dropped here.
     with session_scope(settings) as s:
@@ -303,6 +323,8 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
         # The stored request, trusted: it was validated when it was submitted. Whether this version of the core
         # can still run it is decided when it is mapped onto the core's config (step 2 of ``_run_claimed``).
         attempt, spec = job.attempts, stored_spec(job.spec)
+        tenant = s.get(Tenant, job.tenant_id)
+        add_to_context(tenant=tenant.name if tenant else job.tenant_id)
         # read in the claim's transaction: a database error here leaves the job unclaimed and the message retried
         ids = [spec.dataset_id, *spec.eval_dataset_ids]
         rows = {d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == job.tenant_id)}
@@ -310,11 +332,29 @@ def run_job(job_id: str, *, worker: str, redelivered: bool = False, settings: Se
     out_dir = job_dir / f"attempt-{attempt}"
     for leftover in job_dir.glob("attempt-*"):  # outputs of attempts whose worker was lost
         remove_tree(leftover)
+    JOB_ATTEMPTS.labels("first" if attempt == 1 else "retry").inc()
+    started = time.monotonic()
     try:
         with Heartbeat(job_id, attempt, settings) as heartbeat:
             _run_claimed(job_id, attempt, spec, rows, job_dir, out_dir, storage, settings, heartbeat)
     finally:
+        JOB_SECONDS.labels(_status_after(job_id, attempt, settings)).observe(time.monotonic() - started)
         release_device_memory()
+
+
+def _status_after(job_id: str, attempt: int, settings: Settings) -> str:
+    """The job's status once ``attempt`` is over, for its metric: ``abandoned`` when the attempt no longer
+    owns the job (requeued, or left running for the reaper), ``unknown`` when the database cannot say."""
+    try:
+        with session_scope(settings) as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return "deleted"
+            if job.attempts != attempt or job.status not in jobs.TERMINAL:
+                return "abandoned"
+            return str(job.status)
+    except Exception:
+        return "unknown"
 
 
 def prepare_device(settings: Settings) -> None:
@@ -391,6 +431,7 @@ def _run_claimed(
 
         prepare_device(settings)
         result = finetune(cfg, out_dir, reporter.callbacks())
+        reporter.end_stage()
     except Exception as e:
         if isinstance(e, Cancelled) and heartbeat.lost:
             remove_tree(out_dir)  # another attempt (or a cancel of a lost job) owns the row and the job dir now

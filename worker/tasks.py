@@ -44,6 +44,17 @@ def _preload_core(**_: object) -> None:
     import saft_core.pipeline  # noqa: F401
 
 
+@worker_init.connect
+def _serve_metrics(**_: object) -> None:
+    """Serve the worker's metrics on ``SAFT_WORKER_METRICS_PORT`` from its main process (the job process writes
+    its own to the multiprocess folder that ``saft worker`` set up, and the port sums them)."""
+    port = get_settings().worker_metrics_port
+    if port:
+        from saft_service.metrics import serve_worker_metrics
+
+        serve_worker_metrics(port)
+
+
 @worker_process_init.connect
 def _allow_data_loader_workers(**_: object) -> None:
     """Let the pool process that runs jobs start torch's data-loader workers (``SAFT_DATA_WORKERS``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Annotated, Literal
 
@@ -14,6 +15,7 @@ from saft_service.allowed_models import check_model, resolve_pretrained
 from saft_service.jobs import JobStatus
 from saft_service.jobspec import stored_spec
 from saft_service.limits import ID_PATTERN, LimitError
+from saft_service.metrics import CLASSIFY_IMAGES, CLASSIFY_SECONDS
 from saft_service.tables import Job
 
 from ..classify import ClassifierCache, decode_upload, parse_labels
@@ -90,6 +92,7 @@ def classify(
             raise ProblemError(422, "invalid_labels", "zero-shot classification needs labels (a JSON list)")
         alpha = 1.0
     session.commit()  # decoding and inference take seconds: hold no database connection through them
+    started = time.perf_counter()
     pictures = [decode_upload(f.file.read(), i, settings.max_image_pixels) for i, f in enumerate(images)]
     load_spec = replace(model_spec, pretrained=resolve_pretrained(model_spec.pretrained, settings))
     cache: ClassifierCache = request.app.state.classifiers
@@ -97,6 +100,9 @@ def classify(
     clf, results = cache.run(
         load_spec, checkpoint, sha, alpha, lambda c: c.classify(pictures, labels=label_list, top_k=k)
     )
+    kind = "fine_tuned" if job_id else "zero_shot"
+    CLASSIFY_IMAGES.labels(kind).inc(len(pictures))
+    CLASSIFY_SECONDS.labels(kind).observe(time.perf_counter() - started)
     return ClassifyPublic(
         model=model_spec.name,
         pretrained=model_spec.pretrained,

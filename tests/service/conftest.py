@@ -187,6 +187,13 @@ def wait_ready(stack: Stack, timeout: float = 120.0) -> None:
     raise RuntimeError(f"service not ready after {timeout} s: {last}\n{stack.logs()}")
 
 
+def serve_key(proc: Proc, timeout: float = 180.0) -> str:
+    """The key ``saft serve`` printed: it comes once its worker is ready, after the worker's start-up output."""
+    line = wait_until(lambda: next((ln for ln in proc.lines if ln.startswith("API key")), None), timeout=timeout)
+    assert line, f"saft serve printed no key\n{proc.tail()}"
+    return line.split()[-1]
+
+
 def create_key(env: dict[str, str], tenant: str) -> str:
     out = subprocess.run(
         saft("keys", "create", "--tenant", tenant),
@@ -259,7 +266,8 @@ def pg_stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
     models_dir = tmp_path_factory.mktemp("pg-models")  # the allow-listed weights folder (empty until a test)
     import_root = tmp_path_factory.mktemp("pg-imports")
     env = base_env(data_dir, SAFT_DATABASE_URL=postgres_url, SAFT_BROKER_URL=redis_url, SAFT_QUEUE_NAME=queue,
-                   SAFT_DATA_WORKERS="2", SAFT_MODELS_DIR=str(models_dir), SAFT_IMPORT_ROOTS=str(import_root))
+                   SAFT_DATA_WORKERS="2", SAFT_MODELS_DIR=str(models_dir), SAFT_IMPORT_ROOTS=str(import_root),
+                   SAFT_WORKER_METRICS_PORT=str(free_port()))
     migrate = subprocess.run(saft("migrate"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
     keys = {t: create_key(env, t) for t in ("alpha", "beta")}
@@ -285,15 +293,15 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """``saft serve`` on the embedded default, nothing else running; the key comes from its output."""
     data_dir = tmp_path_factory.mktemp("embedded-data")
     import_root = tmp_path_factory.mktemp("embedded-imports")
-    env = base_env(data_dir, SAFT_IMPORT_ROOTS=str(import_root))
+    # JSON log lines (API and worker), as an operator would collect them; the banner is printed, not logged.
+    env = base_env(data_dir, SAFT_IMPORT_ROOTS=str(import_root), SAFT_LOG_FORMAT="json",
+                   SAFT_WORKER_METRICS_PORT=str(free_port()))
     port = free_port()
     proc = Proc.start("serve", saft("serve", "--port", str(port)), env)
     stack = Stack("embedded", f"http://127.0.0.1:{port}", data_dir, {}, [proc], env, import_root)
     try:
         wait_ready(stack)
-        key_lines = [ln for ln in proc.lines if ln.startswith("API key")]
-        assert key_lines, f"saft serve printed no key\n{stack.logs()}"
-        stack.keys["alpha"] = key_lines[-1].split()[-1]
+        stack.keys["alpha"] = serve_key(proc)
         assert any(ln == f"URL: {stack.base_url}" for ln in proc.lines), stack.logs()
         stack.keys["beta"] = create_key(env, "beta")
         yield stack
@@ -393,12 +401,13 @@ def stack_settings(stack: Stack) -> Settings:
 
 
 @contextmanager
-def second_api(base: Stack, name: str, **env: str) -> Iterator[Stack]:
-    """Another ``saft api`` process on ``base``'s database and keys, with ``env`` on top (e.g. a queue no worker
-    consumes, so that its jobs stay queued)."""
+def second_api(base: Stack, name: str, *, workers: int = 1, **env: str) -> Iterator[Stack]:
+    """Another ``saft api`` (with ``workers`` uvicorn processes) on ``base``'s database and keys, with ``env`` on
+    top (e.g. a queue no worker consumes, so that its jobs stay queued)."""
     full_env = {**base.env, **env}
     port = free_port()
-    api = Proc.start(name, saft("api", "--host", "127.0.0.1", "--port", str(port)), full_env)
+    argv = saft("api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers))
+    api = Proc.start(name, argv, full_env)
     stack = Stack(name, f"http://127.0.0.1:{port}", base.data_dir, dict(base.keys), [api], full_env, base.import_root)
     try:
         wait_ready(stack)

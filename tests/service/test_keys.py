@@ -25,7 +25,12 @@ def listed(stack: Stack, tenant: str) -> list[dict]:
 
 def test_create_list_and_revoke_a_key(stack: Stack) -> None:
     tenant = f"keys-{stack.kind.replace('+', '-')}"
-    first, second = create_key(stack.env, tenant), create_key(stack.env, tenant)
+    first = create_key(stack.env, tenant)
+    made = keys_cli(stack, "create", "--tenant", tenant)
+    second = made.stdout.strip()
+    # the key on stdout; on stderr the one line about it, none of the migrations' (Alembic's INFO lines)
+    assert made.returncode == 0 and second.startswith("saft_") and "\n" not in second
+    assert made.stderr.startswith("new API key key_") and len(made.stderr.strip().splitlines()) == 1, made.stderr
     rows = listed(stack, tenant)
     assert [r["prefix"] for r in rows] == [first[:11], second[:11]]
     assert all(r["revoked_at"] is None and r["tenant"] == tenant for r in rows)
@@ -38,6 +43,7 @@ def test_create_list_and_revoke_a_key(stack: Stack) -> None:
     assert status(first) == 200 and status(second) == 200
     plain = keys_cli(stack, "list", "--tenant", tenant)
     assert plain.returncode == 0 and f"{first[:11]}..." in plain.stdout and first not in plain.stdout
+    assert plain.stderr == ""  # no Alembic lines
     out = keys_cli(stack, "revoke", f"{first[:11]}...")  # by the prefix, pasted as the list shows it
     assert out.returncode == 0 and f"revoked {rows[0]['id']}" in out.stdout, out.stderr
     assert status(first) == 401 and status(second) == 200  # at once, and only that key

@@ -33,6 +33,7 @@ from .conftest import (
     create_key,
     free_port,
     saft,
+    serve_key,
     wait_for_job,
     wait_ready,
     wait_until,
@@ -332,7 +333,7 @@ def test_a_job_cut_off_by_a_crashed_saft_serve_resumes_at_the_next_start(
         return stack
 
     first = serve()
-    key = next(ln for ln in first.procs[0].lines if ln.startswith("API key")).split()[-1]
+    key = serve_key(first.procs[0])
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=first.base_url, headers=headers, timeout=60) as c:
         ds = c.post("/v1/datasets", data={"name": "s"}, files={"file": ("s.zip", zip_dir(shapes_dir))}).json()

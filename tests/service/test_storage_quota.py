@@ -14,6 +14,7 @@ from .conftest import (
     base_env,
     free_port,
     saft,
+    serve_key,
     stored_datasets,
     wait_for_job,
     wait_ready,
@@ -40,7 +41,7 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory, quota: int) -> Iterato
     stack = Stack("quota", f"http://127.0.0.1:{port}", data_dir, {}, [proc], env)
     try:
         wait_ready(stack)
-        stack.keys["alpha"] = next(ln for ln in proc.lines if ln.startswith("API key")).split()[-1]
+        stack.keys["alpha"] = serve_key(proc)
         yield stack
     finally:
         proc.stop()

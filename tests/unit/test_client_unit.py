@@ -5,15 +5,26 @@ the real service in tests/service/test_client.py."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import stat
 import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
-from saft_client import Client, ConnectionFailed, RateLimited, RetryPolicy, SaftClientError, Unavailable
+from saft_client import (
+    ChecksumMismatch,
+    Client,
+    ConnectionFailed,
+    RateLimited,
+    RetryPolicy,
+    SaftClientError,
+    Unavailable,
+)
 from saft_client._base import SSEDecoder, job_body, parse_retry_after
 from saft_client._transfer import ReadableChunks, folder_files, zip_chunks
 from saft_client.models import CheckpointInfo, Evaluation
@@ -33,7 +44,7 @@ def _client(answers: list, seen: list[httpx.Request], **retry: float) -> Client:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return answer(request) if callable(answer) else answer  # a function answers as it likes
 
     policy = RetryPolicy(**{"backoff": 0.01, **retry})  # type: ignore[arg-type]
     return Client("http://saft.test", "k", transport=httpx.MockTransport(handler), retry=policy)
@@ -167,3 +178,55 @@ def test_an_older_servers_evaluations_still_parse() -> None:
     assert Evaluation.model_validate({**old, "model": "fine-tuned"}).alpha == 1.0
     assert Evaluation.model_validate({**old, "model": "interpolated", "alpha": 0.25}).alpha == 0.25
     assert CheckpointInfo.model_validate({"sha256": "0" * 64, "size_bytes": 1, "url": "/x"}).recommended_alpha is None
+
+
+def test_an_unreached_server_fails_at_once_when_asked_and_one_that_answered_is_retried() -> None:
+    """``RetryPolicy(retry_unreached=False)`` (the ``saft`` commands): nothing listening at the URL is said after
+    one attempt; a server that has answered this client before is retried as usual (a restart)."""
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    with _client([refused, httpx.Response(200, json=JOB)], seen := [], retry_unreached=False) as c:
+        with pytest.raises(ConnectionFailed) as e:
+            c.request("GET", "/v1/jobs")
+        assert len(seen) == 1 and e.value.url == "http://saft.test" and "Connection refused" in (e.value.reason or "")
+        assert c.request("GET", "/v1/jobs").json() == JOB  # it answers now
+    with _client([httpx.Response(200, json=JOB), refused, httpx.Response(200, json=JOB)], seen := [],
+                 retry_unreached=False) as c:
+        c.request("GET", "/v1/jobs")
+        assert c.request("GET", "/v1/jobs").json() == JOB and len(seen) == 3  # retried after an answer
+    with _client([refused, httpx.Response(200, json=JOB)], seen := []) as c:  # the default: retried
+        assert c.request("GET", "/v1/jobs").json() == JOB and len(seen) == 2
+
+
+def _file_answer(body: bytes, sha: str | None = None) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"X-Checksum-SHA256": sha or hashlib.sha256(body).hexdigest()})
+
+
+def test_download_gets_the_normal_file_mode_and_replaces_a_file_only_when_allowed(tmp_path: Path) -> None:
+    old_mask = os.umask(0o022)
+    try:
+        dest = tmp_path / "job_1.safetensors"
+        with _client([_file_answer(b"delta")], []) as c:
+            c.jobs.download_checkpoint("job_1", dest)
+        assert dest.read_bytes() == b"delta" and stat.S_IMODE(dest.stat().st_mode) == 0o644  # not mkstemp's 0600
+        with _client([_file_answer(b"other")], seen := []) as c, pytest.raises(FileExistsError, match="exists"):
+            c.jobs.download_checkpoint("job_1", dest, overwrite=False)
+        assert dest.read_bytes() == b"delta" and seen == []  # refused before anything was fetched
+        # the file appears while the download runs: still not replaced, and no temporary file is left
+        other = tmp_path / "other.safetensors"
+
+        def appears(request: httpx.Request) -> httpx.Response:
+            other.write_bytes(b"theirs")
+            return _file_answer(b"other")
+
+        with _client([appears], []) as c, pytest.raises(FileExistsError):
+            c.jobs.download_mask("job_1", other, overwrite=False)
+        assert other.read_bytes() == b"theirs"
+        with _client([_file_answer(b"new"), _file_answer(b"x", sha="0" * 64)], []) as c:
+            c.jobs.download_checkpoint("job_1", other)  # overwrite (the default): replaced
+            assert other.read_bytes() == b"new"
+            with pytest.raises(ChecksumMismatch):
+                c.jobs.download_checkpoint("job_1", other)
+        assert other.read_bytes() == b"new"  # a failed download leaves the file as it was
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["job_1.safetensors", "other.safetensors"]
+    finally:
+        os.umask(old_mask)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import math
 import os
 import random
 import time
@@ -38,17 +39,28 @@ RETRY_EXCEPTIONS = (httpx.TransportError,)  # connect/read/write errors, timeout
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter: attempt n waits U(0, min(max_backoff, backoff * 2**n)) seconds,
-    or the server's ``Retry-After`` when it gives one (capped at ``max_retry_after``)."""
+    or the server's ``Retry-After`` when it gives one (capped at ``max_retry_after``).
+
+    ``retry_unreached=False`` gives up at once when no connection can be opened to a server that has not
+    answered this client yet (nothing listens at the URL): an interactive tool pointed at the wrong port says
+    so now instead of after the retries. A server that has answered once is retried as usual (a restart)."""
 
     max_retries: int = 4
     backoff: float = 0.5
     max_backoff: float = 20.0
     max_retry_after: float = 120.0
+    retry_unreached: bool = True
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
         return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
+
+    def gives_up(self, attempt: int, error: Exception, *, answered: bool) -> bool:
+        """Whether transport ``error`` on ``attempt`` (0 for the first) ends the call (``ConnectionFailed``);
+        ``answered``: whether the server has answered this client before."""
+        unreached = isinstance(error, httpx.ConnectError) and not answered
+        return attempt >= self.max_retries or (unreached and not self.retry_unreached)
 
 
 def resolve_config(base_url: str | None, api_key: str | None) -> tuple[str, str | None]:
@@ -210,11 +222,27 @@ def job_body(
     top["method"] = m
     if hp:
         top["hyperparameters"] = hp
+    # JSON has no NaN or infinity (and pydantic would write them as null: "no grad clip"): refuse them by name.
+    for where, value in _numbers(top):
+        if not math.isfinite(value):
+            raise SaftClientError(f"invalid job options: {where} must be a finite number, got {value}")
     # Validate the shape here (unknown fields, wrong types) so a typo fails before a request is made.
     try:
         return JobCreate.model_validate(top).model_dump(mode="json", exclude_unset=True)
     except pydantic.ValidationError as e:
         raise SaftClientError(f"invalid job options: {e}") from e
+
+
+def _numbers(obj: Any, where: str = "") -> Iterator[tuple[str, float]]:
+    """``(dotted path, value)`` of every float in a JSON-like ``obj``."""
+    if isinstance(obj, float):
+        yield where, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{where}[{i}]")
 
 
 def import_body(path: str | os.PathLike[str], name: str | None) -> dict[str, Any]:

@@ -136,14 +136,36 @@ def dataset_source(path: str | os.PathLike[str]) -> tuple[str, Path, bool]:
     raise SaftClientError(f"{p}: no such folder or file")
 
 
+def umask() -> int:
+    """The process's file-mode creation mask (read without changing it where the system allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
+
+
 class VerifiedWriter:
     """Receives a download's chunks into a temporary file beside ``dest``; ``commit`` checks the SHA-256 and
-    renames it into place, ``abort`` removes it. ``dest`` is never seen half-written or unverified."""
+    renames it into place, ``abort`` removes it. ``dest`` is never seen half-written or unverified, and gets
+    the mode any new file gets (0666 less the umask, as ``open`` gives), not the temporary file's 0600.
+    ``overwrite=False`` refuses to replace an existing ``dest`` (checked again at the rename, atomically)."""
 
-    def __init__(self, dest: str | os.PathLike[str], expected_sha256: str | None, url: str) -> None:
+    def __init__(
+        self, dest: str | os.PathLike[str], expected_sha256: str | None, url: str, *, overwrite: bool = True
+    ) -> None:
         self.dest = Path(dest)
+        self.overwrite = overwrite
+        if not overwrite and self.dest.exists():
+            raise FileExistsError(f"{self.dest} exists; nothing written")
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.dest.parent, prefix=f".{self.dest.name}.", suffix=".part")
+        os.fchmod(fd, 0o666 & ~umask())
         self._f = os.fdopen(fd, "wb")
         self.tmp = Path(tmp)
         self.expected = (expected_sha256 or "").lower()
@@ -167,7 +189,21 @@ class VerifiedWriter:
         if actual != self.expected:
             self.abort()
             raise ChecksumMismatch(self.url, self.expected, actual)
-        os.replace(self.tmp, self.dest)
+        if self.overwrite:
+            os.replace(self.tmp, self.dest)
+            return self.dest
+        try:
+            os.link(self.tmp, self.dest)  # fails if dest appeared meanwhile: never replaces it
+        except FileExistsError:
+            self.abort()
+            raise FileExistsError(f"{self.dest} exists; nothing written") from None
+        except OSError:  # a file system without hard links: check, then rename (a narrow race remains)
+            if self.dest.exists():
+                self.abort()
+                raise FileExistsError(f"{self.dest} exists; nothing written") from None
+            os.replace(self.tmp, self.dest)
+            return self.dest
+        self.tmp.unlink()
         return self.dest
 
     def abort(self) -> None:

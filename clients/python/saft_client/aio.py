@@ -115,6 +115,7 @@ class AsyncClient:
     ) -> None:
         self.base_url, self.api_key = resolve_config(base_url, api_key)
         self.retry = retry or RetryPolicy()
+        self._answered = False  # whether the server has answered yet (RetryPolicy.retry_unreached)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=default_headers(self.api_key),
@@ -161,11 +162,14 @@ class AsyncClient:
             try:
                 response = await self._http.send(request, stream=stream)
             except RETRY_EXCEPTIONS as e:
-                if attempt >= self.retry.max_retries:
-                    raise ConnectionFailed(f"{method} {request.url}: {type(e).__name__}: {e}") from e
+                if self.retry.gives_up(attempt, e, answered=self._answered):
+                    raise ConnectionFailed(
+                        f"{method} {request.url}: {type(e).__name__}: {e}", url=self.base_url, reason=str(e)
+                    ) from e
                 await asyncio.sleep(self.retry.delay(attempt))
                 attempt += 1
                 continue
+            self._answered = True
             if response.is_success:
                 return response
             if method == "DELETE" and attempt > 0 and response.status_code == 404:
@@ -203,14 +207,18 @@ class AsyncClient:
                 return
 
     async def _download(
-        self, path: str, dest: str | os.PathLike[str], progress: bool | Progress | None
+        self, path: str, dest: str | os.PathLike[str], progress: bool | Progress | None, overwrite: bool = True
     ) -> Path:
+        if not overwrite and Path(dest).exists():
+            raise FileExistsError(f"{dest} exists; nothing written")
         cb, close_bar = progress_callback(progress, Path(dest).name)
         attempt = 0
         try:
             while True:
                 response = await self.request("GET", path, stream=True)
-                writer = VerifiedWriter(dest, response.headers.get("X-Checksum-SHA256"), str(response.url))
+                writer = VerifiedWriter(
+                    dest, response.headers.get("X-Checksum-SHA256"), str(response.url), overwrite=overwrite
+                )
                 total = (
                     int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
                 )
@@ -222,7 +230,9 @@ class AsyncClient:
                 except RETRY_EXCEPTIONS as e:
                     writer.abort()
                     if attempt >= self.retry.max_retries:
-                        raise ConnectionFailed(f"GET {path}: {type(e).__name__}: {e}") from e
+                        raise ConnectionFailed(
+                            f"GET {path}: {type(e).__name__}: {e}", url=self.base_url, reason=str(e)
+                        ) from e
                     await asyncio.sleep(self.retry.delay(attempt))
                     attempt += 1
                     continue
@@ -682,11 +692,21 @@ class AsyncJobs:
         return await self._c._get(f"/v1/jobs/{id_of(job)}/mask", Mask)
 
     async def download_checkpoint(
-        self, job: str | Job, path: str | os.PathLike[str], *, progress: bool | Progress | None = None
+        self,
+        job: str | Job,
+        path: str | os.PathLike[str],
+        *,
+        progress: bool | Progress | None = None,
+        overwrite: bool = True,
     ) -> Path:
-        return await self._c._download(f"/v1/jobs/{id_of(job)}/checkpoint", path, progress)
+        return await self._c._download(f"/v1/jobs/{id_of(job)}/checkpoint", path, progress, overwrite)
 
     async def download_mask(
-        self, job: str | Job, path: str | os.PathLike[str], *, progress: bool | Progress | None = None
+        self,
+        job: str | Job,
+        path: str | os.PathLike[str],
+        *,
+        progress: bool | Progress | None = None,
+        overwrite: bool = True,
     ) -> Path:
-        return await self._c._download(f"/v1/jobs/{id_of(job)}/mask/file", path, progress)
+        return await self._c._download(f"/v1/jobs/{id_of(job)}/mask/file", path, progress, overwrite)

@@ -115,6 +115,7 @@ class Client:
     ) -> None:
         self.base_url, self.api_key = resolve_config(base_url, api_key)
         self.retry = retry or RetryPolicy()
+        self._answered = False  # whether the server has answered yet (RetryPolicy.retry_unreached)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=default_headers(self.api_key),
@@ -165,8 +166,10 @@ class Client:
             try:
                 response = self._http.send(request, stream=stream)
             except RETRY_EXCEPTIONS as e:
-                if attempt >= self.retry.max_retries:
-                    raise ConnectionFailed(f"{method} {request.url}: {type(e).__name__}: {e}") from e
+                if self.retry.gives_up(attempt, e, answered=self._answered):
+                    raise ConnectionFailed(
+                        f"{method} {request.url}: {type(e).__name__}: {e}", url=self.base_url, reason=str(e)
+                    ) from e
                 wait = self.retry.delay(attempt)
                 log.warning(
                     "%s %s: %s; retry %d in %.1f s", method, path, type(e).__name__, attempt + 1, wait
@@ -174,6 +177,7 @@ class Client:
                 time.sleep(wait)
                 attempt += 1
                 continue
+            self._answered = True
             if response.is_success:
                 return response
             if method == "DELETE" and attempt > 0 and response.status_code == 404:
@@ -213,15 +217,22 @@ class Client:
             if not cursor:
                 return
 
-    def _download(self, path: str, dest: str | os.PathLike[str], progress: bool | Progress | None) -> Path:
+    def _download(
+        self, path: str, dest: str | os.PathLike[str], progress: bool | Progress | None, overwrite: bool = True
+    ) -> Path:
         """Stream ``path`` into ``dest``: verified against ``X-Checksum-SHA256`` and renamed into place only
-        then; a broken transfer is retried from the start, a checksum mismatch raises (nothing written)."""
+        then; a broken transfer is retried from the start, a checksum mismatch raises (nothing written).
+        ``overwrite=False``: an existing ``dest`` raises ``FileExistsError`` (before anything is fetched)."""
+        if not overwrite and Path(dest).exists():
+            raise FileExistsError(f"{dest} exists; nothing written")
         cb, close_bar = progress_callback(progress, Path(dest).name)
         attempt = 0
         try:
             while True:
                 response = self.request("GET", path, stream=True)
-                writer = VerifiedWriter(dest, response.headers.get("X-Checksum-SHA256"), str(response.url))
+                writer = VerifiedWriter(
+                    dest, response.headers.get("X-Checksum-SHA256"), str(response.url), overwrite=overwrite
+                )
                 total = (
                     int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
                 )
@@ -233,7 +244,9 @@ class Client:
                 except RETRY_EXCEPTIONS as e:
                     writer.abort()
                     if attempt >= self.retry.max_retries:
-                        raise ConnectionFailed(f"GET {path}: {type(e).__name__}: {e}") from e
+                        raise ConnectionFailed(
+                            f"GET {path}: {type(e).__name__}: {e}", url=self.base_url, reason=str(e)
+                        ) from e
                     time.sleep(self.retry.delay(attempt))
                     attempt += 1
                     continue
@@ -751,13 +764,25 @@ class Jobs:
         return self._c._get(f"/v1/jobs/{id_of(job)}/mask", Mask)
 
     def download_checkpoint(
-        self, job: str | Job, path: str | os.PathLike[str], *, progress: bool | Progress | None = None
+        self,
+        job: str | Job,
+        path: str | os.PathLike[str],
+        *,
+        progress: bool | Progress | None = None,
+        overwrite: bool = True,
     ) -> Path:
-        """Download the sparse checkpoint to ``path`` (SHA-256 verified, written atomically); returns it."""
-        return self._c._download(f"/v1/jobs/{id_of(job)}/checkpoint", path, progress)
+        """Download the sparse checkpoint to ``path`` (SHA-256 verified, written atomically, with the mode a new file
+        gets); returns it. ``overwrite=False`` raises ``FileExistsError`` if ``path`` exists."""
+        return self._c._download(f"/v1/jobs/{id_of(job)}/checkpoint", path, progress, overwrite)
 
     def download_mask(
-        self, job: str | Job, path: str | os.PathLike[str], *, progress: bool | Progress | None = None
+        self,
+        job: str | Job,
+        path: str | os.PathLike[str],
+        *,
+        progress: bool | Progress | None = None,
+        overwrite: bool = True,
     ) -> Path:
-        """Download the mask file to ``path`` (SHA-256 verified, written atomically); returns it."""
-        return self._c._download(f"/v1/jobs/{id_of(job)}/mask/file", path, progress)
+        """Download the mask file to ``path`` (SHA-256 verified, written atomically, with the mode a new file
+        gets); returns it. ``overwrite=False`` raises ``FileExistsError`` if ``path`` exists."""
+        return self._c._download(f"/v1/jobs/{id_of(job)}/mask/file", path, progress, overwrite)

@@ -115,7 +115,13 @@ def error_class(status: int) -> type[APIError]:
 
 
 class ConnectionFailed(SaftClientError):
-    """The server could not be reached (or dropped the connection) on every attempt."""
+    """The server could not be reached (or dropped the connection) on every attempt; ``url`` is the server's
+    base URL when known, ``reason`` what the last attempt met (``[Errno 111] Connection refused``)."""
+
+    def __init__(self, message: str, *, url: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason
 
 
 class ChecksumMismatch(SaftClientError):

@@ -32,17 +32,19 @@ def cli_env(stack: Stack, tenant: str = "alpha") -> dict[str, str]:
 
 
 def run_cli(
-    stack: Stack, *args: str, tenant: str = "alpha", timeout: float = 300, env: dict[str, str] | None = None
+    stack: Stack, *args: str, tenant: str = "alpha", timeout: float = 300, env: dict[str, str] | None = None,
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess[str]:
-    """``saft ARGS`` as a user runs it against ``stack``; ``env`` adds to (or overrides) its environment."""
+    """``saft ARGS`` as a user runs it against ``stack``, in ``cwd``; ``env`` adds to (or overrides) its
+    environment."""
     return subprocess.run(
-        saft(*args), cwd=REPO, env={**cli_env(stack, tenant), **(env or {})}, capture_output=True, text=True,
+        saft(*args), cwd=cwd, env={**cli_env(stack, tenant), **(env or {})}, capture_output=True, text=True,
         timeout=timeout,
     )
 
 
-def cli_json(stack: Stack, *args: str) -> dict | list:
-    out = run_cli(stack, *args, "--json")
+def cli_json(stack: Stack, *args: str, cwd: Path = REPO) -> dict | list:
+    out = run_cli(stack, *args, "--json", cwd=cwd)
     assert out.returncode == 0, f"saft {' '.join(args)} exited {out.returncode}\n{out.stderr}"
     return json.loads(out.stdout.strip().splitlines()[-1])
 

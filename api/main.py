@@ -23,7 +23,19 @@ from .classify import ClassifierCache
 from .deps import key_checker
 from .limits import AuthenticateFirst, BodyTimeout, ContentLengthLimit, JsonBodyLimit
 from .observability import RequestObservation
-from .routes import classify, console, datasets, health, jobs, metrics, models, thumbnails, uploads, usage
+from .routes import (
+    classify,
+    console,
+    datasets,
+    health,
+    jobs,
+    metrics,
+    models,
+    thumbnails,
+    uploads,
+    usage,
+    webhooks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "/v1/datasets": settings.max_upload_bytes,
             "/v1/uploads": settings.max_upload_part_bytes,
             "/v1/jobs": settings.max_json_body_bytes,
+            "/v1/webhooks": settings.max_json_body_bytes,
         },
     )
     app.add_middleware(AuthenticateFirst, check=key_checker(settings))
@@ -107,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, max_body_size=settings.max_json_body_bytes)
     app.include_router(classify.router, max_body_size=settings.max_request_bytes)
     app.include_router(thumbnails.router)
+    app.include_router(webhooks.router, max_body_size=settings.max_json_body_bytes)
     console.install(app)
     problems.document_problems(app)
     datasets.document_bodies(app)

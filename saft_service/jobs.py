@@ -8,8 +8,8 @@
 ``running -> queued`` is a requeue after the job's worker was lost (the reaper: no heartbeat); ``running ->
 running`` a restart by a worker that knows the previous process is dead. Transitions are compare-and-set
 updates (``UPDATE ... WHERE status IN (allowed sources)``), so the API cancelling a queued job and a worker
-claiming it cannot both win. Each transition writes a ``JobEvent`` in the same transaction. Callers own the
-transaction (commit after the call).
+claiming it cannot both win. Each transition writes a ``JobEvent`` in the same transaction, and a final one its
+webhook deliveries (``saft_service.webhooks``). Callers own the transaction (commit after the call).
 
 Fencing: ``attempts`` counts the starts of a job and is the lease of the process running it. Every write a
 worker makes about its job (heartbeat, stage, progress, its end) carries the attempt it claimed and applies only
@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from . import webhooks
 from .tables import Checkpoint, Evaluation, Job, JobEvent, Mask, utcnow
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,11 @@ def _transition(
     result = session.execute(
         stmt.values(status=target.value, **values).execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    if target in TERMINAL:  # the webhook deliveries commit (or roll back) with the final transition
+        webhooks.enqueue_job_event(session, job_id, f"job.{target.value}")
+    return True
 
 
 def _running(job_id: str, attempt: int | None) -> Any:

@@ -205,6 +205,26 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Seconds between the API's checks for new job events (one query for all streams)."
     )
 
+    # Webhooks (saft_service/webhooks.py): signed messages about a tenant's jobs, sent by each worker process.
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhook URLs that resolve to loopback, private, link-local or metadata addresses "
+        "(refused by default, at registration and again before each delivery)."
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, le=60, description="Seconds a webhook receiver gets to connect and to answer (each)."
+    )
+    webhook_retry_base: float = Field(
+        30.0, gt=0, description="Seconds before a failed webhook delivery's first retry; each retry waits twice as "
+        "long as the one before."
+    )
+    webhook_retry_for: float = Field(
+        24 * 3600.0, gt=0, description="Seconds a webhook delivery is retried for; then it is marked failed."
+    )
+    webhook_poll_interval: float = Field(
+        2.0, gt=0, description="Seconds between a worker's checks for webhook deliveries that are due."
+    )
+    max_webhooks: int = Field(20, ge=1, description="Most webhook endpoints one tenant may register.")
+
     log_level: str = Field("INFO", description="Logging level of the API and worker.")
     log_format: Literal["text", "json"] = Field(
         "text",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import multiprocessing
 import socket
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from sqlalchemy.exc import DBAPIError
 
 from saft_service.queue import RUN_JOB_TASK
 from saft_service.settings import get_settings
+from saft_service.webhooks import Dispatcher
 
 from . import runner
 from .app import app
@@ -64,3 +65,21 @@ def _allow_data_loader_workers(**_: object) -> None:
     watch their parent), so clearing the flag for this one process leaves nothing behind.
     """
     multiprocessing.current_process().daemon = False
+
+
+_dispatcher: list[Dispatcher] = []
+
+
+@worker_ready.connect
+def _start_webhook_dispatcher(**_: object) -> None:
+    """Send the webhook deliveries that are due from the worker's main process (every worker does; leases on the
+    rows keep two from sending the same attempt), so they go out for as long as any worker runs."""
+    dispatcher = Dispatcher(get_settings())
+    dispatcher.start()
+    _dispatcher.append(dispatcher)
+
+
+@worker_shutdown.connect
+def _stop_webhook_dispatcher(**_: object) -> None:
+    while _dispatcher:
+        _dispatcher.pop().stop()

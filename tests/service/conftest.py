@@ -48,6 +48,10 @@ LIMITS = {
     "SAFT_UPLOAD_PART_BYTES": "2048",  # a few parts for the small generated datasets
     "SAFT_PROGRESS_INTERVAL": "0.2",
     "SAFT_LOG_LEVEL": "INFO",
+    # webhook receivers in the tests listen on 127.0.0.1; retries come at once
+    "SAFT_WEBHOOK_ALLOW_PRIVATE": "1",
+    "SAFT_WEBHOOK_RETRY_BASE": "0.2",
+    "SAFT_WEBHOOK_POLL_INTERVAL": "0.2",
 }
 
 

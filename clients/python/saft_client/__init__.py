@@ -8,6 +8,7 @@ job = c.jobs.wait(c.jobs.create(dataset=ds, ratio=0.01, epochs=2), on_event=prin
 
 __version__ = "0.1.0"
 
+from . import webhooks  # noqa: E402
 from ._base import RetryPolicy  # noqa: E402
 from .aio import AsyncClient  # noqa: E402
 from .client import Client  # noqa: E402
@@ -41,7 +42,10 @@ from .models import (  # noqa: E402
     Upload,
     UploadPart,
     Usage,
+    Webhook,
+    WebhookDelivery,
 )
+from .webhooks import WebhookVerificationError  # noqa: E402
 
 __all__ = [
     "APIError",
@@ -74,5 +78,9 @@ __all__ = [
     "UploadPart",
     "Usage",
     "ValidationError",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookVerificationError",
     "__version__",
+    "webhooks",
 ]

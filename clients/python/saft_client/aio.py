@@ -94,6 +94,7 @@ from .models import (
     UploadPart,
     Usage,
 )
+from .webhooks import AsyncWebhooks
 
 log = logging.getLogger("saft_client")
 M = TypeVar("M", bound=BaseModel)
@@ -124,6 +125,7 @@ class AsyncClient:
         self.datasets = AsyncDatasets(self)
         self.jobs = AsyncJobs(self)
         self.uploads = AsyncUploads(self)
+        self.webhooks = AsyncWebhooks(self)
 
     async def aclose(self) -> None:
         await self._http.aclose()

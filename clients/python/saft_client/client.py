@@ -89,6 +89,7 @@ from .models import (
     UploadPart,
     Usage,
 )
+from .webhooks import Webhooks
 
 log = logging.getLogger("saft_client")
 M = TypeVar("M", bound=BaseModel)
@@ -124,6 +125,7 @@ class Client:
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
         self.uploads = Uploads(self)
+        self.webhooks = Webhooks(self)
 
     # --- plumbing -----------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -295,6 +295,54 @@ class Problem(_Model):
 
 
 # Client model -> the schema it mirrors in the server's OpenAPI document (the drift test walks this).
+# --- webhooks ---------------------------------------------------------------------------------------------
+
+
+class Webhook(_Model):
+    """A registered webhook endpoint (server schema ``WebhookPublic``)."""
+
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+
+
+class WebhookCreated(Webhook):
+    """The answer to registering an endpoint: with its signing secret, shown this once."""
+
+    secret: str
+
+
+class WebhookSecret(_Model):
+    """A rotated endpoint's new secret; the previous one also signs until ``previous_valid_until``."""
+
+    id: str
+    secret: str
+    previous_valid_until: datetime
+
+
+class WebhookAttempt(_Model):
+    number: int
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+
+
+class WebhookDelivery(_Model):
+    """One message to an endpoint (``id`` is its ``webhook-id``) and every attempt at sending it."""
+
+    id: str
+    event_type: str
+    job_id: str | None
+    status: Literal["pending", "delivered", "failed"]
+    next_attempt_at: datetime | None
+    created_at: datetime
+    finished_at: datetime | None
+    payload: dict[str, Any]
+    attempts: list[WebhookAttempt]
+
+
 SERVER_SCHEMAS: dict[type[BaseModel], str] = {
     Dataset: "DatasetPublic",
     UploadPart: "UploadPartPublic",
@@ -317,4 +365,9 @@ SERVER_SCHEMAS: dict[type[BaseModel], str] = {
     Classification: "ClassifyPublic",
     ModelInfo: "ModelPublic",
     Problem: "Problem",
+    Webhook: "WebhookPublic",
+    WebhookCreated: "WebhookCreated",
+    WebhookSecret: "WebhookSecret",
+    WebhookAttempt: "WebhookAttemptPublic",
+    WebhookDelivery: "WebhookDeliveryPublic",
 }

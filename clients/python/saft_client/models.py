@@ -292,6 +292,7 @@ class Problem(_Model):
     detail: str
     instance: str | None = None
     code: str
+    request_id: str | None = None  # the request's X-Request-ID: quote it when reporting a problem
 
 
 # Client model -> the schema it mirrors in the server's OpenAPI document (the drift test walks this).

@@ -3,7 +3,7 @@ within a tenant, the window under concurrent dispatchers, the reaper's part, and
 
 The broker is the data dir's SQLite queue (real kombu), which no worker reads; "a worker" here is the test
 taking the job the broker holds, claiming it, and dispatching as ``worker.runner.run_job`` does after a claim.
-The same rules with a real worker on each stack are in tests/service/client/test_scheduling.py.
+The same rules with a real worker on each stack are in test_scheduling.py.
 """
 
 from __future__ import annotations

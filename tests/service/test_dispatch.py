@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
 import secrets
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +237,31 @@ def test_the_migration_counts_queued_jobs_as_dispatched(migrated_settings: Setti
     assert dispatched(settings) == ["job_unsent", "job_sent"]
     command.downgrade(cfg, rev.down_revision)
     command.upgrade(cfg, "head")
+
+
+def test_saft_tenants_share_shows_and_sets_a_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from saft_cli.main import main
+    from saft_service.settings import get_settings
+
+    for k in [k for k in os.environ if k.startswith("SAFT_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SAFT_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert main(["keys", "create", "--tenant", "big"]) == 0
+        assert main(["tenants", "share", "big", "2.5"]) == 0
+        assert main(["tenants", "share", "big"]) == 0
+        assert main(["tenants", "share", "nobody", "2"]) != 0
+        out, err = capsys.readouterr()
+        assert out.splitlines()[-2:] == ["tenant 'big': share 2.5 (turns in dispatch relative to share-1 tenants)"] * 2
+        assert "no tenant 'nobody'" in err
+        with pytest.raises(SystemExit):
+            main(["tenants", "share", "big", "0"])
+        assert "a share is between 0.01 and 100" in capsys.readouterr().err
+        with db.session_factory(get_settings())() as s:
+            assert s.scalar(select(Tenant.share).where(Tenant.name == "big")) == 2.5
+    finally:
+        db.get_engine(get_settings()).dispose()
+        get_settings.cache_clear()

@@ -161,7 +161,7 @@ class Job(_Model):
     validation_fraction: float
     templates: list[str]
     metadata: dict[str, Any]
-    priority: Literal["low", "normal", "high"] = "normal"  # servers before priorities had none
+    priority: Literal["low", "normal", "high"]
     cancel_requested: bool
     attempts: int
     checkpoint: CheckpointInfo | None

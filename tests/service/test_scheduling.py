@@ -2,7 +2,8 @@
 default): one worker, tenant alpha queues four jobs, then tenant beta one; beta's starts before alpha's third.
 
 The jobs are quick to run: their dataset's files are removed from the artifact store after the upload (as a
-lost disk would), so each job starts, fails while loading, and the worker takes the next. The rules themselves
+lost disk would), so each job starts, fails while loading, and the worker takes the next; alpha's last two are cancelled once
+beta's has run. The rules themselves
 (turns, shares, priorities, the window under concurrent dispatchers) are in test_dispatch.py.
 """
 
@@ -13,6 +14,8 @@ import shutil
 import httpx
 
 from .conftest import Stack, stack_settings, wait_for_job
+
+ENDED = {"succeeded", "failed", "cancelled"}
 
 
 def doomed_dataset(stack: Stack, c: httpx.Client, archive: bytes) -> str:
@@ -37,12 +40,17 @@ def test_with_one_worker_another_tenants_job_starts_before_the_third_of_a_long_q
 
             broker = redis.Redis.from_url(stack_settings(stack).celery_broker_url)
             assert broker.llen(stack.env["SAFT_QUEUE_NAME"]) <= 1
-        done = [wait_for_job(c, i, until={"failed"}, timeout=180) for c, i in [(a, j) for j in a_ids] + [(b, b_job["id"])]]
-        assert {d["error"]["code"] for d in done} == {"dataset_missing"}, done
-        order = sorted(done, key=lambda d: d["started_at"])
-        ids = [d["id"] for d in order]
-        assert ids.index(b_job["id"]) < ids.index(a_ids[2]), ids
-        assert [i for i in ids if i in a_ids] == a_ids  # alpha's own jobs in the order they came
-        for c, d in [(a, d) for d in done[:4]] + [(b, done[4])]:
-            events = c.get(f"/v1/jobs/{d['id']}/events").json()["data"]
-            assert sum(e["message"] == "job started" for e in events) == 1  # each ran once
+        # Once beta's job has ended, alpha's last two are cancelled (at once while still queued).
+        wait_for_job(b, b_job["id"], until=ENDED, timeout=180)
+        for i in a_ids[2:]:
+            a.post(f"/v1/jobs/{i}/cancel")
+        owned = [(a, i) for i in a_ids] + [(b, b_job["id"])]
+        done = {i: wait_for_job(c, i, until=ENDED, timeout=180) for c, i in owned}
+        started = sorted((d for d in done.values() if d["started_at"]), key=lambda d: d["started_at"])
+        ids = [d["id"] for d in started]
+        assert [i for i in ids if i in a_ids] == a_ids[: len(ids) - 1], ids  # alpha's in the order they came
+        assert b_job["id"] in ids and (a_ids[2] not in ids or ids.index(b_job["id"]) < ids.index(a_ids[2])), ids
+        assert all(done[i]["status"] == "failed" and done[i]["error"]["code"] == "invalid_dataset" for i in ids), done
+        for c, i in owned:
+            events = c.get(f"/v1/jobs/{i}/events").json()["data"]
+            assert sum(e["message"] == "job started" for e in events) == (i in ids)  # each ran once, if at all

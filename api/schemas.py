@@ -263,6 +263,7 @@ class JobPublic(BaseModel):
     validation_fraction: float
     templates: list[str]
     metadata: dict[str, Any]
+    priority: Literal["low", "normal", "high"]
     cancel_requested: bool
     attempts: int
     checkpoint: CheckpointInfo | None
@@ -290,6 +291,7 @@ class JobPublic(BaseModel):
             validation_fraction=spec.validation_fraction,
             templates=spec.templates,
             metadata=spec.metadata,
+            priority=spec.priority,
             cancel_requested=job.cancel_requested,
             attempts=job.attempts,
             checkpoint=CheckpointInfo(

@@ -127,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from api.main import create_app
     from saft_service import db, jobs, keys
-    from saft_service.submission import send
+    from saft_service.dispatch import dispatch
 
     settings = settings_from_env()
     # 1. Schema, a key for the default tenant, and jobs a previous run left behind.
@@ -149,9 +149,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass_fds=(ready_w,),
     )
     os.close(ready_w)
-    for job_id in queued:
-        with db.session_scope(settings) as session:
-            send(session, settings, job_id)
+    if queued:
+        dispatch(settings)  # those waiting in the store; a dispatched one's lost message is the reaper's
     # 3. The API in this process; if the worker dies, the service stops rather than queueing forever.
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_config=None)
     server = uvicorn.Server(config)

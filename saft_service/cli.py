@@ -1,8 +1,9 @@
-"""The service's commands of ``saft``: database migrations and API keys.
+"""The service's commands of ``saft``: database migrations, API keys, tenants' shares.
 
     saft migrate                   apply database migrations
     saft keys create --tenant T    print a new API key (last line)
     saft keys list | revoke KEY    list keys; revoke one
+    saft tenants share T [SHARE]   show or set a tenant's share of the workers (saft_service/dispatch.py)
 
 ``register(sub)`` adds them to the ``saft`` parser (composed in ``saft_cli``). Service modules are imported
 inside the commands, so the core's commands stay fast.
@@ -97,6 +98,33 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenants_share(args: argparse.Namespace) -> int:
+    from saft_core.errors import SaftError
+
+    from . import db
+    from .tables import Tenant
+
+    settings = settings_from_env()
+    db.upgrade(settings)
+    with db.session_scope(settings) as session:
+        tenant = session.query(Tenant).filter_by(name=args.tenant).one_or_none()
+        if tenant is None:
+            raise SaftError(f"no tenant {args.tenant!r} (tenants are made by `saft keys create`)",
+                            code="tenant_not_found")
+        if args.share is not None:
+            tenant.share = args.share
+        share = tenant.share
+    print(f"tenant {args.tenant!r}: share {share:g} (turns in dispatch relative to share-1 tenants)")
+    return 0
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.01 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"a share is between 0.01 and 100, not {text}")
+    return value
+
+
 def safe_url(url: str) -> str:
     """The URL without a password, for printing."""
     from sqlalchemy.engine import make_url
@@ -124,4 +152,13 @@ def register(sub: Subcommands) -> None:
     k = keys_sub.add_parser("revoke", help="revoke a key at once (requests with it answer 401)")
     k.add_argument("key", help="the key id (key_...), the whole key, or its prefix as listed")
     k.set_defaults(func=cmd_keys_revoke)
+
+    p = sub.add_parser("tenants", help="tenants' settings")
+    tenants_sub = p.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    t = tenants_sub.add_parser(
+        "share", help="show or set a tenant's share: its turns in dispatch relative to others (default 1)"
+    )
+    t.add_argument("tenant", help="tenant name")
+    t.add_argument("share", nargs="?", type=_share, default=None, help="new share, 0.01 to 100 (2: twice the turns)")
+    t.set_defaults(func=cmd_tenants_share)
 

@@ -120,12 +120,18 @@ def _running(job_id: str, attempt: int | None) -> Any:
     return clause & (Job.attempts == attempt) if attempt is not None else clause
 
 
-def create(session: Session, *, tenant_id: str, dataset_id: str, spec: dict[str, Any]) -> Job:
-    """A new queued job. ``spec`` is the validated request (``JobSpec.model_dump(mode='json')``)."""
+def create(
+    session: Session, *, tenant_id: str, dataset_id: str, spec: dict[str, Any], queue: str | None = None,
+    priority: int = 1,
+) -> Job:
+    """A new queued job. ``spec`` is the validated request (``JobSpec.model_dump(mode='json')``); ``queue`` and
+    ``priority`` (0 low, 1 normal, 2 high) are for the dispatcher (saft_service/dispatch.py), which sends it."""
     job = Job(
         tenant_id=tenant_id,
         dataset_id=dataset_id,
         status=JobStatus.QUEUED.value,
+        queue=queue,
+        priority=priority,
         spec=spec,
         metrics={},
         step=0,
@@ -255,7 +261,7 @@ def requeue(session: Session, job: Job, reason: str) -> bool:
     """``running -> queued`` for a job whose worker is lost; the next attempt resumes from its snapshot."""
     if not _transition(
         session, job.id, JobStatus.QUEUED, [JobStatus.RUNNING], attempt=job.attempts,
-        stage=None, worker=None, enqueued_at=None,
+        stage=None, worker=None, enqueued_at=None, dispatched_at=None,  # back to the store, dispatched in turn
     ):
         return False
     add_event(
@@ -436,8 +442,8 @@ def succeed(
 def recover_after_restart(session: Session, *, max_attempts: int = 3) -> list[str]:
     """For a single-worker deployment (``saft serve``) starting up: no job can be running, so ``running`` rows
     were left by a process that died with the service. Each goes back to the queue and resumes from its last
-    snapshot (or fails ``worker_lost`` after ``max_attempts`` starts). Returns the ids of the queued jobs, which
-    the caller sends to the queue again (a duplicate message is dropped by ``claim``)."""
+    snapshot (or fails ``worker_lost`` after ``max_attempts`` starts). Returns the ids of the queued jobs; the
+    caller dispatches (saft_service/dispatch.py) those that wait in the store."""
     for job in session.scalars(select(Job).where(Job.status == JobStatus.RUNNING.value)).all():
         if job.cancel_requested:
             if _transition(session, job.id, JobStatus.CANCELLED, [JobStatus.RUNNING], finished_at=utcnow()):

@@ -14,7 +14,8 @@ a new field of the SAFT method, with no edit here. Where each option sits in the
     method (type "saft")   TrainConfig.ratio; ScoringConfig but batch_size (reduction -> score_reduction)
     hyperparameters        TrainConfig but method and ratio; DataConfig.shots;
                            ScoringConfig.batch_size -> scoring_batch_size
-    top level              ModelSpec.name -> model, .pretrained; DataConfig.validation_fraction, .templates
+    top level              ModelSpec.name -> model, .pretrained; DataConfig.validation_fraction, .templates;
+                           the service's own: metadata, priority (the dispatcher's, saft_service/dispatch.py)
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ class JobSpec(BaseModel):
     metadata: dict[str, Any] = Field(
         default_factory=dict,
         description="Free-form, echoed back (at most SAFT_MAX_METADATA_BYTES of JSON, 8 KiB by default).",
+    )
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal",
+        description="Order among this tenant's own queued jobs (high first, then first submitted); tenants take "
+        "turns regardless of it.",
     )
 
     @field_validator("templates")

@@ -99,7 +99,7 @@ _REDIS_PRIORITY_SEP = "\x06\x16"
 _REDIS_PRIORITY_STEPS = (3, 6, 9)
 
 
-def _job_id_of(payload: str | bytes) -> str | None:
+def job_id_of(payload: str | bytes) -> str | None:
     """The job id a kombu message (JSON, with a base64 or plain body of Celery's protocol 2) carries."""
     try:
         msg = json.loads(payload)
@@ -149,4 +149,4 @@ def pending_job_ids(settings: Settings) -> set[str] | None:
             engine.dispose()
     else:
         return None
-    return {job_id for p in payloads if (job_id := _job_id_of(p))}
+    return {job_id for p in payloads if (job_id := job_id_of(p))}

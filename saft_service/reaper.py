@@ -7,10 +7,11 @@ act per pass, and every change is a compare-and-set on the job row anyway):
    the worker was killed as a whole, the database was unreachable from it for that long). It is requeued and
    its next attempt resumes from its last snapshot; after ``max_attempts`` starts it fails ``worker_lost``; a
    job whose cancellation was asked for is cancelled instead.
-2. A ``queued`` job whose message the broker does not hold (lost in a Redis restart without persistence, never
-   sent because the API died between the row and the message, or refused while the broker was down) and that
-   was last sent more than ``requeue_after`` seconds ago is sent again. A duplicate message is harmless: the
-   claim is a compare-and-set on the row.
+2. A dispatched ``queued`` job of this process's queue whose message the broker does not hold (lost in a Redis
+   restart without persistence, never sent because the process died between the dispatch and the message, or
+   refused while the broker was down) and that was last sent (or dispatched) more than ``requeue_after``
+   seconds ago is sent again. A duplicate message is harmless: the claim is a compare-and-set on the row. Then
+   the dispatcher fills the window (saft_service/dispatch.py): jobs requeued in step 1 wait their turn there.
 3. A multipart upload past its ``expires_at`` (``SAFT_UPLOAD_TTL`` after it was created) is deleted with its
    parts, and so is an upload folder that no row names; an upload left ``completing`` by a process that died
    (no beat for five minutes) is pending again (see saft_service/multipart.py).
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from . import jobs
 from .db import session_scope
+from .dispatch import dispatch, in_queue
 from .metrics import count_reaper
 from .multipart import reap_uploads
 from .queue import QueueUnavailable, enqueue_job, pending_job_ids
@@ -50,6 +52,7 @@ class ReapReport:
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
     uploads_removed: list[str] = field(default_factory=list)
+    dispatched: list[str] = field(default_factory=list)
     skipped: bool = False  # another process holds the reaper's lock
 
 
@@ -82,12 +85,14 @@ def lost_queued(session: Session, settings: Settings, now: datetime, pending: se
     age alone decides)."""
     cutoff = now - timedelta(seconds=settings.requeue_after)
     rows = session.execute(
-        select(Job.id, Job.enqueued_at, Job.created_at).where(Job.status == jobs.JobStatus.QUEUED.value)
+        select(Job.id, Job.enqueued_at, Job.dispatched_at).where(
+            Job.status == jobs.JobStatus.QUEUED.value, in_queue(settings.queue_name), Job.dispatched_at.is_not(None)
+        )
     ).all()
     return [
         job_id
-        for job_id, enqueued_at, created_at in rows
-        if (enqueued_at or created_at) < cutoff and (pending is None or job_id not in pending)
+        for job_id, enqueued_at, dispatched_at in rows
+        if (enqueued_at or dispatched_at) < cutoff and (pending is None or job_id not in pending)
     ]
 
 
@@ -105,11 +110,12 @@ def reap_once(settings: Settings, now: datetime | None = None, *, judge_heartbea
             pending = pending_job_ids(settings)
         except Exception as e:  # the broker is down: nothing can be sent now anyway
             log.warning("reaper: cannot inspect the broker (%s); will retry", e)
-            pending = None
+            pending, broker_up = None, False
             lost: list[str] = []
         else:
-            lost = [j for j in lost_queued(session, settings, now, pending) if j not in report.requeued]
-    for job_id in report.requeued + lost:
+            broker_up = True
+            lost = lost_queued(session, settings, now, pending)
+    for job_id in lost:
         try:
             enqueue_job(job_id, settings)
         except QueueUnavailable:
@@ -117,8 +123,9 @@ def reap_once(settings: Settings, now: datetime | None = None, *, judge_heartbea
             continue
         with session_scope(settings) as session:
             jobs.mark_enqueued(session, job_id)
-        if job_id in lost:
-            report.resent.append(job_id)
+        report.resent.append(job_id)
+    if broker_up:  # a broker that cannot be reached takes nothing new either
+        report.dispatched = dispatch(settings)
     with session_scope(settings) as session:  # step 3: deletes are idempotent, so no lock is needed
         report.uploads_removed = reap_uploads(session, settings, now)
     if report.requeued or report.failed or report.cancelled or report.resent:

@@ -385,7 +385,8 @@ def cmd_jobs_create(args: argparse.Namespace, client: Client) -> int:
     except ValueError as e:
         raise SaftClientError(f"--metadata is not JSON: {e}") from e
     job = client.jobs.create(
-        args.dataset, method=args.method, eval_datasets=args.eval_dataset, metadata=metadata, **job_options(args)
+        args.dataset, method=args.method, eval_datasets=args.eval_dataset, metadata=metadata,
+        priority=args.priority, **job_options(args),
     )
     if args.follow:
         if not (args.json or args.quiet):
@@ -538,6 +539,8 @@ def register(sub: Subcommands) -> None:
     add_model_options(j)
     add_training_options(j, check_bounds=False)  # the service judges them, with the ranges of its own core
     j.add_argument("--metadata", help="a JSON object stored with the job and echoed back")
+    j.add_argument("--priority", choices=["low", "normal", "high"], default=None,
+                   help="order among your own queued jobs (default: normal); tenants take turns regardless")
     j.add_argument("--follow", action="store_true", help="then follow it as `saft jobs follow` does")
     j.add_argument("--quiet", action="store_true", help="with --follow: no progress bar")
     j = _add(js, "list", cmd_jobs_list, "list jobs, newest first")

@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         gt=0,
         description="A queued job whose message the broker does not hold is sent again after this long.",
     )
+    dispatch_window: int = Field(
+        1,
+        ge=1,
+        description="Messages of a queue waiting in the broker at a time (dispatched, not yet started); the other "
+        "queued jobs wait in the store and are dispatched round-robin across tenants as workers take jobs "
+        "(see saft_service/dispatch.py).",
+    )
     snapshot_interval: float = Field(
         30.0, ge=0, description="Least seconds between two snapshots of a SAFT job's training state."
     )

@@ -5,7 +5,8 @@ store (the datasets are this tenant's, the tenant's quota) and stored with the d
 
 The row first, then the message (a transactional outbox): a job is committed ``queued`` before its message is
 sent, and a message the broker does not take now is sent by the reaper once the broker is back, so a job is
-never lost between the two and never fails because the queue blinked.
+never lost between the two and never fails because the queue blinked. Whether its message goes now or the job
+waits in the store for its turn is the dispatcher's decision (saft_service/dispatch.py).
 
 The tenant's quota of active jobs holds under concurrent submissions: each submission first takes a write lock
 on the tenant's row (a row lock on Postgres; SQLite's database write lock), so a tenant's submissions count and
@@ -23,8 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import job_datasets, jobs
+from .dispatch import PRIORITIES, dispatch
 from .jobspec import JobSpec
-from .queue import QueueUnavailable, enqueue_job
 from .settings import Settings
 from .tables import Dataset, Job, Tenant
 
@@ -80,36 +81,21 @@ def submit_job(
         )
     # 4. The row (the truth) and the rows of the datasets it uses, committed together; then the message.
     job = jobs.create(
-        session, tenant_id=tenant.id, dataset_id=spec.dataset_id, spec=spec.model_dump(mode="json")
+        session, tenant_id=tenant.id, dataset_id=spec.dataset_id, spec=spec.model_dump(mode="json"),
+        queue=settings.queue_name, priority=PRIORITIES[spec.priority],
     )
     job_datasets.record(session, job.id, spec)
     if also is not None:
         also(session, job)
     session.commit()
     # From here the job exists: a database error must not turn into an error answer (a client retrying it
-    # would make a second job). A message that was not sent is the reaper's to send.
+    # would make a second job). A job not dispatched now is dispatched by the reaper's next pass.
     try:
-        send(session, settings, job.id)
+        dispatch(settings)
         session.refresh(job)
     except SQLAlchemyError as e:
         session.rollback()
-        log.warning("job %s stored, but recording its message failed (%s); the reaper sends it", job.id, e)
+        log.warning("job %s stored, but dispatching failed (%s); the reaper dispatches it", job.id, e)
     log.info("tenant %s queued job %s", tenant.name, job.id)
     return job
 
-
-def send(session: Session, settings: Settings, job_id: str) -> bool:
-    """Send a queued job's message and record when; a broker that refuses leaves it to the reaper."""
-    try:
-        enqueue_job(job_id, settings)
-    except QueueUnavailable:
-        jobs.add_event(
-            session, job_id, "message",
-            "the job queue is unavailable; the job stays queued and is sent when the queue is back",
-            level="warning",
-        )
-        session.commit()
-        return False
-    jobs.mark_enqueued(session, job_id)
-    session.commit()
-    return True

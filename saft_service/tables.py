@@ -76,6 +76,10 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ten"))
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Fair dispatch (saft_service/dispatch.py): the tenant's weight, and where its turn stands.
+    share: Mapped[float] = mapped_column(Float, default=1.0)
+    dispatch_start: Mapped[float | None] = mapped_column(Float, nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ApiKey(Base):
@@ -186,6 +190,11 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # When the job's message was last handed to the broker (None: never, e.g. an API that died before it).
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Fair dispatch (saft_service/dispatch.py): the queue the job is for (None: any), its priority within its
+    # tenant (0 low, 1 normal, 2 high), and when it was chosen to go to the broker (None: it waits in the store).
+    queue: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -196,7 +205,10 @@ class Job(Base):
         back_populates="job", uselist=False, lazy="selectin", cascade="all, delete-orphan", passive_deletes=True
     )
 
-    __table_args__ = (Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_status_queue", "status", "queue"),
+    )
 
 
 class JobDataset(Base):

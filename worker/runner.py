@@ -35,6 +35,7 @@ from saft_core.results import Callbacks, FinetuneResult, Progress
 from saft_service import jobs
 from saft_service.allowed_models import resolve_pretrained
 from saft_service.db import session_scope
+from saft_service.dispatch import dispatch_soon
 from saft_service.jobspec import JobSpec, stored_spec, to_finetune_config
 from saft_service.logs import add_to_context, log_context
 from saft_service.metrics import JOB_ATTEMPTS, JOB_SECONDS, STAGE_SECONDS
@@ -318,16 +319,23 @@ def _run_job(job_id: str, *, worker: str, redelivered: bool, settings: Settings)
             heartbeat_timeout=settings.heartbeat_timeout,
             max_attempts=settings.max_attempts,
         )
-        if job is None:
-            return
-        # The stored request, trusted: it was validated when it was submitted. Whether this version of the core
-        # can still run it is decided when it is mapped onto the core's config (step 2 of ``_run_claimed``).
-        attempt, spec = job.attempts, stored_spec(job.spec)
-        tenant = s.get(Tenant, job.tenant_id)
-        add_to_context(tenant=tenant.name if tenant else job.tenant_id)
-        # read in the claim's transaction: a database error here leaves the job unclaimed and the message retried
-        ids = [spec.dataset_id, *spec.eval_dataset_ids]
-        rows = {d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == job.tenant_id)}
+        if job is not None:
+            # The stored request, trusted: it was validated when it was submitted. Whether this version of the
+            # core can still run it is decided when it is mapped onto the core's config (step 2 of
+            # ``_run_claimed``).
+            attempt, spec = job.attempts, stored_spec(job.spec)
+            tenant = s.get(Tenant, job.tenant_id)
+            add_to_context(tenant=tenant.name if tenant else job.tenant_id)
+            # read in the claim's transaction: a database error here leaves the job unclaimed and the message
+            # retried
+            ids = [spec.dataset_id, *spec.eval_dataset_ids]
+            rows = {
+                d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == job.tenant_id)
+            }
+    # The message left the broker's window: the next job in turn goes there (saft_service/dispatch.py).
+    dispatch_soon(settings)
+    if job is None:
+        return
     job_dir = storage.job_dir(job_id)
     out_dir = job_dir / f"attempt-{attempt}"
     for leftover in job_dir.glob("attempt-*"):  # outputs of attempts whose worker was lost

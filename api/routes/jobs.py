@@ -15,6 +15,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from saft_service import jobs
 from saft_service.db import session_factory
+from saft_service.dispatch import dispatch_soon
 from saft_service.limits import MAX_INT64
 from saft_service.storage import remove_tree
 from saft_service.submission import QuotaExceeded, SubmissionRefused, submit_job
@@ -104,6 +105,8 @@ def cancel_job(job: TenantJob, session: SessionDep, settings: SettingsDep) -> Jo
         raise ProblemError(409, "job_finished", f"job {job.id} already {e.status}; nothing to cancel") from e
     session.commit()
     session.refresh(job)
+    if job.status == jobs.JobStatus.CANCELLED and job.started_at is None:
+        dispatch_soon(settings)  # it may have held a place in the broker's window
     return JobPublic.of(job)
 
 

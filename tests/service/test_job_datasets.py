@@ -21,7 +21,7 @@ from saft_service.job_datasets import active_job_using
 from saft_service.jobspec import JobSpec
 from saft_service.settings import Settings
 from saft_service.submission import QuotaExceeded, submit_job
-from saft_service.tables import Dataset, JobDataset, Tenant, utcnow
+from saft_service.tables import Dataset, Job, JobDataset, Tenant, new_id, utcnow
 
 from .conftest import scratch_postgres
 
@@ -58,14 +58,29 @@ def add_dataset(session: Session, tenant: Tenant, name: str) -> Dataset:
     return ds
 
 
-def add_old_dataset(session: Session, tenant: Tenant, name: str) -> Dataset:
-    """``add_dataset`` for a schema older than this code's tables: only the columns that existed then."""
-    values = {"id": f"ds_{name}_{secrets.token_hex(4)}", "tenant_id": tenant.id, "name": name, "status": "ready",
-              "path": f"datasets/{name}", "num_images": 6, "classes": ["a", "b"], "class_names": ["a", "b"],
-              "counts": {"a": 3, "b": 3}, "size_bytes": 1, "created_at": utcnow()}
-    old = sa.table("datasets", *(sa.column(k, Dataset.__table__.c[k].type) for k in values))
+def insert_old(session: Session, table: type[Any], **values: Any) -> Any:
+    """Insert a row of ``table`` into a schema older than this code's tables: only ``values``' columns, which
+    existed then. Returns the row as this code's class (not added to the session)."""
+    old = sa.table(table.__tablename__, *(sa.column(k, table.__table__.c[k].type) for k in values))
     session.execute(sa.insert(old).values(**values))
-    return Dataset(**values)
+    return table(**values)
+
+
+def add_old_dataset(session: Session, tenant: Tenant, name: str) -> Dataset:
+    """``add_dataset`` for a schema older than this code's tables."""
+    return insert_old(
+        session, Dataset, id=f"ds_{name}_{secrets.token_hex(4)}", tenant_id=tenant.id, name=name, status="ready",
+        path=f"datasets/{name}", num_images=6, classes=["a", "b"], class_names=["a", "b"], counts={"a": 3, "b": 3},
+        size_bytes=1, created_at=utcnow(),
+    )
+
+
+def add_old_job(session: Session, tenant: Tenant, spec: dict[str, Any]) -> Job:
+    """A queued job as an older version stored it (``jobs.create``'s columns of that schema)."""
+    return insert_old(
+        session, Job, id=new_id("job"), tenant_id=tenant.id, dataset_id=None, status="queued", spec=spec,
+        metrics={}, step=0, total_steps=0, attempts=0, cancel_requested=False, created_at=utcnow(),
+    )
 
 
 def rows(session: Session, job_id: str) -> set[tuple[str, str, str | None]]:
@@ -77,7 +92,7 @@ def test_the_migration_backfills_the_rows_of_existing_jobs(empty_db: Settings) -
     cfg = db.alembic_config(empty_db)
     command.upgrade(cfg, "0003")  # the schema before this table existed, with jobs an older version stored
     with db.session_factory(empty_db)() as s:
-        tenant = keys.get_or_create_tenant(s, "old")
+        tenant = insert_old(s, Tenant, id=new_id("ten"), name="old", created_at=utcnow())
         train, shifted, sketch = (add_old_dataset(s, tenant, n) for n in ("train", "shifted", "sketch"))
         specs: dict[str, dict[str, Any]] = {
             "both": {"dataset_id": train.id, "eval_dataset_ids": [shifted.id, sketch.id]},
@@ -86,8 +101,7 @@ def test_the_migration_backfills_the_rows_of_existing_jobs(empty_db: Settings) -
         }
         job_ids = {}
         for label, spec in specs.items():
-            job = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec=spec)  # type: ignore[arg-type]
-            job_ids[label] = job.id
+            job_ids[label] = add_old_job(s, tenant, spec).id
         s.commit()
 
     command.upgrade(cfg, "head")

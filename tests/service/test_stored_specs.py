@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from saft_service import db, jobs, submission
+from saft_service import db, jobs
+from saft_service.dispatch import dispatch
 from saft_service.jobspec import JobSpec
 from saft_service.settings import Settings
 from saft_service.tables import Dataset, Job, JobDataset
@@ -31,16 +32,16 @@ def settings_of(stack: Stack) -> Settings:
 
 
 def store_old_job(settings: Settings, dataset_id: str, spec: dict[str, Any]) -> str:
-    """Write a job row (and its dataset rows) the way an older version did, without today's validation; send
-    it to the workers."""
+    """Write a job row (and its dataset rows) the way an older version did, without today's validation (and
+    without a queue, as jobs stored before dispatch were); the dispatcher sends it to the workers."""
     with db.session_factory(settings)() as s:
         ds = s.get(Dataset, dataset_id)
         assert ds is not None
         job = jobs.create(s, tenant_id=ds.tenant_id, dataset_id=dataset_id, spec=spec)
         s.add(JobDataset(job_id=job.id, dataset_id=dataset_id, role=JobDataset.TRAIN))
         s.commit()
-        assert submission.send(s, settings, job.id)
-        return job.id
+    dispatch(settings)  # now, or after the job ahead of it in the window starts
+    return job.id
 
 
 def old_spec(dataset_id: str, **hyperparameters: Any) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def old_spec(dataset_id: str, **hyperparameters: Any) -> dict[str, Any]:
         "validation_fraction": 0.0,
         "templates": ["a photo of a {}."],
         "metadata": {"stored_by": "an older version"},
-        "priority": "high",  # a field that version had and this one does not
+        "gpu_class": "a100",  # a field that version had and this one does not
     }
 
 
@@ -79,7 +80,7 @@ def test_a_job_outside_todays_ranges_lists_reads_runs_and_classifies(stack: Stac
         assert job["hyperparameters"]["batch_size"] == 10_000
         assert job["hyperparameters"]["weight_decay"] == 20.0
         assert job["hyperparameters"]["warmup_steps"] == 0  # a field the old spec lacks: today's default
-        assert "priority" not in job and job["metadata"] == {"stored_by": "an older version"}
+        assert "gpu_class" not in job and job["priority"] == "normal" and job["metadata"] == {"stored_by": "an older version"}
         r = c.get("/v1/jobs", params={"limit": 100})
         assert r.status_code == 200, r.text
         assert job_id in [j["id"] for j in r.json()["data"]]

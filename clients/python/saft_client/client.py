@@ -653,7 +653,7 @@ class Jobs:
     ) -> Job:
         """Start a fine-tuning job on ``dataset``. ``method`` is "saft" (default) or "full" (or the whole
         object); flat options go where they belong: ``ratio=0.001, epochs=10, learning_rate=1e-3,
-        batch_size=32, validation_fraction=0.2, model="saft-tiny", templates=[...], metadata={...}`` (the
+        batch_size=32, validation_fraction=0.2, model="saft-tiny", templates=[...], metadata={...}, priority="high"`` (the
         names of the API's ``JobCreate``, ``method`` and ``hyperparameters``). Omitted: the server's defaults."""
         body = job_body(
             dataset, method=method, hyperparameters=hyperparameters, eval_datasets=eval_datasets, **options

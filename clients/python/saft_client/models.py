@@ -161,6 +161,7 @@ class Job(_Model):
     validation_fraction: float
     templates: list[str]
     metadata: dict[str, Any]
+    priority: Literal["low", "normal", "high"]
     cancel_requested: bool
     attempts: int
     checkpoint: CheckpointInfo | None
@@ -187,6 +188,7 @@ class JobCreate(_Model):
     validation_fraction: float | None = None
     templates: list[str] | None = None
     metadata: dict[str, Any] | None = None
+    priority: Literal["low", "normal", "high"] | None = None
 
 
 class JobEvent(_Model):

@@ -80,7 +80,7 @@ def remote_run(stack: Stack, shapes_dir: Path, shifted_tar_gz: bytes, tmp_path_f
         # 3. The job, with flat options sorted into method and hyperparameters by the client.
         job = c.jobs.create(
             ds, ratio=0.01, epochs=2, learning_rate=0.001, batch_size=6, seed=0,
-            validation_fraction=0.34, eval_datasets=[ev], metadata={"purpose": "client-test"},
+            validation_fraction=0.34, eval_datasets=[ev], metadata={"purpose": "client-test"}, priority="high",
         )
     # 4. `saft jobs follow` and client.jobs.wait follow it at the same time; the client's event stream is cut
     #    mid-stream twice (after 700 and 300 bytes: inside an event) and must resume without gap or repeat.

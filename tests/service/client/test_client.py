@@ -40,6 +40,7 @@ def test_used_by_path(remote_run: RemoteRun, tmp_path: Path) -> None:
     assert job.method.type == "saft" and job.method.ratio == 0.01  # flat options went into the method
     assert job.hyperparameters.batch_size == 6 and job.hyperparameters.epochs == 2
     assert job.eval_dataset_ids == [r.eval_dataset.id] and job.metadata == {"purpose": "client-test"}
+    assert job.priority == "high"
     # The archive upload reported progress up to its size.
     assert r.upload_progress and r.upload_progress[-1][0] == r.upload_progress[-1][1] > 0
     assert r.eval_dataset.num_images == 9 and r.dataset.num_images == 18

@@ -142,12 +142,13 @@ def test_create_follow_of_a_failing_job_exits_1(remote_run: RemoteRun, shapes_di
     shutil.rmtree(r.stack.data_dir / "datasets" / ds["id"])
     out = run_cli(
         r.stack, "jobs", "create", "--dataset", ds["id"], "--epochs", "1", "--batch-size", "6", "--ratio", "0.01",
-        "--follow", "--json",
+        "--priority", "low", "--follow", "--json",
     )
     assert out.returncode == 1, out.stderr
     job = json.loads(out.stdout.strip().splitlines()[-1])["job"]
     assert job["status"] == "failed" and job["error"]["code"], job
     assert job["method"]["ratio"] == 0.01 and job["hyperparameters"]["epochs"] == 1  # finetune's options, sent
+    assert job["priority"] == "low"
     deleted = cli_json(r.stack, "jobs", "delete", job["id"])
     assert deleted == {"deleted": job["id"]}
     assert run_cli(r.stack, "jobs", "show", job["id"]).returncode == 2

@@ -178,7 +178,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                     for s in ("scoring", "masking", "training", "evaluating")},
         "steps": int(result.metrics["train_steps"]),
         "peak_memory_mb": result.metrics["peak_memory_mb"],
+        "warnings": [w.to_dict() for w in result.warnings],
     }
+    print_warnings(result.warnings)
     if args.json:
         _emit_json(summary)
     else:
@@ -193,6 +195,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if points:  # no validation split and no eval set: nothing was scored
             print(frontier_table(points, result.recommended_alpha, RULE))
     return 0
+
+
+def print_warnings(warnings: list[Any]) -> None:
+    """Training-health warnings (``health.TrainingWarning``) on stderr, each with what to try. The run still
+    succeeded: the checkpoint is written and the exit status is 0."""
+    for w in warnings:
+        print(f"warning [{w.code}]: {w.message}\n  hint: {w.hint}", file=sys.stderr)
 
 
 def frontier_table(points: list[tuple[str, float, float, int]], recommended: float | None, rule: str | None) -> str:

@@ -16,6 +16,7 @@ job is left running and the reaper requeues it once its heartbeat is stale.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -264,7 +265,8 @@ def _record_success(
             )
             for e in result.evaluations
         ]
-        metrics = {k: float(v) for k, v in (result.metrics or {}).items()}
+        # A loss that overflowed is not a number JSON can hold; the loss_diverged warning says what it was.
+        metrics = {k: float(v) for k, v in (result.metrics or {}).items() if math.isfinite(v)}
         if not jobs.succeed(
             s,
             job_id,
@@ -273,6 +275,7 @@ def _record_success(
             mask=mask,
             evaluations=evaluations,
             training_steps=training_steps,
+            warnings=[w.to_dict() for w in result.warnings],
             attempt=attempt,
         ):
             s.rollback()

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import (
     DEFAULT_MODEL,
@@ -34,6 +34,9 @@ from .errors import Cancelled, ConfigError, SaftError
 from .flags import add_option, add_options, config_values
 from .frontier import DEFAULT_ALPHA, RECOMMENDED, RULE, AlphaChoice, parse_alpha, resolve_alpha
 from .options import option_of
+
+if TYPE_CHECKING:
+    from .health import TrainingWarning
 
 log = logging.getLogger("saft")
 
@@ -197,7 +200,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_warnings(warnings: list[Any]) -> None:
+def print_warnings(warnings: list[TrainingWarning]) -> None:
     """Training-health warnings (``health.TrainingWarning``) on stderr, each with what to try. The run still
     succeeded: the checkpoint is written and the exit status is 0."""
     for w in warnings:

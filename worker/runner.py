@@ -143,7 +143,7 @@ class JobReporter:
             return
         event = last_step or now - self._last_event >= 10 * self.settings.progress_interval
         metrics = {}
-        if p.loss is not None:
+        if p.loss is not None and math.isfinite(p.loss):  # a loss that overflowed: JSON cannot hold it
             metrics["train_loss"] = float(p.loss)
         if p.lr is not None:
             metrics["learning_rate"] = float(p.lr)

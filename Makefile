@@ -19,14 +19,18 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/saft serve --port $(or $(PORT),8000)
 
-## A SAFT fine-tuning demo on generated images with the CLI (checkpoint, then classify with it).
+## A SAFT fine-tuning demo with the CLI, on the bundled world: painting, where the bundled model is weak
+## zero-shot, with sketch as the shifted set. Prints the frontier (zero-shot at alpha 0, fine-tuned at 1) and the
+## recommended alpha, then classifies sketches at alpha 0 and at the recommended alpha.
 demo: $(STAMP)
-	$(VENV)/bin/saft synth --out $(DEMO)/train --per-class 16 --seed 0
-	$(VENV)/bin/saft synth --out $(DEMO)/eval --per-class 8 --seed 1
-	$(VENV)/bin/saft finetune --train $(DEMO)/train --eval $(DEMO)/eval --validation-fraction 0.25 \
-		--epochs 5 --batch-size 8 --lr 2e-3 --seed 0 --out $(DEMO)/checkpoint.safetensors
-	$(VENV)/bin/saft classify --checkpoint $(DEMO)/checkpoint.safetensors --top-k 3 \
-		$(DEMO)/eval/red_circle/0000.png $(DEMO)/eval/blue_square/0000.png $(DEMO)/eval/green_triangle/0000.png
+	$(VENV)/bin/saft world render --domain painting --per-class 32 --seed 1 --out $(DEMO)/painting
+	$(VENV)/bin/saft world render --domain sketch --per-class 10 --seed 2 --out $(DEMO)/sketch
+	$(VENV)/bin/saft finetune --train $(DEMO)/painting --eval sketch=$(DEMO)/sketch \
+		--ratio 0.01 --epochs 5 --batch-size 32 --lr 1e-3 --seed 0 --out $(DEMO)/checkpoint.safetensors
+	$(VENV)/bin/saft classify --checkpoint $(DEMO)/checkpoint.safetensors --alpha 0 --top-k 2 \
+		$(DEMO)/sketch/triangle/sketch_00000.png $(DEMO)/sketch/hexagon/sketch_00000.png
+	$(VENV)/bin/saft classify --checkpoint $(DEMO)/checkpoint.safetensors --alpha recommended --top-k 2 \
+		$(DEMO)/sketch/triangle/sketch_00000.png $(DEMO)/sketch/hexagon/sketch_00000.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

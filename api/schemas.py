@@ -247,6 +247,18 @@ class CheckpointInfo(BaseModel):
     alpha_rule: str | None = Field(None, description=ALPHA_RULE_HELP)
 
 
+class JobWarning(BaseModel):
+    """Something that went wrong in training though the job succeeded (``saft_core.health``)."""
+
+    code: str = Field(
+        description="Stable: loss_diverged (the loss is not finite or ended well above its start), loss_at_chance "
+        "(it ended at or above ln(number of classes)), worse_than_zero_shot (fine-tuned below zero-shot on the "
+        "validation split), recommended_alpha_zero (the frontier's rule recommends the pre-trained weights)."
+    )
+    message: str = Field(description="One sentence with the numbers.")
+    hint: str = Field(description="What to try, e.g. a learning rate 10x lower.")
+
+
 class JobPublic(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -267,6 +279,11 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     attempts: int
     checkpoint: CheckpointInfo | None
+    warnings: list[JobWarning] = Field(
+        default_factory=list,
+        description="What went wrong in training though the job succeeded (also a `warning` event each); "
+        "empty when nothing did."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -303,6 +320,7 @@ class JobPublic(BaseModel):
             )
             if ckpt is not None
             else None,
+            warnings=[JobWarning(code=w["code"], message=w["message"], hint=w["hint"]) for w in job.warnings or []],
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -317,7 +335,9 @@ class JobsPublic(BaseModel):
 class JobEventPublic(BaseModel):
     id: int = Field(description="Increasing; resume a stream with `after` or the Last-Event-ID header.")
     created_at: datetime
-    kind: Literal["status", "stage", "progress", "message", "metrics", "error"]
+    kind: Literal["status", "stage", "progress", "message", "metrics", "warning", "error"] = Field(
+        description="A `warning` event's data holds its stable `code`, a `hint` and the numbers it quotes."
+    )
     level: Literal["info", "warning", "error"]
     message: str
     data: dict[str, Any]

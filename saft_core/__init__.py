@@ -6,6 +6,7 @@ The public surface, imported lazily so that ``import saft_core`` (and the CLI's 
 - one run end to end: ``finetune(cfg, out_dir, callbacks) -> FinetuneResult``; ``Callbacks``, ``Progress``
 - the stages: ``score_parameters``, ``select_topk``, ``SparseUpdate``, ``train``, ``evaluate_dataset``
 - models and checkpoints: ``load_model``, ``load_delta``, ``apply_delta``, ``Classifier``
+- training health: ``training_warnings`` -> a ``TrainingWarning`` per problem of a finished run
 - errors: ``SaftError`` and its subclasses (each with a stable ``code``)
 """
 
@@ -22,7 +23,8 @@ _EXPORTS = {
     "Progress": "results", "EvalScore": "results", "MaskSummary": "results", "score_parameters": "scoring",
     "select_topk": "masking", "SparseUpdate": "training", "train": "training",
     "evaluate_dataset": "evaluation", "load_model": "models", "load_delta": "checkpoint",
-    "apply_delta": "checkpoint", "Classifier": "inference", "SaftError": "errors", "ConfigError": "errors",
+    "apply_delta": "checkpoint", "Classifier": "inference", "training_warnings": "health",
+    "TrainingWarning": "health", "SaftError": "errors", "ConfigError": "errors",
     "DataError": "errors", "ModelError": "errors", "CheckpointError": "errors", "Cancelled": "errors",
 }
 __all__ = [*_EXPORTS, "__version__"]

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import (
     DEFAULT_MODEL,
@@ -36,6 +36,9 @@ from .errors import Cancelled, ConfigError, SaftError
 from .flags import add_option, add_options, config_values, finite_float
 from .frontier import DEFAULT_ALPHA, RECOMMENDED, RULE, AlphaChoice, parse_alpha, resolve_alpha
 from .options import option_of
+
+if TYPE_CHECKING:
+    from .health import TrainingWarning
 
 log = logging.getLogger("saft")
 
@@ -181,7 +184,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                     for s in ("scoring", "masking", "training", "evaluating")},
         "steps": int(result.metrics["train_steps"]),
         "peak_memory_mb": result.metrics["peak_memory_mb"],
+        "warnings": [w.to_dict() for w in result.warnings],
     }
+    print_warnings(result.warnings)
     if args.json:
         _emit_json(summary)
     else:
@@ -196,6 +201,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if points:  # no validation split and no eval set: nothing was scored
             print(frontier_table(points, result.recommended_alpha, RULE))
     return 0
+
+
+def print_warnings(warnings: list[TrainingWarning]) -> None:
+    """Training-health warnings (``health.TrainingWarning``) on stderr, each with what to try. The run still
+    succeeded: the checkpoint is written and the exit status is 0."""
+    for w in warnings:
+        print(f"warning [{w.code}]: {w.message}\n  hint: {w.hint}", file=sys.stderr)
 
 
 def frontier_table(points: list[tuple[str, float, float, int]], recommended: float | None, rule: str | None) -> str:

@@ -131,8 +131,9 @@ class DataConfig:
     )
     shots: int | None = option("Keep k images per class (seeded); None keeps all.", default=None, ge=1, le=100_000)
     validation_fraction: float = option(
-        "Fraction of each class held out as the in-distribution validation split (0 disables).",
-        default=0.0,
+        "Fraction of each class held out as the in-distribution validation split, which the recommended alpha "
+        "and the validation checks of training health are judged on (0 holds out nothing).",
+        default=0.2,
         ge=0.0,
         lt=1.0,
     )

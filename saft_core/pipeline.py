@@ -19,6 +19,7 @@ from .data import make_loader, resolve_workers
 from .datasets import ImageDataset, load_dataset, sample_shots, split_validation, verify_images
 from .evaluation import evaluate_along_alpha
 from .frontier import ALPHA_GRID, recommend_alpha
+from .health import VALIDATION, training_warnings
 from .masking import Mask, select_topk
 from .models import load_model
 from .precision import resolved_precision
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 MASK_FILE = "mask.safetensors"
-VALIDATION = "validation"
 
 
 def _load_data(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset | None, dict[str, ImageDataset]]:
@@ -219,9 +219,13 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         "compression": num_params * 4 / ckpt_bytes,
         "peak_memory_mb": peak_memory_mb(device),
     }
+    warnings = training_warnings(
+        first_loss=stats.first_loss, final_loss=stats.mean_last_epoch_loss, num_classes=len(train_set.classes),
+        evaluations=evaluations, recommended_alpha=recommended, learning_rate=cfg.train.learning_rate,
+    )
     return FinetuneResult(
         checkpoint_path=ckpt, mask_path=mask_path,
         mask=mask.summary(num_params) if mask else None, evaluations=evaluations,
         classes=train_set.class_names, base_sha256=loaded.sha256, model=loaded.spec, metrics=metrics,
-        recommended_alpha=recommended,
+        recommended_alpha=recommended, warnings=warnings,
     )

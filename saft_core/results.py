@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import ModelSpec
 from .errors import Cancelled
+
+if TYPE_CHECKING:
+    from .health import TrainingWarning
 
 STAGES: tuple[str, ...] = ("loading", "scoring", "masking", "training", "evaluating", "saving")
 
@@ -114,3 +117,5 @@ class FinetuneResult:
     metrics: dict[str, float] = field(default_factory=dict)
     # the alpha the checkpoint recommends (frontier.recommend_alpha on the validation split); None without one
     recommended_alpha: float | None = None
+    # what went wrong in training though the run completed (health.training_warnings); empty for a healthy run
+    warnings: list[TrainingWarning] = field(default_factory=list)

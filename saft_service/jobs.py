@@ -78,7 +78,7 @@ def add_event(
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> JobEvent:
-    """Append an event row (kinds: status, stage, progress, message, metrics, error)."""
+    """Append an event row (kinds: status, stage, progress, message, metrics, warning, error)."""
     event = JobEvent(
         job_id=job_id, kind=kind, level=level, message=message, data=data or {}, created_at=utcnow()
     )
@@ -411,10 +411,14 @@ def succeed(
     mask: Mask | None,
     evaluations: list[Evaluation],
     training_steps: int = 0,
+    warnings: list[dict[str, Any]] | None = None,
     attempt: int | None = None,
 ) -> bool:
     """End a running job as succeeded and store what it produced, in one transaction. Its progress then shows
-    the ``training_steps`` it took."""
+    the ``training_steps`` it took. ``warnings`` (``{code, message, hint, **numbers}`` each, from
+    ``saft_core.health``) are stored on the row and written as one ``warning`` event each: the job still
+    succeeds."""
+    warnings = list(warnings or [])
     finished: datetime = utcnow()
     if not _transition(
         session,
@@ -427,12 +431,16 @@ def succeed(
         stage=None,
         step=training_steps,
         total_steps=training_steps,
+        warnings=warnings,
     ):
         return False
     session.add(checkpoint)
     if mask is not None:
         session.add(mask)
     session.add_all(evaluations)
+    for w in warnings:
+        data = {k: v for k, v in w.items() if k != "message"}
+        add_event(session, job_id, "warning", w["message"], level="warning", data=data)
     if metrics:
         add_event(session, job_id, "metrics", "final metrics", data=dict(metrics))
     add_event(session, job_id, "status", "job succeeded", data={"status": "succeeded"})

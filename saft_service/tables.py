@@ -182,6 +182,9 @@ class Job(Base):
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # What went wrong in training though the job succeeded: ``saft_core.health.TrainingWarning.to_dict()`` each
+    # (code, message, hint, numbers); written with the success, in the same transaction as its warning events.
+    warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

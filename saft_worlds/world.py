@@ -330,9 +330,14 @@ def iter_domain(domain: str, per_class: int, seed: int, classes: tuple[str, ...]
             yield scene, render(scene, s, size, shift)
 
 
+RECORD_FILE = ".world.json"
+
+
 def render_image_folder(out: str | Path, domain: str, per_class: int, seed: int, *,
                         classes: tuple[str, ...] = CLASSES, shift: Shift | None = None, size: int = 64) -> Path:
-    """Write an ImageFolder (class names as folder names) of ``per_class`` renders per class."""
+    """Write an ImageFolder (class names as folder names) of ``per_class`` renders per class, with what was
+    rendered in ``.world.json``: hidden, so that the folder uploads as it is (the service's layout check, like
+    the readers, skips dot files and refuses any other file beside the class folders)."""
     root = Path(out)
     for cls in classes:
         (root / cls).mkdir(parents=True, exist_ok=True)
@@ -340,7 +345,7 @@ def render_image_folder(out: str | Path, domain: str, per_class: int, seed: int,
     for scene, image in iter_domain(domain, per_class, seed, classes, shift, size):
         image.save(root / scene.cls / f"{domain}_{counters[scene.cls]:05d}.png")
         counters[scene.cls] += 1
-    (root / "world.json").write_text(json.dumps(
+    (root / RECORD_FILE).write_text(json.dumps(
         {"domain": domain, "per_class": per_class, "seed": seed, "size": size,
          "shift": None if shift is None else shift.__dict__}, default=list))
     return root

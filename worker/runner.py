@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -160,7 +161,7 @@ class JobReporter:
             return
         event = last_step or now - self._last_event >= 10 * self.settings.progress_interval
         metrics = {}
-        if p.loss is not None:
+        if p.loss is not None and math.isfinite(p.loss):  # a loss that overflowed: JSON cannot hold it
             metrics["train_loss"] = float(p.loss)
         if p.lr is not None:
             metrics["learning_rate"] = float(p.lr)
@@ -282,7 +283,8 @@ def _record_success(
             )
             for e in result.evaluations
         ]
-        metrics = {k: float(v) for k, v in (result.metrics or {}).items()}
+        # A loss that overflowed is not a number JSON can hold; the loss_diverged warning says what it was.
+        metrics = {k: float(v) for k, v in (result.metrics or {}).items() if math.isfinite(v)}
         if not jobs.succeed(
             s,
             job_id,
@@ -291,6 +293,7 @@ def _record_success(
             mask=mask,
             evaluations=evaluations,
             training_steps=training_steps,
+            warnings=[w.to_dict() for w in result.warnings],
             attempt=attempt,
         ):
             s.rollback()

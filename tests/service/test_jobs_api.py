@@ -187,11 +187,52 @@ def test_a_job_that_cannot_run_fails_with_an_actionable_error(pg_stack: Stack, d
     assert not (pg_stack.data_dir / "jobs" / done["id"]).exists()
 
 
+def test_a_diverging_job_succeeds_with_warnings_in_its_view_its_events_and_the_client(
+    pg_stack: Stack, dataset_id: str
+) -> None:
+    """Learning rate 5 (the issue's job): the loss climbs to chance level. The job still succeeds, but its public
+    view (one and listed) carries the warnings, each also an event, and the client parses them. No
+    validation_fraction is sent: the default holds out a validation split, so the frontier is judged too."""
+    from saft_client.models import Job as ClientJob
+
+    from saft_core.frontier import recommend_alpha
+    from saft_core.health import CODES
+
+    body = {"dataset_id": dataset_id, "hyperparameters": {"epochs": 2, "batch_size": 6, "learning_rate": 5.0}}
+    with pg_stack.client() as c:
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 201, r.text
+        assert r.json()["validation_fraction"] == 0.2 and r.json()["warnings"] == []
+        done = wait_for_job(c, r.json()["id"], until={"succeeded", "failed", "cancelled"}, timeout=240)
+        assert done["status"] == "succeeded", f"{done['error']}\n{pg_stack.logs()}"
+        codes = [w["code"] for w in done["warnings"]]
+        assert codes[:2] == ["loss_diverged", "loss_at_chance"] and set(codes) <= set(CODES), codes
+        for w in done["warnings"]:
+            assert set(w) == {"code", "message", "hint"} and w["message"] and w["hint"]
+        assert "try a learning rate 10x lower (0.5 instead of 5)" in done["warnings"][0]["hint"]
+        # the other two codes say what the job's own validation rows say
+        body_ev = c.get(f"/v1/jobs/{done['id']}/evaluations").json()
+        val = {e["alpha"]: e["top1"] for e in body_ev["data"] if e["dataset"] == "validation"}
+        assert val and body_ev["recommended_alpha"] == recommend_alpha(val, 3)  # 1 of each class's 6 held out
+        assert ("worse_than_zero_shot" in codes) == (val[1.0] < val[0.0])
+        assert ("recommended_alpha_zero" in codes) == (body_ev["recommended_alpha"] == 0.0)
+        events = c.get(f"/v1/jobs/{done['id']}/events").json()["data"]
+        warned = [e for e in events if e["kind"] == "warning"]
+        assert [(e["level"], e["message"], e["data"]["code"], e["data"]["hint"]) for e in warned] == [
+            ("warning", w["message"], w["code"], w["hint"]) for w in done["warnings"]]
+        assert events[-1]["kind"] == "status" and events[-1]["data"]["status"] == "succeeded"
+        listed = next(j for j in c.get("/v1/jobs", params={"limit": 100}).json()["data"] if j["id"] == done["id"])
+        assert listed["warnings"] == done["warnings"]
+    parsed = ClientJob.model_validate(done)
+    assert [w.code for w in parsed.warnings] == codes and parsed.warnings[0].hint == done["warnings"][0]["hint"]
+
+
 def test_full_finetuning_job_has_a_checkpoint_but_no_mask(pg_stack: Stack, dataset_id: str, shapes_dir: Path) -> None:
     body = {
         "dataset_id": dataset_id,
         "method": {"type": "full"},
         "hyperparameters": {"epochs": 1, "batch_size": 6},
+        "validation_fraction": 0,  # the default holds out a split; this job has none
     }
     with pg_stack.client() as c:
         r = c.post("/v1/jobs", json=body)

@@ -53,8 +53,9 @@ LIVENESS = {
     "SAFT_DB_RETRY_SECONDS": "120",
     "SAFT_MAX_ACTIVE_JOBS": "5",
 }
-# 72 training steps: long enough to be cut off mid-training, short enough for the suite.
-LONG_JOB = {"hyperparameters": {"epochs": 8, "batch_size": 2, "seed": 3}}
+# 72 training steps (every image: no validation split): long enough to be cut off mid-training, short enough for
+# the suite.
+LONG_JOB = {"hyperparameters": {"epochs": 8, "batch_size": 2, "seed": 3}, "validation_fraction": 0.0}
 
 
 def _pg_bin() -> Path | None:

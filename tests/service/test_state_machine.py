@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from saft_service import db, jobs, keys
 from saft_service.settings import Settings
-from saft_service.tables import Base, Job, JobEvent, utcnow
+from saft_service.tables import Base, Checkpoint, Job, JobEvent, utcnow
 
 
 @pytest.fixture
@@ -90,6 +90,68 @@ def test_the_frontier_migration_backfills_the_two_ends(settings: Settings) -> No
         models = conn.execute(sa.text("SELECT model FROM evaluations")).scalars().all()
         assert sorted(models) == ["fine-tuned", "fine-tuned", "zero-shot", "zero-shot"]
     command.upgrade(cfg, "head")
+
+
+def test_the_warnings_migration_gives_older_jobs_none(settings: Settings) -> None:
+    """Jobs stored before training health have an empty list of warnings; down again, the column goes and the
+    warning events stay (plain event rows)."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    cfg = db.alembic_config(settings)
+    health = next(r for r in ScriptDirectory.from_config(cfg).walk_revisions() if r.path.endswith("_job_warnings.py"))
+    command.downgrade(cfg, health.down_revision)
+    engine = db.get_engine(settings)
+    with engine.begin() as conn:
+        table = {n: sa.Table(n, sa.MetaData(), autoload_with=conn) for n in ("tenants", "jobs", "job_events")}
+        assert "warnings" not in table["jobs"].c
+        now = utcnow()
+        conn.execute(table["tenants"].insert(), {"id": "tn_old", "name": "old", "created_at": now})
+        conn.execute(table["jobs"].insert(), {
+            "id": "job_old", "tenant_id": "tn_old", "status": "succeeded", "step": 2, "total_steps": 2,
+            "spec": {"dataset_id": "ds_x"}, "metrics": {}, "cancel_requested": False, "attempts": 1, "created_at": now,
+        })
+    command.upgrade(cfg, "head")
+    with db.session_factory(settings)() as s:
+        old = s.get(Job, "job_old")
+        assert old is not None and old.warnings == []
+        warning = {"code": "loss_at_chance", "message": "m", "hint": "h", "final_loss": 1.1}
+        s.execute(sa.update(Job).where(Job.id == "job_old").values(warnings=[warning]))
+        jobs.add_event(s, "job_old", "warning", "m", level="warning", data={"code": "loss_at_chance"})
+        s.commit()
+        s.expire_all()
+        assert s.get(Job, "job_old").warnings == [warning]  # type: ignore[union-attr]
+    command.downgrade(cfg, health.down_revision)
+    with engine.connect() as conn:
+        assert "warnings" not in {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        assert conn.execute(sa.text("SELECT kind FROM job_events WHERE job_id = 'job_old'")).scalars().all() == ["warning"]
+    command.upgrade(cfg, "head")
+
+
+def test_a_succeeded_job_with_warnings_stores_them_and_writes_an_event_each(session: Session) -> None:
+    job = new_job(session)
+    assert jobs.claim(session, job.id, worker="w1") is not None
+    session.commit()
+    warnings = [
+        {"code": "loss_diverged", "message": "the loss rose", "hint": "lower the lr", "first_loss": 0.2},
+        {"code": "recommended_alpha_zero", "message": "alpha 0", "hint": "more data", "recommended_alpha": 0.0},
+    ]
+    ckpt = Checkpoint(job_id=job.id, path="x", sha256="0" * 64, size_bytes=1, base_model="saft-tiny",
+                      base_sha256="1" * 64, classes=["a", "b"], created_at=utcnow())
+    assert jobs.succeed(session, job.id, metrics={"k": 1.0}, checkpoint=ckpt, mask=None, evaluations=[],
+                        warnings=warnings, attempt=1)
+    session.commit()
+    session.refresh(job)
+    assert job.status == "succeeded" and job.warnings == warnings
+    rows = session.query(JobEvent).filter_by(job_id=job.id).order_by(JobEvent.id).all()
+    shown = [(e.kind, e.level, e.message, e.data) for e in rows if e.kind == "warning"]
+    assert shown == [
+        ("warning", "warning", "the loss rose", {"code": "loss_diverged", "hint": "lower the lr", "first_loss": 0.2}),
+        ("warning", "warning", "alpha 0",
+         {"code": "recommended_alpha_zero", "hint": "more data", "recommended_alpha": 0.0}),
+    ]
+    assert rows[-1].kind == "status" and rows[-1].data == {"status": "succeeded"}  # the stream still ends on it
 
 
 def test_happy_path_queued_running_succeeded(session: Session) -> None:

@@ -86,6 +86,7 @@ def test_finished_job_reports_progress_and_times(trained: Trained) -> None:
     assert job["metadata"] == {"purpose": "test"}
     assert job["method"] == {**job["method"], "type": "saft", "ratio": 0.01}
     assert job["checkpoint"]["url"] == f"/v1/jobs/{job['id']}/checkpoint"
+    assert job["warnings"] == []  # a healthy run: the loss fell, fine-tuning beat zero-shot, alpha 0.25 or more
 
 
 def test_events_walk_the_stages_in_order(trained: Trained) -> None:
@@ -97,6 +98,7 @@ def test_events_walk_the_stages_in_order(trained: Trained) -> None:
         assert stages == STAGES
         statuses = [e["data"]["status"] for e in events if e["kind"] == "status"]
         assert statuses == ["queued", "running", "succeeded"]
+        assert not [e for e in events if e["kind"] == "warning" or e["level"] == "warning"]  # a healthy run
         training = [e for e in events if e["kind"] == "progress" and e["data"]["stage"] == "training"]
         assert training and training[-1]["data"]["step"] == training[-1]["data"]["total_steps"]
         assert "train_loss" in training[-1]["data"]

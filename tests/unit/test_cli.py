@@ -34,8 +34,10 @@ def saft_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str,
 @pytest.fixture(scope="module")
 def finetuned(shapes_dir, shapes_eval_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "ck.safetensors"
+    # no validation split (the default holds out 20 %): the run without a recommendation
     r = saft("finetune", "--train", str(shapes_dir), "--eval", f"shifted={shapes_eval_dir}", "--epochs", "2",
-             "--batch-size", "8", "--lr", "2e-3", "--seed", "3", "--out", str(out), "--json", "--device", "cpu")
+             "--batch-size", "8", "--lr", "2e-3", "--seed", "3", "--out", str(out), "--json", "--device", "cpu",
+             "--validation-fraction", "0")
     assert r.returncode == 0, r.stderr
     return out, json.loads(r.stdout.strip().splitlines()[-1]), r
 
@@ -50,6 +52,7 @@ def test_finetune_writes_checkpoint_and_mask_with_progress(finetuned):
         ("shifted", 0.0, "zero-shot"), ("shifted", 0.25, "interpolated"), ("shifted", 0.5, "interpolated"),
         ("shifted", 0.75, "interpolated"), ("shifted", 1.0, "fine-tuned")]
     assert summary["recommended_alpha"] is None and summary["alpha_rule"] is None  # no validation split
+    assert summary["warnings"] == [] and "warning" not in r.stderr  # the loss fell: a healthy run
     for stage in ("[loading]", "[scoring]", "[masking]", "[training]", "[evaluating]", "[saving]"):
         assert stage in r.stderr
     assert "training:" in r.stderr  # a tqdm bar was drawn
@@ -66,7 +69,8 @@ def test_finetune_json_reports_timings_and_memory_and_dense_engine_agrees(finetu
     # the default engine is the sparse one; the dense reference gives the same checkpoint within tolerance
     dense = tmp_path / "dense.safetensors"
     r = saft("finetune", "--train", str(shapes_dir), "--epochs", "2", "--batch-size", "8", "--lr", "2e-3",
-             "--seed", "3", "--out", str(dense), "--quiet", "--device", "cpu", "--grad-engine", "dense")
+             "--seed", "3", "--out", str(dense), "--quiet", "--device", "cpu", "--grad-engine", "dense",
+             "--validation-fraction", "0")
     assert r.returncode == 0, r.stderr
     a, b = load_delta(out), load_delta(dense)
     assert a.tensors.keys() == b.tensors.keys()
@@ -81,7 +85,7 @@ def test_finetune_twice_with_same_seed_is_identical(finetuned, shapes_dir, tmp_p
     out, summary, _ = finetuned
     again = tmp_path / "again.safetensors"
     r = saft("finetune", "--train", str(shapes_dir), "--epochs", "2", "--batch-size", "8", "--lr", "2e-3",
-             "--seed", "3", "--out", str(again), "--quiet", "--device", "cpu")
+             "--seed", "3", "--out", str(again), "--quiet", "--device", "cpu", "--validation-fraction", "0")
     assert r.returncode == 0, r.stderr
     a, b = load_delta(out), load_delta(again)
     assert a.tensors.keys() == b.tensors.keys()
@@ -138,6 +142,27 @@ def test_frontier_table_and_classify_at_the_recommended_alpha(finetuned, shapes_
         assert json.loads(r.stdout.strip().splitlines()[-1])["alpha"] == expected
     r = saft("classify", "--checkpoint", str(out), "--alpha", "1.5", str(image))
     assert r.returncode == 2 and "alpha must be a number in [0, 1] or 'recommended'" in r.stderr
+
+
+@pytest.mark.slow  # a fine-tune, in this process
+def test_a_diverging_finetune_succeeds_with_warnings(shapes_dir, tmp_path, capsys):
+    """Learning rate 5 (the issue's run): the checkpoint is written and the exit status is 0, but the run says
+    what went wrong and what to try, on stderr and in --json. The default validation split is held out."""
+    out = tmp_path / "lr5.safetensors"
+    status, stdout, err = saft_here(capsys, "finetune", "--train", str(shapes_dir), "--epochs", "2", "--batch-size",
+                                    "8", "--lr", "5", "--seed", "0", "--out", str(out), "--json", "--quiet",
+                                    "--device", "cpu")
+    assert status == 0 and out.is_file(), err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert {e["dataset"] for e in summary["evaluations"]} == {"validation"}  # 20 % held out by default
+    assert summary["evaluations"][0]["n"] == 6  # 2 of each class's 8
+    codes = [w["code"] for w in summary["warnings"]]
+    assert codes == ["loss_diverged", "loss_at_chance", "worse_than_zero_shot", "recommended_alpha_zero"]
+    for w in summary["warnings"]:
+        assert f"warning [{w['code']}]: {w['message']}" in err and f"hint: {w['hint']}" in err
+    assert "try a learning rate 10x lower (0.5 instead of 5)" in summary["warnings"][0]["hint"]
+    chance = summary["warnings"][1]
+    assert chance["num_classes"] == 3 and chance["final_loss"] >= 0.99 * chance["chance_loss"]
 
 
 def test_zero_shot_classify_needs_labels(shapes_eval_dir, capsys):

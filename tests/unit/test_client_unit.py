@@ -27,7 +27,7 @@ from saft_client import (
 )
 from saft_client._base import SSEDecoder, job_body, parse_retry_after
 from saft_client._transfer import ReadableChunks, folder_files, zip_chunks
-from saft_client.models import CheckpointInfo, Evaluation
+from saft_client.models import CheckpointInfo, Evaluation, Job, JobEvent
 
 JOB = {"id": "job_1"}
 
@@ -230,3 +230,22 @@ def test_download_gets_the_normal_file_mode_and_replaces_a_file_only_when_allowe
         assert sorted(p.name for p in tmp_path.iterdir()) == ["job_1.safetensors", "other.safetensors"]
     finally:
         os.umask(old_mask)
+
+
+def test_an_older_servers_job_has_no_warnings_and_a_warning_event_parses() -> None:
+    """A server older than training health sends no ``warnings``: the job parses with none."""
+    old = {
+        "id": "job_1", "status": "succeeded", "stage": None, "progress": {"stage": None, "step": 2, "total_steps": 2},
+        "metrics": {}, "error": None, "dataset_id": "ds_1", "eval_dataset_ids": [], "model": "saft-tiny",
+        "pretrained": "world", "method": {"type": "full"}, "hyperparameters": {}, "validation_fraction": 0.0,
+        "templates": ["a photo of a {}."], "metadata": {}, "cancel_requested": False, "attempts": 1,
+        "checkpoint": None, "created_at": "2026-12-01T00:00:00Z", "started_at": None, "finished_at": None,
+    }
+    assert Job.model_validate(old).warnings == []
+    warning = {"code": "loss_at_chance", "message": "the loss ended at 1.1", "hint": "try a learning rate 10x lower"}
+    job = Job.model_validate({**old, "warnings": [warning]})
+    assert job.warnings[0].code == "loss_at_chance" and job.warnings[0].hint == warning["hint"]
+    event = JobEvent.model_validate({"id": 9, "created_at": "2026-12-01T00:00:00Z", "kind": "warning",
+                                     "level": "warning", "message": warning["message"],
+                                     "data": {"code": "loss_at_chance", "hint": warning["hint"], "final_loss": 1.1}})
+    assert event.kind == "warning" and event.data["code"] == "loss_at_chance"

@@ -144,6 +144,28 @@ def test_jobs_create_sends_every_training_option():
     assert {o.name for o in options(TrainConfig)} - {"method", "grad_clip"} <= set(opts)
 
 
+def test_every_way_to_start_a_job_holds_out_a_validation_split_by_default():
+    """The frontier and the health checks need a validation split: the core's default (one source) is what
+    `saft finetune`, `saft jobs create` and the API use; the client sends nothing and gets the API's. 0 turns
+    it off."""
+    from saft_client._base import job_body
+
+    from api.schemas import JobCreate
+    from saft_cli.main import build_parser
+    from saft_service.remote_cli import job_options
+
+    default = option_of(DataConfig, "validation_fraction").default
+    assert default == DataConfig(train="x").validation_fraction == 0.2
+    parser = build_parser()
+    assert parser.parse_args(["finetune", "--train", "x", "--out", "y"]).validation_fraction == default
+    assert job_options(parser.parse_args(["jobs", "create", "--dataset", "d"]))["validation_fraction"] == default
+    assert JobSpec.model_validate({"dataset_id": "d"}).validation_fraction == default
+    assert JobCreate.model_json_schema()["properties"]["validation_fraction"]["default"] == default  # the console
+    assert "validation_fraction" not in job_body("d")  # the client leaves it to the server ...
+    assert job_body("d", validation_fraction=0)["validation_fraction"] == 0  # ... and 0 still says none
+    assert JobSpec.model_validate({"dataset_id": "d", "validation_fraction": 0}).validation_fraction == 0
+
+
 def test_the_openapi_document_shows_the_cores_help(tmp_path):
     from api.main import create_app
     from saft_service.settings import Settings

@@ -143,8 +143,19 @@ class CheckpointInfo(_Model):
     alpha_rule: str | None = None
 
 
+class JobWarning(_Model):
+    """Something that went wrong in training though the job succeeded (server schema ``JobWarning``): ``code``
+    is stable (``loss_diverged``, ``loss_at_chance``, ``worse_than_zero_shot``, ``recommended_alpha_zero``),
+    ``message`` one sentence with the numbers, ``hint`` what to try."""
+
+    code: str
+    message: str
+    hint: str
+
+
 class Job(_Model):
-    """A fine-tuning job (server schema ``JobPublic``)."""
+    """A fine-tuning job (server schema ``JobPublic``). ``warnings`` is empty for a healthy job (and from a
+    server older than training health)."""
 
     id: str
     status: JobStatus
@@ -165,6 +176,7 @@ class Job(_Model):
     cancel_requested: bool
     attempts: int
     checkpoint: CheckpointInfo | None
+    warnings: list[JobWarning] = Field(default_factory=list)
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -195,11 +207,12 @@ class JobEvent(_Model):
     """A status change, stage, progress report, message, metrics or error (server schema ``JobEventPublic``).
 
     ``id`` increases within a job; ``data`` of a progress event has ``stage``, ``step``, ``total_steps`` and,
-    while training, ``train_loss`` and ``learning_rate``; a status event has ``status``."""
+    while training, ``train_loss`` and ``learning_rate``; a status event has ``status``; a warning event has
+    ``code``, ``hint`` and the numbers its message quotes."""
 
     id: int
     created_at: datetime
-    kind: Literal["status", "stage", "progress", "message", "metrics", "error"]
+    kind: Literal["status", "stage", "progress", "message", "metrics", "warning", "error"]
     level: Literal["info", "warning", "error"]
     message: str
     data: dict[str, Any]
@@ -357,6 +370,7 @@ SERVER_SCHEMAS: dict[type[BaseModel], str] = {
     JobProgress: "JobProgress",
     JobError: "JobError",
     CheckpointInfo: "CheckpointInfo",
+    JobWarning: "JobWarning",
     Job: "JobPublic",
     JobCreate: "JobCreate",
     JobEvent: "JobEventPublic",

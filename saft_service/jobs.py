@@ -441,6 +441,9 @@ def succeed(
     for w in warnings:
         data = {k: v for k, v in w.items() if k != "message"}
         add_event(session, job_id, "warning", w["message"], level="warning", data=data)
+    if warnings:  # one delivery for the job's training-health warnings, beside its job.succeeded
+        webhooks.enqueue_job_event(session, job_id, "job.warning", {"warnings": [
+            {k: w[k] for k in ("code", "message", "hint") if k in w} for w in warnings]})
     if metrics:
         add_event(session, job_id, "metrics", "final metrics", data=dict(metrics))
     add_event(session, job_id, "status", "job succeeded", data={"status": "succeeded"})

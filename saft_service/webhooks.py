@@ -53,7 +53,7 @@ from .tables import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcno
 log = logging.getLogger(__name__)
 
 # The events an endpoint can subscribe to. A job's final status ``s`` sends ``job.<s>``.
-EVENT_TYPES: tuple[str, ...] = ("job.succeeded", "job.failed", "job.cancelled")
+EVENT_TYPES: tuple[str, ...] = ("job.succeeded", "job.failed", "job.cancelled", "job.warning")
 
 SECRET_PREFIX = "whsec_"
 PREVIOUS_SECRET_GRACE = timedelta(days=1)  # how long a rotated-out secret still signs

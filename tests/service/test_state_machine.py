@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -14,9 +15,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.orm import Session
 
-from saft_service import db, jobs, keys
+from saft_service import db, jobs, keys, webhooks
 from saft_service.settings import Settings
-from saft_service.tables import Base, Checkpoint, Job, JobEvent, utcnow
+from saft_service.tables import Base, Checkpoint, Job, JobEvent, WebhookDelivery, WebhookEndpoint, utcnow
 
 
 @pytest.fixture
@@ -132,6 +133,9 @@ def test_the_warnings_migration_gives_older_jobs_none(settings: Settings) -> Non
 def test_a_succeeded_job_with_warnings_stores_them_and_writes_an_event_each(session: Session) -> None:
     job = new_job(session)
     assert jobs.claim(session, job.id, worker="w1") is not None
+    hook = WebhookEndpoint(tenant_id=job.tenant_id, url="http://127.0.0.1:9/h", events=["job.warning"],
+                           secret=webhooks.new_secret())
+    session.add(hook)
     session.commit()
     warnings = [
         {"code": "loss_diverged", "message": "the loss rose", "hint": "lower the lr", "first_loss": 0.2},
@@ -152,6 +156,12 @@ def test_a_succeeded_job_with_warnings_stores_them_and_writes_an_event_each(sess
          {"code": "recommended_alpha_zero", "hint": "more data", "recommended_alpha": 0.0}),
     ]
     assert rows[-1].kind == "status" and rows[-1].data == {"status": "succeeded"}  # the stream still ends on it
+    # one job.warning webhook delivery with the warnings, in the same transaction
+    [delivery] = session.query(WebhookDelivery).filter_by(endpoint_id=hook.id).all()
+    body = json.loads(delivery.payload)
+    assert delivery.event_type == body["type"] == "job.warning" and body["data"]["status"] == "succeeded"
+    assert [(w["code"], w["hint"]) for w in body["data"]["warnings"]] == [
+        ("loss_diverged", "lower the lr"), ("recommended_alpha_zero", "more data")]
 
 
 def test_happy_path_queued_running_succeeded(session: Session) -> None:

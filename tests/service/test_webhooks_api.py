@@ -22,7 +22,7 @@ def test_a_job_that_ends_is_delivered_signed_and_retried(stack: Stack, shapes_di
         r = c.post("/v1/webhooks", json={"url": ok.url})
         assert r.status_code == 201, r.text
         hook = r.json()
-        assert hook["events"] == ["job.succeeded", "job.failed", "job.cancelled"]
+        assert hook["events"] == ["job.succeeded", "job.failed", "job.cancelled", "job.warning"]
         assert hook["secret"].startswith("whsec_")
         r = c.post("/v1/webhooks", json={"url": flaky.url, "events": ["job.cancelled"]})
         assert r.status_code == 201, r.text

@@ -172,7 +172,7 @@ class Job(_Model):
     validation_fraction: float
     templates: list[str]
     metadata: dict[str, Any]
-    priority: Literal["low", "normal", "high"]
+    priority: Literal["low", "normal", "high"] = "normal"  # an older server sends none
     cancel_requested: bool
     attempts: int
     checkpoint: CheckpointInfo | None

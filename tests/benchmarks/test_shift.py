@@ -112,14 +112,16 @@ def test_grid_flag_parses_and_rejects_bad_values():
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_end_to_end(tmp_path):
-    """``python -m benchmarks.shift --quick``, as CI or a user runs it: every method, a report, a plot."""
+    """``python -m benchmarks.shift --quick``, as CI or a user runs it: every method, a report, a plot. With 16
+    training images and 6 test images a class (the quick run's 64 and 12 take four times as long): the pieces
+    all run, the numbers are a smoke test's."""
     import subprocess
     import sys
 
     from benchmarks.shift import QUICK_GRIDS
 
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.shift", "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.shift", "--quick", "--shots", "16", "--test-per-class",
+                           "6", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "shift.json").read_text())
     methods = results["methods"]

@@ -275,7 +275,7 @@ class JobPublic(BaseModel):
     validation_fraction: float
     templates: list[str]
     metadata: dict[str, Any]
-    priority: Literal["low", "normal", "high"]
+    priority: Literal["low", "normal", "high"] = Field("normal", description="Order among this tenant's own queued jobs.")
     cancel_requested: bool
     attempts: int
     checkpoint: CheckpointInfo | None

@@ -220,6 +220,8 @@ def test_the_migration_counts_queued_jobs_as_dispatched(migrated_settings: Setti
         conn.execute(table["tenants"].insert(), {"id": "tn_old", "name": "old", "created_at": now})
         old: dict[str, Any] = {"tenant_id": "tn_old", "spec": {"dataset_id": "ds_x"}, "metrics": {}, "step": 0,
                                "total_steps": 0, "cancel_requested": False, "attempts": 0, "created_at": now}
+        if "warnings" in table["jobs"].c:  # 0007's column, required since (the schema just before 0009)
+            old["warnings"] = []
         conn.execute(table["jobs"].insert(), [
             {**old, "id": "job_sent", "status": "queued", "enqueued_at": now + timedelta(seconds=5)},
             {**old, "id": "job_unsent", "status": "queued", "enqueued_at": None},

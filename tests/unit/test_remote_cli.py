@@ -14,18 +14,9 @@ import pytest
 from saft_client import Evaluation, Job, JobEvent, SaftClientError
 from saft_client._base import job_body
 
-from saft_cli.main import main
 from saft_service.remote_cli import _Progress, _warnings_of, download_name, job_summary
 
-
-def saft_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run ``saft`` in this process: (exit status, stdout, stderr). argparse's refusals exit."""
-    try:
-        status = main(list(args))
-    except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return status, out.out, out.err
+from .test_cli import saft_here
 
 
 def saft(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:

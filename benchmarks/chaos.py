@@ -6,12 +6,12 @@ a check, from the store and the files, that every job ended exactly once and eve
    registers a webhook receiver: a real HTTP server in this process on 127.0.0.1 (``SAFT_WEBHOOK_ALLOW_PRIVATE``).
    Liveness settings are the fault tests' (heartbeat 0.5 s, stale after 5 s, a reaper pass every 0.5 s).
 2. For ``--minutes``, each tenant keeps up to two jobs in flight (saft-tiny on an 18-image generated dataset, one
-   epoch), submitting through the Python client with an ``Idempotency-Key`` and its retries, to either API
+   epoch at batch 2, a snapshot after every step), submitting through the Python client with an ``Idempotency-Key`` and its retries, to either API
    process at random; when the client gives up (an outage longer than its retries), the same submission is sent
    again with the same key. Every HTTP status (or connection error) any request got is recorded.
 3. Meanwhile, every 20-60 s (times ``--minutes``/10 when shorter than 10 minutes) one fault strikes, drawn at
    random from those not yet drawn in this round (so a short run still sees different kinds): kill -9 of a
-   worker's process tree (a new worker starts at once), kill -9 of an API process (restarted at once), Redis
+   worker's process tree (one running a job when there is one; a new worker starts at once), kill -9 of an API process (restarted at once), Redis
    restarted without persistence, Redis stopped for 30 s, Postgres restarted, Postgres stopped for 15 s (the
    outages scaled like the interval).
 4. Then the checks: every job in the store reached a final state within 2 minutes of the end of the last fault,
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime
 import hashlib
 import hmac
 import json
@@ -71,6 +72,7 @@ ENV = {
     "SAFT_HEARTBEAT_TIMEOUT": "5",
     "SAFT_REAPER_INTERVAL": "0.5",
     "SAFT_REQUEUE_AFTER": "2",
+    "SAFT_SNAPSHOT_INTERVAL": "0",  # a snapshot after every step: a killed job resumes
     "SAFT_DB_RETRY_SECONDS": "120",
     "SAFT_MAX_ACTIVE_JOBS": "20",
     "SAFT_PROGRESS_INTERVAL": "0.5",
@@ -81,7 +83,7 @@ ENV = {
     "PYTHONUNBUFFERED": "1",
     "OMP_NUM_THREADS": "1",
 }
-JOB = {"model": "saft-tiny", "epochs": 1, "batch_size": 6}
+JOB = {"model": "saft-tiny", "epochs": 1, "batch_size": 2}  # 9 steps: a few seconds
 ID_SEGMENT = re.compile(r"/[a-z]+_[0-9a-f]{24}")
 
 
@@ -385,10 +387,29 @@ class Soak:
             at = max(start + self.rng.uniform(*self.interval), end + 1.0)
 
     def kill_worker(self) -> str:
-        i = self.rng.randrange(len(self.workers))
+        """kill -9 of a worker's process group: one running a job when there is one (so that the job must
+        resume elsewhere), else either."""
+        busy = self.busy_workers()
+        i = self.rng.choice(busy) if busy else self.rng.randrange(len(self.workers))
         self.workers[i].kill9()
         self.workers[i].start()
-        return self.workers[i].name
+        return self.workers[i].name + (" (running a job)" if busy else " (idle)")
+
+    def busy_workers(self) -> list[int]:
+        """Indexes of the workers whose pool process is running a job (``jobs.worker`` is ``node/pid``)."""
+        from sqlalchemy import text
+
+        try:
+            with self.engine().connect() as conn:
+                pids = [w.rpartition("/")[2] for w in conn.execute(
+                    text("SELECT worker FROM jobs WHERE status = 'running' AND worker IS NOT NULL")).scalars()]
+        except Exception:  # noqa: BLE001 (the store is down: pick at random)
+            return []
+        groups = set()
+        for pid in pids:
+            with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+                groups.add(os.getpgid(int(pid)))
+        return [i for i, w in enumerate(self.workers) if w.popen is not None and w.popen.pid in groups]
 
     def kill_api(self) -> str:
         _, api = self.apis[self.rng.randrange(len(self.apis))]
@@ -507,7 +528,10 @@ class Soak:
             if j["status"] not in FINAL:
                 problems["final"].append(f"{job_id} still {j['status']}")
             elif j["finished_at"] is not None:
-                finished_after.append(j["finished_at"].timestamp() - (last_fault + wall_offset))
+                finished = j["finished_at"]
+                if finished.tzinfo is None:  # stored as UTC without a zone
+                    finished = finished.replace(tzinfo=datetime.UTC)
+                finished_after.append(finished.timestamp() - (last_fault + wall_offset))
         max_after = max(finished_after, default=0.0)
         if max_after > SETTLE_S:
             problems["final"].append(f"a job ended {max_after:.0f} s after the last fault")

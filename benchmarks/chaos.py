@@ -6,14 +6,15 @@ a check, from the store and the files, that every job ended exactly once and eve
    registers a webhook receiver: a real HTTP server in this process on 127.0.0.1 (``SAFT_WEBHOOK_ALLOW_PRIVATE``).
    Liveness settings are the fault tests' (heartbeat 0.5 s, stale after 5 s, a reaper pass every 0.5 s).
 2. For ``--minutes``, each tenant keeps up to two jobs in flight (saft-tiny on an 18-image generated dataset, one
-   epoch at batch 2, a snapshot after every step), submitting through the Python client with an ``Idempotency-Key`` and its retries, to either API
-   process at random; when the client gives up (an outage longer than its retries), the same submission is sent
-   again with the same key. Every HTTP status (or connection error) any request got is recorded.
+   epoch at batch 2, a snapshot after every step), submitting through the Python client with an
+   ``Idempotency-Key`` and its retries, to either API process at random; when the client gives up (an outage
+   longer than its retries), the same submission is sent again with the same key. Every HTTP status (or
+   connection error) any request got is recorded.
 3. Meanwhile, every 20-60 s (times ``--minutes``/10 when shorter than 10 minutes) one fault strikes, drawn at
    random from those not yet drawn in this round (so a short run still sees different kinds): kill -9 of a
-   worker's process tree (one running a job when there is one; a new worker starts at once), kill -9 of an API process (restarted at once), Redis
-   restarted without persistence, Redis stopped for 30 s, Postgres restarted, Postgres stopped for 15 s (the
-   outages scaled like the interval).
+   worker's process tree (one running a job when there is one; a new worker starts at once), kill -9 of an API
+   process (restarted at once), Redis restarted without persistence, Redis stopped for 30 s, Postgres
+   restarted, Postgres stopped for 15 s (the outages scaled like the interval).
 4. Then the checks: every job in the store reached a final state within 2 minutes of the end of the last fault,
    and every submission's answer names one of them (no second job for one key); no job succeeded twice (its
    attempts are numbered once each, at most one "job succeeded" event, one checkpoint whose file exists, no
@@ -161,7 +162,7 @@ class Calls:
     """Every HTTP answer (or transport error) the clients got, with when, and the retries they made."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    seen: list[tuple[float, str, str, str]] = field(default_factory=list)  # (t, method, route, status or error)
+    seen: list[tuple[float, str, str, str]] = field(default_factory=list)  # (answered, method, route, status)
     client_retries: int = 0
     resubmits: int = 0
 
@@ -176,13 +177,13 @@ class RecordingTransport(httpx.HTTPTransport):
         self.calls = calls
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        t = now()
         try:
             response = super().handle_request(request)
         except Exception as e:
-            self.calls.add(t, request.method, request.url.path, type(e).__name__)
+            self.calls.add(now(), request.method, request.url.path, type(e).__name__)
             raise
-        self.calls.add(t, request.method, request.url.path, str(response.status_code))
+        # When the answer came: a request sent just before an outage may be answered 503 during it.
+        self.calls.add(now(), request.method, request.url.path, str(response.status_code))
         return response
 
 

@@ -673,7 +673,7 @@ def report(r: dict[str, Any]) -> str:
         f"{r['machine']}. {r['note']}".rstrip(),
         "",
         "Private Postgres and Redis, two `saft api` and two `saft worker` processes; three tenants, each keeping "
-        f"{IN_FLIGHT} saft-tiny jobs (18 generated images, 1 epoch) in flight through the Python client, each "
+        f"{IN_FLIGHT} saft-tiny jobs (18 generated images, 1 epoch at batch 2) in flight through the Python client, each "
         "with a webhook receiver. A fault every "
         f"{r['fault_interval_s'][0]:g}-{r['fault_interval_s'][1]:g} s; Redis down for "
         f"{r['outages_s']['redis_down']:g} s, Postgres down for {r['outages_s']['postgres_down']:g} s.",

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := var/demo
 
-.PHONY: install run demo check test test-unit test-service bench-quick bench-speed bench-scale gpu-check gpu-wheels lint clean
+.PHONY: install run demo check test test-unit test-service bench-quick bench-speed bench-scale bench-chaos gpu-check gpu-wheels lint clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ bench-speed: $(STAMP)
 ## stage against its floor (about 30 minutes on 2 cores; writes benchmarks/results/scale.{json,md}).
 bench-scale: $(STAMP)
 	$(PY) -m benchmarks.scale
+
+## The chaos soak: jobs from three tenants through two APIs and two workers on a private Postgres and Redis while
+## random faults strike (kill -9, restarts, outages), then checks that every job ended once and every tenant was
+## told (about 13 minutes; writes benchmarks/results/chaos.{json,md}). CHAOS_ARGS="--minutes 1" for a short one.
+bench-chaos: $(STAMP)
+	$(PY) -m benchmarks.chaos $(CHAOS_ARGS)
 
 ## The GPU check (on a machine with an NVIDIA GPU; about 8 minutes): the speed benchmark on CUDA, one job through
 ## the service, the gpu tests; results in var/gpu-check. GPU_CHECK_ARGS=--cpu rehearses it on the CPU.

@@ -10,21 +10,20 @@ the printed timings are from fault to the job running again and to its end.
 from __future__ import annotations
 
 import concurrent.futures
-import glob
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 from safetensors.torch import load as load_safetensors
 
+from benchmarks.servers import PrivatePostgres, PrivateRedis, ServerUnavailable
 from saft_service.queue import job_id_of
 
 from .conftest import (
@@ -44,6 +43,8 @@ from .conftest import (
     zip_dir,
 )
 
+T = TypeVar("T")
+
 LIVENESS = {
     "SAFT_HEARTBEAT_INTERVAL": "0.5",
     "SAFT_HEARTBEAT_TIMEOUT": "5",
@@ -58,87 +59,11 @@ LIVENESS = {
 LONG_JOB = {"hyperparameters": {"epochs": 8, "batch_size": 2, "seed": 3}, "validation_fraction": 0.0}
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-class PrivatePostgres:
-    """A throw-away Postgres cluster on a free port (run as the ``postgres`` user when we are root)."""
-
-    def __init__(self) -> None:
-        bindir = _pg_bin()
-        if bindir is None:
-            pytest.skip("no initdb: cannot start a private Postgres for the fault tests")
-        self.bin = bindir
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="saft-pg-"))
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.as_user:
-            shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
-        self.start()
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "saft")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/saft"
-
-    def _run(self, tool: str, *args: str) -> None:
-        out = subprocess.run([*self.as_user, str(self.bin / tool), *args], capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == 0, f"{tool} failed: {out.stdout}\n{out.stderr}"
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.root / "data"), "-o", opts, "-l", str(self.root / "log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
-
-    def destroy(self) -> None:
-        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m",
-                        "immediate", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-class PrivateRedis:
-    """A Redis server on a free port that keeps nothing on disk: a restart loses every message."""
-
-    def __init__(self) -> None:
-        if not shutil.which("redis-server"):
-            pytest.skip("no redis-server: cannot start a private Redis for the fault tests")
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        assert wait_until(lambda: _pings(redis.Redis(port=self.port)), timeout=20), "private Redis did not start"
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _pings(client: object) -> bool:
+def _private(server: type[T]) -> T:
     try:
-        return bool(client.ping())  # type: ignore[attr-defined]
-    except Exception:
-        return False
+        return server()
+    except ServerUnavailable as e:
+        pytest.skip(f"{e} for the fault tests")
 
 
 @dataclass
@@ -165,10 +90,10 @@ class FaultStack:
 
 @pytest.fixture(scope="module")
 def fault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
-    pg, rd = PrivatePostgres(), None
+    pg, rd = _private(PrivatePostgres), None
     procs: list[Proc] = []
     try:
-        rd = PrivateRedis()
+        rd = _private(PrivateRedis)
         data_dir = tmp_path_factory.mktemp("fault-data")
         env = base_env(data_dir, SAFT_DATABASE_URL=pg.url, SAFT_BROKER_URL=rd.url, **LIVENESS)
         migrate = subprocess.run(saft("migrate"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -107,7 +107,9 @@ class Heartbeat:
     def _run(self) -> None:
         while not self.lost and not self._stop.wait(self.settings.heartbeat_interval):
             self.beat()
-        if self.lost:
+        # A beat that raced the job's own end (its result committed, the heartbeat about to stop) is no loss: said
+        # only when the run has not ended within a second.
+        if self.lost and not self._stop.wait(1.0):
             log.warning("job %s: attempt %s is no longer the job's; stopping it", self.job_id, self.attempt)
 
 

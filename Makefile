@@ -71,7 +71,7 @@ bench-scale: $(STAMP)
 bench-chaos: $(STAMP)
 	$(PY) -m benchmarks.chaos $(CHAOS_ARGS)
 
-## The GPU check (on a machine with an NVIDIA GPU; about 8 minutes): the speed benchmark on CUDA, one job through
+## The GPU check (on a machine with an NVIDIA GPU; at most 10 minutes, its steps' limits): the speed benchmark on CUDA, one job through
 ## the service, the gpu tests; results in var/gpu-check. GPU_CHECK_ARGS=--cpu rehearses it on the CPU.
 gpu-check:
 	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS) var/gpu-check

@@ -352,8 +352,7 @@ def run_variants(spec: dict[str, Any]) -> dict[str, Any]:
             if spec.get("profile_dir") and r == 0 and variant == "saft-sparse" and mask == "scored":
                 profile = str(Path(spec["profile_dir"]) / f"profile-{spec['model']}.txt")
             one = spec | {"variant": variant, "mask_file": mask_file, "profile": profile}
-            out.setdefault(f"{variant}|{mask or ''}", []).append(run_variant(one))
-            torch.cuda.empty_cache() if torch.device(spec["device"]).type == "cuda" else None
+            out.setdefault(f"{variant}|{mask or ''}", []).append(run_variant(one))  # it empties the cache first
     return out
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: everything the service does on CUDA, in one command, in at most about 8 minutes on one GPU.
+# The GPU check: everything the service does on CUDA, in one command; its steps' limits add up to 10 minutes.
 #
 #   scripts/gpu_check.sh [--cpu] [OUT]        (make gpu-check; OUT defaults to var/gpu-check)
 #

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from saft_service import db, idempotency, keys
 from saft_service.settings import Settings
-from saft_service.tables import utcnow
-from tests.fixtures.stack import Stack, stored_datasets, wait_for_job, zip_dir
+from saft_service.tables import IdempotencyKey, utcnow
+from tests.fixtures.stack import (
+    Stack,
+    stack_settings,
+    stored_datasets,
+    wait_for_job,
+    wait_until,
+    zip_dir,
+)
 
 pytestmark = pytest.mark.service
 
@@ -37,6 +44,12 @@ def count_datasets(c: httpx.Client) -> int:
 
 def count_jobs(c: httpx.Client) -> int:
     return len(c.get("/v1/jobs", params={"limit": 100}).json()["data"])
+
+
+def key_state(settings: Settings, key: str) -> str | None:
+    """The state of the stored claim of ``key`` (any tenant): None before a request claimed it."""
+    with db.session_scope(settings) as s:
+        return s.scalar(select(IdempotencyKey.state).where(IdempotencyKey.key == key))
 
 
 def test_retried_upload_returns_the_first_answer_and_stores_one_dataset(
@@ -124,7 +137,12 @@ def test_a_retry_while_the_first_upload_is_in_flight_is_409_and_one_dataset_is_s
 
         sender = threading.Thread(target=send_first)
         sender.start()
-        time.sleep(1.0)  # the first request has claimed its key (claims happen before the body is read)
+        # The first request claims its key before it reads the body, so its claim is in the store while the body
+        # waits on go_on: the retry is sent once that claim is seen.
+        settings = stack_settings(pg_stack)
+        assert wait_until(lambda: key_state(settings, key) == "processing", timeout=60, interval=0.05), (
+            f"the first request never claimed its key\n{pg_stack.logs()}"
+        )
         retry = upload(c, zip_dir(shapes_dir), "slow", key)
         go_on.set()
         sender.join(60)

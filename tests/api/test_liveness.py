@@ -208,6 +208,12 @@ def test_postgres_stopped_mid_job_answers_503_and_the_job_still_succeeds(fault: 
     with fault.stack.client() as c:
         job = c.post("/v1/jobs", json={"dataset_id": fault_dataset, **LONG_JOB}).json()
         training_step(c, job["id"], at_least=10)
+        worker = fault.worker()
+
+        def missed_beats() -> int:
+            return sum("heartbeat not written" in ln for ln in worker.lines)
+
+        missed_before = missed_beats()
         fault.pg.stop()
         stopped = time.monotonic()
         try:
@@ -217,7 +223,12 @@ def test_postgres_stopped_mid_job_answers_503_and_the_job_still_succeeds(fault: 
             assert r.json()["code"] == "database_unavailable" and int(r.headers["retry-after"]) > 0
             r = c.get(f"/v1/jobs/{job['id']}")
             assert r.status_code == 503 and r.json()["code"] == "database_unavailable"
-            time.sleep(max(0.0, 15 - (time.monotonic() - stopped)))
+            # The outage lasts 15 s (three times the heartbeat timeout) and until the worker has logged a missed
+            # heartbeat: it did run into the outage mid-job, not only the API.
+            felt = wait_until(
+                lambda: missed_beats() > missed_before and time.monotonic() - stopped >= 15, timeout=120, interval=0.2
+            )
+            assert felt, f"the worker never missed a heartbeat while Postgres was down\n{worker.tail()}"
         finally:
             fault.pg.start()
         done = wait_for_job(c, job["id"], until={"succeeded", "failed", "cancelled"}, timeout=240)

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from tests.fixtures.stack import Stack, stack_settings, stored_datasets, zip_dir
+from tests.fixtures.stack import Stack, stack_settings, stored_datasets, wait_until, zip_dir
 
 pytestmark = pytest.mark.service
 
@@ -237,7 +236,9 @@ def test_a_part_arriving_while_its_upload_is_aborted_leaves_nothing(stack: Stack
             yield body[len(body) // 2 :]
 
         def abort() -> None:
-            time.sleep(1.0)  # the part's first half has reached the server when the abort comes
+            # The server opens the part's file just before it reads the body: from then on the part is in flight
+            # (its second half waits for the abort).
+            assert wait_until(lambda: upload_files(stack, up["id"]), timeout=30, interval=0.02), "no part arrived"
             assert other_connection.delete(f"/v1/uploads/{up['id']}").status_code == 204
             aborted.set()
 

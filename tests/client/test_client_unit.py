@@ -50,15 +50,17 @@ def _client(answers: list, seen: list[httpx.Request], **retry: float) -> Client:
     return Client("http://saft.test", "k", transport=httpx.MockTransport(handler), retry=policy)
 
 
-def test_retries_honour_retry_after_and_keep_one_idempotency_key() -> None:
+def test_retries_honour_retry_after_and_keep_one_idempotency_key(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[httpx.Request] = []
     answers = [_problem(429, "quota_exceeded", "1"), _problem(503, "database_unavailable"),
                httpx.ConnectError("refused"), httpx.Response(201, json=JOB)]
-    t0 = time.monotonic()
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # the client's waits, recorded instead of slept
     with _client(answers, seen) as c:
         r = c.request("POST", "/v1/jobs", json={"dataset_id": "ds"})
     assert r.json() == JOB and len(seen) == 4
-    assert time.monotonic() - t0 >= 1.0  # waited the server's Retry-After, not the 10 ms backoff
+    # The server's Retry-After (1 s) first, not the 10 ms backoff; then the backoff (at most 20 ms, 40 ms).
+    assert len(waits) == 3 and waits[0] == 1.0 and waits[1] <= 0.02 and waits[2] <= 0.04, waits
     keys = {req.headers["Idempotency-Key"] for req in seen}
     assert len(keys) == 1 and len(keys.pop()) == 32
     with _client([httpx.Response(201, json=JOB)] * 2, seen := []) as c:  # each call its own key

@@ -1,9 +1,10 @@
 """The console in a real headless browser (Playwright driving Debian's chromium) against ``saft serve``.
 
-One shared stack (the embedded ``saft serve``), two fresh tenants from ``saft keys create``, one small SAFT job.
-The tests run in order and share one browser page, as a person would: sign in, upload, start a job, watch it,
-read its results, classify, download; then a second tenant, then the network cut off. Screenshots of each page
-go to ``$SAFT_CONSOLE_SCREENSHOTS`` (default: a temporary folder, printed).
+One shared stack (the embedded ``saft serve``) and one browser. Each test has its own tenant (a key made in the
+stack's store), its own browser context and page, and its own data, made through the API (or through the page,
+where uploading or starting is what it tests); so any test runs alone and in any order. The tests that only read
+a finished SAFT job share one (``finished``), made through the API the first time one asks for it and changed by
+none. Screenshots of each page go to ``$SAFT_CONSOLE_SCREENSHOTS`` (default: a temporary folder, printed).
 
 Skipped, saying why, only where no chromium is installed (``.ci/run`` installs it with apt) or Playwright is
 missing.
@@ -15,16 +16,18 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.fixtures.stack import Stack, create_key, render, tar_gz_dir, wait_for_job, zip_dir
+from tests.fixtures.stack import Stack, render, stack_settings, tar_gz_dir, wait_for_job, zip_dir
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -35,6 +38,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 VIEWPORT = {"width": 1440, "height": 900}
+# The method of the jobs the tests make through the API: SAFT at 1 %, as the new-job form sends it by default.
+FORM_METHOD = {"type": "saft", "ratio": 0.01}
 # Chromium logs every non-2xx fetch as a console error; the tests that provoke one expect exactly those.
 EXPECTED_HTTP_ERROR = "Failed to load resource: the server responded with a status of"
 
@@ -48,19 +53,26 @@ def chromium_path() -> str | None:
 
 
 class Session:
-    """What the ordered tests share: the stack, tenants' keys, the page, ids made on the way."""
+    """One test's browser context and page, signed in (or not) as its own tenant."""
 
-    def __init__(self, stack: Stack, page: Any, shots: Path) -> None:
+    def __init__(self, stack: Stack, context: Any, shots: Path, key: str) -> None:
         self.stack = stack
-        self.page = page
+        self.context = context
+        self.page = context.new_page()
+        self.page.set_default_timeout(30_000)
         self.shots = shots
-        self.keys: dict[str, str] = {}
-        self.ids: dict[str, str] = {}
+        self.key = key
         self.errors: list[str] = []  # console errors and uncaught exceptions of the page
+        watch(self.page, self.errors)
 
-    def api(self, tenant: str = "a") -> httpx.Client:
-        return httpx.Client(
-            base_url=self.stack.base_url, headers={"Authorization": f"Bearer {self.keys[tenant]}"}, timeout=60
+    def api(self) -> httpx.Client:
+        return tenant_api(self.stack, self.key)
+
+    def sign_in(self) -> None:
+        """The tenant's key in the session storage before the console's scripts run, as after a sign-in."""
+        self.context.add_init_script(
+            f"if (location.origin === {json.dumps(self.stack.base_url)}) "
+            f"sessionStorage.setItem('saft.apiKey', {json.dumps(self.key)});"
         )
 
     def shot(self, name: str) -> None:
@@ -74,6 +86,38 @@ class Session:
         errors = [e for e in self.errors if not (allow_http_errors and e.startswith(EXPECTED_HTTP_ERROR))]
         self.errors.clear()
         return errors
+
+
+def tenant_api(stack: Stack, key: str) -> httpx.Client:
+    return httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def new_tenant(stack: Stack) -> str:
+    """The key of a new tenant of ``stack``, made in its store (as ``saft keys create`` does): no data yet."""
+    from saft_service import db, keys
+
+    with db.session_scope(stack_settings(stack)) as s:
+        _, key = keys.create_key(s, tenant_name=f"console-{secrets.token_hex(6)}")
+    return key
+
+
+def upload(c: httpx.Client, archive: Path, name: str) -> dict:
+    r = c.post("/v1/datasets", files={"file": (archive.name, archive.read_bytes())}, data={"name": name})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def start_job(c: httpx.Client, dataset_id: str, **body: Any) -> dict:
+    r = c.post("/v1/jobs", json={"dataset_id": dataset_id, **body})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def cancelled_job(c: httpx.Client, dataset_id: str) -> dict:
+    """A job cancelled at once (cheap), ended."""
+    job = start_job(c, dataset_id, hyperparameters={"epochs": 1000})
+    c.post(f"/v1/jobs/{job['id']}/cancel")
+    return wait_for_job(c, job["id"], until={"cancelled", "failed", "succeeded"}, timeout=120)
 
 
 def watch(page: Any, sink: list[str]) -> None:
@@ -99,19 +143,28 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def ui(browser: Any, embedded_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    shots = Path(os.environ.get("SAFT_CONSOLE_SCREENSHOTS") or tmp_path_factory.mktemp("console-screenshots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    print(f"console screenshots in {shots}")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("SAFT_CONSOLE_SCREENSHOTS") or tmp_path_factory.mktemp("console-screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"console screenshots in {folder}")
+    return folder
+
+
+@pytest.fixture
+def console(browser: Any, embedded_stack: Stack, shots: Path) -> Iterator[Session]:
+    """A new tenant and a fresh browser context on its console, not signed in."""
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    s = Session(embedded_stack, page, shots)
-    watch(page, s.errors)
-    # Fresh tenants (the shared stack's own tenants hold other tests' data).
-    s.keys = {t: create_key(embedded_stack.env, f"console-{t}-{os.getpid()}") for t in ("a", "b")}
-    yield s
-    context.close()
+    try:
+        yield Session(embedded_stack, context, shots, new_tenant(embedded_stack))
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def ui(console: Session) -> Session:
+    """``console``, signed in as its tenant."""
+    console.sign_in()
+    return console
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +179,39 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "image": next((train / "red_circle").iterdir())}
 
 
-def test_root_redirects_and_a_wrong_key_is_refused_with_the_apis_message(ui: Session) -> None:
+@dataclass(frozen=True)
+class Finished:
+    """A tenant with a SAFT job that succeeded (validation split and a shifted set: a frontier), for the tests
+    that only read it."""
+
+    key: str
+    train: str  # dataset ids
+    eval: str
+    job: str
+
+
+@pytest.fixture(scope="module")
+def finished(embedded_stack: Stack, archives: dict[str, Path]) -> Finished:
+    key = new_tenant(embedded_stack)
+    with tenant_api(embedded_stack, key) as c:
+        train, shifted = upload(c, archives["train"], "shapes"), upload(c, archives["eval"], "shifted")
+        job = start_job(c, train["id"], method=FORM_METHOD, eval_dataset_ids=[shifted["id"]],
+                        validation_fraction=0.25, hyperparameters={"epochs": 4, "batch_size": 3, "learning_rate": 0.002})
+        job = wait_for_job(c, job["id"], until={"succeeded", "failed", "cancelled"}, timeout=300)
+    assert job["status"] == "succeeded", f"{job}\n{embedded_stack.logs()}"
+    return Finished(key, train["id"], shifted["id"], job["id"])
+
+
+@pytest.fixture
+def reader(console: Session, finished: Finished) -> Session:
+    """A page signed in as ``finished``'s tenant."""
+    console.key = finished.key
+    console.sign_in()
+    return console
+
+
+def test_root_redirects_and_a_wrong_key_is_refused_with_the_apis_message(console: Session) -> None:
+    ui = console
     page = ui.page
     assert f"Console: {ui.stack.base_url}/console" in ui.stack.procs[0].lines  # what `make run` prints
     page.goto(ui.stack.base_url + "/")
@@ -136,11 +221,11 @@ def test_root_redirects_and_a_wrong_key_is_refused_with_the_apis_message(ui: Ses
     problem = page.locator(".signin .problem")
     sync_api.expect(problem).to_contain_text("the API key is unknown or revoked")  # the API's detail
     ui.shot("01-sign-in-refused")
-    page.fill("#key", ui.keys["a"])
+    page.fill("#key", ui.key)
     page.click("text=Sign in >> nth=-1")
     sync_api.expect(page.locator("#nav")).to_be_visible()
     sync_api.expect(page.locator(".empty")).to_contain_text("No jobs yet")
-    assert page.evaluate("sessionStorage.getItem('saft.apiKey')") == ui.keys["a"]
+    assert page.evaluate("sessionStorage.getItem('saft.apiKey')") == ui.key
     assert ui.take_errors(allow_http_errors=True) == []
 
 
@@ -163,6 +248,7 @@ def test_a_bad_archive_shows_the_apis_problem(ui: Session, archives: dict[str, P
 
 def test_upload_datasets_and_see_counts_and_thumbnails(ui: Session, archives: dict[str, Path]) -> None:
     page = ui.page
+    ui.goto("/datasets")
     for key, name in (("train", "shapes"), ("eval", "shifted")):
         page.set_input_files("#file", str(archives[key]))
         sync_api.expect(page.locator("#ds-name")).to_have_value(name)
@@ -172,7 +258,7 @@ def test_upload_datasets_and_see_counts_and_thumbnails(ui: Session, archives: di
         assert page.eval_on_selector("#upload-progress .bar", "b => b.style.width") == "100%"
     with ui.api() as c:
         listed = {d["name"]: d for d in c.get("/v1/datasets").json()["data"]}
-    ui.ids["train"], ui.ids["eval"] = listed["shapes"]["id"], listed["shifted"]["id"]
+    assert sorted(listed) == ["shapes", "shifted"]
     row = page.locator("#datasets-table tr", has_text="shapes")
     sync_api.expect(row).to_contain_text(str(listed["shapes"]["num_images"]))
     ui.shot("03-datasets")
@@ -187,9 +273,13 @@ def test_upload_datasets_and_see_counts_and_thumbnails(ui: Session, archives: di
     assert ui.take_errors() == []
 
 
-def test_an_invalid_job_request_shows_the_apis_messages_next_to_the_fields(ui: Session) -> None:
+def test_an_invalid_job_request_shows_the_apis_messages_next_to_the_fields(
+    ui: Session, archives: dict[str, Path]
+) -> None:
     page = ui.page
-    ui.goto(f"/new?dataset={ui.ids['train']}")
+    with ui.api() as c:
+        train = upload(c, archives["train"], "shapes")
+    ui.goto(f"/new?dataset={train['id']}")
     # A client-side check: no request is sent.
     page.fill('[name="method.ratio"]', "2")
     page.click("#submit")
@@ -202,20 +292,22 @@ def test_an_invalid_job_request_shows_the_apis_messages_next_to_the_fields(ui: S
     error = page.locator('[data-error-for="templates"]')
     sync_api.expect(error).to_contain_text("must contain exactly one '{}'")
     with ui.api() as c:
-        answer = c.post("/v1/jobs", json={"dataset_id": ui.ids["train"], "templates": ["a picture"]}).json()
+        answer = c.post("/v1/jobs", json={"dataset_id": train["id"], "templates": ["a picture"]}).json()
     assert answer["code"] == "validation_error"
     assert answer["errors"][0]["msg"] == error.inner_text()  # the API's own words, plain ones
     sync_api.expect(page.locator("#form-problem .problem")).to_contain_text(answer["detail"])
     assert "Value error" not in page.locator("#form-problem").inner_text()
     ui.shot("05-new-job-invalid")
-    page.fill('[name="templates"]', "")
     assert ui.take_errors(allow_http_errors=True) == []
 
 
-def test_a_saft_job_runs_live_to_succeeded(ui: Session) -> None:
+def test_a_saft_job_runs_live_to_succeeded(ui: Session, archives: dict[str, Path]) -> None:
     page = ui.page
+    with ui.api() as c:
+        train, shifted = upload(c, archives["train"], "shapes"), upload(c, archives["eval"], "shifted")
+    ui.goto(f"/new?dataset={train['id']}")
     sync_api.expect(page.locator('[name="validation_fraction"]')).to_have_value("0.2")  # the frontier, by default
-    page.check(f'[name="eval"][value="{ui.ids["eval"]}"]')
+    page.check(f'[name="eval"][value="{shifted["id"]}"]')
     page.fill('[name="validation_fraction"]', "0.25")
     # 96 training steps: a few seconds even on an idle machine, so the page (which reads the job once a second)
     # sees it part-way (12 steps were over before the first read there).
@@ -225,8 +317,6 @@ def test_a_saft_job_runs_live_to_succeeded(ui: Session) -> None:
     ui.shot("05-new-job")
     page.click("#submit")
     page.wait_for_url("**/console#/jobs/job_*")
-    job_id = page.url.rsplit("/", 1)[-1]
-    ui.ids["job"] = job_id
     page.wait_for_selector("#progress .bar")
     # Sample what the page shows while the job runs: the bar's width, the curve's points, the status.
     samples: list[tuple[float, int, str]] = []
@@ -258,9 +348,9 @@ def test_a_saft_job_runs_live_to_succeeded(ui: Session) -> None:
     assert ui.take_errors() == []
 
 
-def test_mask_chart_and_the_frontier_show_the_apis_numbers(ui: Session) -> None:
-    page = ui.page
-    job_id = ui.ids["job"]
+def test_mask_chart_and_the_frontier_show_the_apis_numbers(reader: Session, finished: Finished) -> None:
+    ui, page, job_id = reader, reader.page, finished.job
+    ui.goto(f"/jobs/{job_id}")
     with ui.api() as c:
         mask = c.get(f"/v1/jobs/{job_id}/mask").json()
         body = c.get(f"/v1/jobs/{job_id}/evaluations").json()
@@ -273,6 +363,7 @@ def test_mask_chart_and_the_frontier_show_the_apis_numbers(ui: Session) -> None:
     assert mask["k"] > 0
     # the frontier: a line per set through every alpha of the API's rows, then the recommended alpha's marker
     assert rec is not None  # the job has a validation split
+    page.wait_for_function("() => Chart.getChart('frontier-chart') !== undefined")  # drawn once its rows came
     lines = page.evaluate("Chart.getChart('frontier-chart').data.datasets.map(d => [d.label, d.data])")
     sets = list(dict.fromkeys(e["dataset_name"] for e in evals))
     assert set(sets) == {"validation", "shifted"}
@@ -293,15 +384,18 @@ def test_mask_chart_and_the_frontier_show_the_apis_numbers(ui: Session) -> None:
     assert ui.take_errors() == []
 
 
-def test_classify_base_and_fine_tuned_side_by_side(ui: Session, archives: dict[str, Path]) -> None:
-    page = ui.page
+def test_classify_base_and_fine_tuned_side_by_side(
+    reader: Session, finished: Finished, archives: dict[str, Path]
+) -> None:
+    ui, page = reader, reader.page
+    ui.goto(f"/jobs/{finished.job}")
     page.set_input_files("#try-file", str(archives["image"]))
     sync_api.expect(page.locator("#pred-tuned li")).to_have_count(3)  # 3 classes, top_k 5
     sync_api.expect(page.locator("#pred-base li")).to_have_count(3)
     with ui.api() as c:
         def top(alpha: float) -> dict:
             files = {"images": (archives["image"].name, archives["image"].read_bytes(), "image/png")}
-            data = {"job_id": ui.ids["job"], "alpha": str(alpha), "top_k": "5"}
+            data = {"job_id": finished.job, "alpha": str(alpha), "top_k": "5"}
             return c.post("/v1/classify", files=files, data=data).json()["results"][0]["predictions"][0]
         tuned, base = top(1.0), top(0.0)
     first_tuned = page.locator("#pred-tuned li").first
@@ -321,7 +415,7 @@ def test_classify_base_and_fine_tuned_side_by_side(ui: Session, archives: dict[s
     # The recommended alpha's button moves the slider there: the right column is the API's alpha=recommended.
     with ui.api() as c:
         files = {"images": (archives["image"].name, archives["image"].read_bytes(), "image/png")}
-        answer = c.post("/v1/classify", files=files, data={"job_id": ui.ids["job"], "alpha": "recommended"}).json()
+        answer = c.post("/v1/classify", files=files, data={"job_id": finished.job, "alpha": "recommended"}).json()
     page.click("#alpha-recommended")
     rec = answer["alpha"]
     sync_api.expect(page.locator("#alpha-out")).to_have_text(f"{rec:.2f}")
@@ -332,10 +426,11 @@ def test_classify_base_and_fine_tuned_side_by_side(ui: Session, archives: dict[s
     assert ui.take_errors() == []
 
 
-def test_download_the_checkpoint_and_its_sha256_matches(ui: Session, tmp_path: Path) -> None:
-    page = ui.page
+def test_download_the_checkpoint_and_its_sha256_matches(reader: Session, finished: Finished, tmp_path: Path) -> None:
+    ui, page = reader, reader.page
+    ui.goto(f"/jobs/{finished.job}")
     with ui.api() as c:
-        expected = c.get(f"/v1/jobs/{ui.ids['job']}").json()["checkpoint"]["sha256"]
+        expected = c.get(f"/v1/jobs/{finished.job}").json()["checkpoint"]["sha256"]
     row = page.locator('[data-download="checkpoint"]')
     sync_api.expect(row.locator("[data-sha]")).to_have_text(expected)
     with page.expect_download() as info:
@@ -347,18 +442,20 @@ def test_download_the_checkpoint_and_its_sha256_matches(ui: Session, tmp_path: P
     assert ui.take_errors() == []
 
 
-def test_jobs_list_filters_by_status_and_pages(ui: Session) -> None:
+def test_jobs_list_filters_by_status_and_pages(ui: Session, archives: dict[str, Path]) -> None:
     page = ui.page
-    with ui.api() as c:  # two more jobs, cancelled at once (cheap), for a second page
+    with ui.api() as c:  # a short SAFT job that succeeds, then two cancelled at once (cheap) for a second page
+        train = upload(c, archives["train"], "shapes")
+        done = start_job(c, train["id"], method=FORM_METHOD, validation_fraction=0.25,
+                         hyperparameters={"epochs": 1, "batch_size": 8})
+        done = wait_for_job(c, done["id"], until={"succeeded", "failed", "cancelled"}, timeout=180)
+        assert done["status"] == "succeeded", done
         for _ in range(2):
-            job = c.post("/v1/jobs", json={"dataset_id": ui.ids["train"], "hyperparameters": {"epochs": 1000}}).json()
-            c.post(f"/v1/jobs/{job['id']}/cancel")
-        for job in c.get("/v1/jobs", params={"limit": 2}).json()["data"]:
-            wait_for_job(c, job["id"], until={"cancelled", "failed", "succeeded"}, timeout=120)
-        tuned = [e["top1"] for e in c.get(f"/v1/jobs/{ui.ids['job']}/evaluations").json()["data"]
+            cancelled_job(c, train["id"])
+        tuned = [e["top1"] for e in c.get(f"/v1/jobs/{done['id']}/evaluations").json()["data"]
                  if e["model"] == "fine-tuned"]
     ui.goto("/jobs")
-    row = page.locator(f'#jobs-table tr[data-id="{ui.ids["job"]}"]')
+    row = page.locator(f'#jobs-table tr[data-id="{done["id"]}"]')
     sync_api.expect(row).to_contain_text("succeeded")
     sync_api.expect(row).to_contain_text("SAFT 1 %")
     sync_api.expect(row.locator(".best")).to_contain_text(f"{max(tuned) * 100:.1f} %")
@@ -381,32 +478,28 @@ def test_jobs_list_filters_by_status_and_pages(ui: Session) -> None:
     assert ui.take_errors() == []
 
 
-def test_a_second_tenant_sees_nothing_of_the_first(ui: Session, browser: Any) -> None:
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    errors: list[str] = []
-    watch(page, errors)
-    try:
-        page.goto(f"{ui.stack.base_url}/console#/datasets")
-        page.fill("#key", ui.keys["b"])
-        page.click("text=Sign in >> nth=-1")
-        sync_api.expect(page.locator(".empty")).to_contain_text("No datasets yet")
-        page.goto(f"{ui.stack.base_url}/console#/jobs")
-        sync_api.expect(page.locator(".empty")).to_contain_text("No jobs yet")
-        page.goto(f"{ui.stack.base_url}/console#/jobs/{ui.ids['job']}")
-        sync_api.expect(page.locator(".problem")).to_contain_text(f"no job {ui.ids['job']} in this tenant")
-        page.goto(f"{ui.stack.base_url}/console#/datasets/{ui.ids['train']}")
-        sync_api.expect(page.locator(".problem")).to_contain_text("in this tenant")
-    finally:
-        context.close()
-    assert [e for e in errors if not e.startswith(EXPECTED_HTTP_ERROR)] == []
+def test_a_second_tenant_sees_nothing_of_the_first(console: Session, finished: Finished) -> None:
+    page, base = console.page, console.stack.base_url
+    page.goto(f"{base}/console#/datasets")
+    page.fill("#key", console.key)  # a tenant other than finished's
+    page.click("text=Sign in >> nth=-1")
+    sync_api.expect(page.locator(".empty")).to_contain_text("No datasets yet")
+    page.goto(f"{base}/console#/jobs")
+    sync_api.expect(page.locator(".empty")).to_contain_text("No jobs yet")
+    page.goto(f"{base}/console#/jobs/{finished.job}")
+    sync_api.expect(page.locator(".problem")).to_contain_text(f"no job {finished.job} in this tenant")
+    page.goto(f"{base}/console#/datasets/{finished.train}")
+    sync_api.expect(page.locator(".problem")).to_contain_text("in this tenant")
+    assert console.take_errors(allow_http_errors=True) == []
 
 
-def test_offline_the_console_and_the_docs_render_fully(ui: Session, browser: Any) -> None:
+def test_offline_the_console_and_the_docs_render_fully(
+    browser: Any, embedded_stack: Stack, shots: Path, finished: Finished
+) -> None:
     """Every request that does not go to the service is aborted (as on a machine without internet)."""
     context = browser.new_context(viewport=VIEWPORT)
     outside: list[str] = []
-    base = ui.stack.base_url
+    base = embedded_stack.base_url
 
     def only_the_service(route: Any) -> None:
         if route.request.url.startswith(base + "/") or route.request.url.startswith(("data:", "blob:")):
@@ -420,56 +513,53 @@ def test_offline_the_console_and_the_docs_render_fully(ui: Session, browser: Any
     errors: list[str] = []
     watch(page, errors)
     try:
-        page.goto(f"{base}/console#/jobs/{ui.ids['job']}")
-        page.fill("#key", ui.keys["a"])
+        page.goto(f"{base}/console#/jobs/{finished.job}")
+        page.fill("#key", finished.key)
         page.click("text=Sign in >> nth=-1")
         sync_api.expect(page.locator("#eval-table")).to_be_visible()
         drawn = page.evaluate("""() => ['loss-chart', 'frontier-chart', 'mask-image', 'mask-text'].map(id =>
             Chart.getChart(id)?.getDatasetMeta(0).data.length || 0)""")
         assert all(n > 0 for n in drawn), drawn
-        ui.page.bring_to_front()
         page.goto(f"{base}/docs")
         sync_api.expect(page.locator(".swagger-ui .opblock-summary-path", has_text="/v1/jobs/{job_id}/checkpoint")).to_be_visible()
         assert page.locator(".swagger-ui .opblock").count() >= 15
         sync_api.expect(page.locator(".swagger-ui .info .description ol > li")).to_have_count(5)  # the steps
-        page.screenshot(path=str(ui.shots / "10-docs-offline.png"))
+        page.screenshot(path=str(shots / "10-docs-offline.png"))
     finally:
         context.close()
     assert outside == []
     assert errors == []
 
 
-def test_delete_the_job_and_a_dataset(ui: Session) -> None:
+def test_delete_the_job_and_a_dataset(ui: Session, archives: dict[str, Path]) -> None:
     page = ui.page
+    with ui.api() as c:
+        train, shifted = upload(c, archives["train"], "shapes"), upload(c, archives["eval"], "shifted")
+        kept, job = cancelled_job(c, train["id"]), cancelled_job(c, train["id"])
     page.on("dialog", lambda d: d.accept())  # the page asks before deleting
-    ui.goto(f"/jobs/{ui.ids['job']}")
+    ui.goto(f"/jobs/{job['id']}")
     page.click("#delete")
     page.wait_for_url("**/console#/jobs")
     sync_api.expect(page.locator("#jobs-table")).to_be_visible()
-    sync_api.expect(page.locator(f'#jobs-table tr[data-id="{ui.ids["job"]}"]')).to_have_count(0)
+    sync_api.expect(page.locator(f'#jobs-table tr[data-id="{kept["id"]}"]')).to_be_visible()
+    sync_api.expect(page.locator(f'#jobs-table tr[data-id="{job["id"]}"]')).to_have_count(0)
     ui.goto("/datasets")
-    page.click(f'[data-delete="{ui.ids["eval"]}"]')
+    page.click(f'[data-delete="{shifted["id"]}"]')
     sync_api.expect(page.locator("#datasets-table tbody tr")).to_have_count(1)
     with ui.api() as c:
-        assert c.get(f"/v1/jobs/{ui.ids['job']}").status_code == 404
-        assert [d["id"] for d in c.get("/v1/datasets").json()["data"]] == [ui.ids["train"]]
+        assert c.get(f"/v1/jobs/{job['id']}").status_code == 404
+        assert [d["id"] for d in c.get("/v1/datasets").json()["data"]] == [train["id"]]
     assert ui.take_errors() == []
 
 
-# --- the edges a first hour finds (issue 19); data of their own, made through the API --------------------
+# --- the edges a first hour finds (issue 19) -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def own_datasets(ui: Session, archives: dict[str, Path]) -> list[dict]:
-    """Three datasets of one name (as uploads of one folder are), read by the tests below only; the page signed
-    in as their tenant."""
+    """Three datasets of one name (as uploads of one folder are) in the test's tenant."""
     with ui.api() as c:
-        made = [c.post("/v1/datasets", files={"file": ("shapes.zip", archives["train"].read_bytes())},
-                       data={"name": "shapes"}).json() for _ in range(3)]
-    assert all("id" in d for d in made), made
-    ui.page.goto(f"{ui.stack.base_url}/console")
-    ui.page.evaluate("key => sessionStorage.setItem('saft.apiKey', key)", ui.keys["a"])
-    return made
+        return [upload(c, archives["train"], "shapes") for _ in range(3)]
 
 
 def test_the_new_job_form_offers_every_model_and_tells_datasets_apart(ui: Session, own_datasets: list[dict]) -> None:

@@ -26,7 +26,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.fixtures.stack import Stack, zip_dir
+from tests.fixtures.stack import Stack, wait_for_job, zip_dir
 
 pytestmark = pytest.mark.service
 
@@ -369,10 +369,7 @@ def a_job(pg_stack: Stack, shapes_dir: Path) -> str:
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
         c.post(f"/v1/jobs/{job_id}/cancel")
-        deadline = time.monotonic() + 120
-        while c.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline, "the job did not stop"
-            time.sleep(0.3)
+        wait_for_job(c, job_id, until={"cancelled", "failed", "succeeded"}, timeout=120)  # raises if it did not stop
         return job_id
 
 

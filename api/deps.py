@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from saft_service import keys
 from saft_service.db import session_factory
-from saft_service.limits import ID_PATTERN
+from saft_service.input_checks import ID_PATTERN
 from saft_service.logs import add_to_context
 from saft_service.settings import Settings
 from saft_service.storage import Storage

@@ -12,13 +12,13 @@ from pydantic import Field
 from saft_core.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_TEMPLATES, ModelSpec
 from saft_core.frontier import DEFAULT_ALPHA, resolve_alpha
 from saft_service.allowed_models import check_model, resolve_pretrained
+from saft_service.input_checks import ID_PATTERN, LimitError
 from saft_service.jobs import JobStatus
 from saft_service.jobspec import stored_spec
-from saft_service.limits import ID_PATTERN, LimitError
 from saft_service.metrics import CLASSIFY_IMAGES, CLASSIFY_SECONDS
 from saft_service.tables import Job
 
-from ..classify import ClassifierCache, check_cost, decode_upload, parse_labels
+from ..classifier_cache import ClassifierCache, check_cost, decode_upload, parse_labels
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
 from ..problems import CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, UNAVAILABLE, ProblemError
 from ..schemas import ClassifyPublic, ImagePredictions, Prediction

@@ -24,7 +24,7 @@ from saft_core.config import ModelSpec
 from saft_core.images import ImageDecodeError, decode_image
 from saft_core.inference import Classifier
 from saft_core.models import parameter_count
-from saft_service.limits import LimitError, check_name, loads_bounded
+from saft_service.input_checks import LimitError, check_name, loads_bounded
 from saft_service.settings import Settings
 
 from .problems import ProblemError

@@ -21,8 +21,8 @@ from saft_service.storage import Storage
 from . import problems
 from .classifier_cache import ClassifierCache
 from .deps import key_checker
-from .input_checks import AuthenticateFirst, BodyTimeout, ContentLengthLimit, JsonBodyLimit
 from .observability import RequestObservation
+from .request_limits import AuthenticateFirst, BodyTimeout, ContentLengthLimit, JsonBodyLimit
 from .routes import (
     classify,
     console,

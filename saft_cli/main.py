@@ -6,8 +6,8 @@ import argparse
 
 import api.api_command
 import saft_core.cli
-import saft_service.service_commands
 import saft_service.remote_cli
+import saft_service.service_commands
 import saft_worlds.world_commands
 import worker.worker_command
 

@@ -261,7 +261,8 @@ class Settings(BaseSettings):
 
     # Metrics (Prometheus; see saft_service/metrics.py).
     metrics_token: str | None = Field(
-        None, description="When set, GET /metrics needs 'Authorization: Bearer <this>'; unset: open to all."
+        None, description="When set, GET /metrics needs 'Authorization: Bearer <this>' (401 otherwise); unset: open "
+        "to all."
     )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port on which each worker serves its metrics (/metrics, on all interfaces: "

@@ -32,15 +32,9 @@ demo: $(STAMP)
 	$(VENV)/bin/saft classify --checkpoint $(DEMO)/checkpoint.safetensors --alpha recommended --top-k 2 \
 		$(DEMO)/sketch/triangle/sketch_00000.png $(DEMO)/sketch/hexagon/sketch_00000.png
 
-lint: $(STAMP) lint-js
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-
-## The console's JavaScript type-checked by TypeScript's tsc (JSDoc types, tsconfig.json; a few seconds). Installs
-## Debian's node-typescript where tsc is missing and apt-get can (as .ci/run installs chromium), else npm's.
-.PHONY: lint-js
-lint-js:
-	bash scripts/check_console_js.sh
 
 ## Fast feedback, under a minute on 2 cores: lint (with the import rules) and the unit tests not marked slow.
 ## pytest exits 5 when it selects no test; make stops on that as on a failure (an empty selection is a mistake).
@@ -88,3 +82,11 @@ gpu-wheels: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+## The console's JavaScript type-checked by TypeScript's tsc (JSDoc types, tsconfig.json; a few seconds), as part
+## of lint. Installs Debian's node-typescript where tsc is missing and apt-get can (as .ci/run installs chromium),
+## else npm's.
+.PHONY: lint-js
+lint: lint-js
+lint-js:
+	bash scripts/check_console_js.sh

@@ -86,3 +86,11 @@ gpu-wheels: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+## The console's JavaScript type-checked by TypeScript's tsc (JSDoc types, tsconfig.json; a few seconds), as part
+## of lint. Installs Debian's node-typescript where tsc is missing and apt-get can (as .ci/run installs chromium),
+## else npm's.
+.PHONY: lint-js
+lint: lint-js
+lint-js:
+	bash scripts/check_console_js.sh

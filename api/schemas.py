@@ -238,7 +238,7 @@ class JobError(BaseModel):
     message: str
 
 
-ALPHA_RULE_HELP = "The rule that chose `recommended_alpha` on the job's validation split (see the README)."
+ALPHA_RULE_HELP = "The rule that chose `recommended_alpha` on the job's validation split (see docs/method.md)."
 
 
 class CheckpointInfo(BaseModel):

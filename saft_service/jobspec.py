@@ -40,7 +40,7 @@ from saft_core.config import (
 from saft_core.options import option_of
 
 from .core_fields import core_field, core_fields, field_of
-from .limits import ID_PATTERN
+from .input_checks import ID_PATTERN
 
 # Options that sit elsewhere than their dataclass says (see the module docstring).
 _TRAIN_NOT_HYPERPARAMETERS = ("method", "ratio")  # method: the ``method.type`` union; ratio: SAFT's own

@@ -8,7 +8,7 @@ import binascii
 import contextlib
 import logging
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -45,8 +45,8 @@ router = APIRouter(
 )
 
 UploadId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
-GONE = {410: problem_doc("`upload_expired`: the upload passed its `expires_at` and was deleted.")}
-BUSY = {409: problem_doc("`upload_completing`: the upload is being completed; `upload_incomplete`: parts are missing.")}
+GONE: dict[int | str, dict[str, Any]] = {410: problem_doc("`upload_expired`: the upload passed its `expires_at` and was deleted.")}
+BUSY: dict[int | str, dict[str, Any]] = {409: problem_doc("`upload_completing`: the upload is being completed; `upload_incomplete`: parts are missing.")}
 WRITE_CHUNK = 1 << 20  # bytes gathered into one block for the part's writer thread
 # Problems of completing that come from the archive itself: no resend can fix them, so the upload goes.
 _KEEP_UPLOAD_ON = {"storage_full", "storage_quota_exceeded"}

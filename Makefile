@@ -32,9 +32,13 @@ demo: $(STAMP)
 	$(VENV)/bin/saft classify --checkpoint $(DEMO)/checkpoint.safetensors --alpha recommended --top-k 2 \
 		$(DEMO)/sketch/triangle/sketch_00000.png $(DEMO)/sketch/hexagon/sketch_00000.png
 
+## The type checker runs twice: over all the packages ([tool.mypy] in pyproject.toml), and over the client alone
+## with its own configuration (clients/python/pyproject.toml), as it is installed without the server.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	cd clients/python && $(abspath $(VENV))/bin/mypy
 
 ## Fast feedback, under a minute on 2 cores: lint (with the import rules) and the unit tests not marked slow.
 ## pytest exits 5 when it selects no test; make stops on that as on a failure (an empty selection is a mistake).
@@ -81,4 +85,4 @@ gpu-wheels: $(STAMP)
 	bash scripts/gpu_wheels.sh
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache clients/python/.mypy_cache

@@ -261,7 +261,7 @@ class PartsReader(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]  # io passes only these
         if self._pos >= self._size or not len(buffer):
             return 0
         index = bisect.bisect_right(self._starts, self._pos) - 1

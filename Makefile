@@ -36,9 +36,13 @@ demo: $(STAMP)
 docs: $(STAMP)
 	$(PY) scripts/gen_config_docs.py
 
+## The type checker runs twice: over all the packages ([tool.mypy] in pyproject.toml), and over the client alone
+## with its own configuration (clients/python/pyproject.toml), as it is installed without the server.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	cd clients/python && $(abspath $(VENV))/bin/mypy
 
 ## Fast feedback, under a minute on 2 cores: lint (with the import rules) and the unit tests not marked slow.
 ## pytest exits 5 when it selects no test; make stops on that as on a failure (an empty selection is a mistake).
@@ -85,7 +89,7 @@ gpu-wheels: $(STAMP)
 	bash scripts/gpu_wheels.sh
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache clients/python/.mypy_cache
 
 ## The console's JavaScript type-checked by TypeScript's tsc (JSDoc types, tsconfig.json; a few seconds), as part
 ## of lint. Installs Debian's node-typescript where tsc is missing and apt-get can (as .ci/run installs chromium),

@@ -186,7 +186,7 @@ class IdempotentRoute(APIRoute):
         handler = super().get_route_handler()
         if not any(d.call is idempotency_key_header for d in self.dependant.dependencies):
             return handler
-        methods = ",".join(sorted(self.methods))
+        methods = ",".join(sorted(self.methods or ()))
 
         async def idempotent_handler(request: Request) -> Response:
             # The concrete path: a key names one request, so completing another upload with it is a reuse.

@@ -24,12 +24,13 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import session_scope
+from .db import affected_rows, session_scope
 from .settings import Settings
 from .storage import Storage, remove_tree
 from .tables import Upload, UploadPart, new_id, utcnow
@@ -50,7 +51,7 @@ COMPLETING_STALE_S = 300.0
 class MultipartError(Exception):
     """A multipart request is refused: ``status`` is the HTTP status, ``code`` a stable identifier."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
@@ -185,25 +186,26 @@ def store_part(
 def hold_pending(session: Session, upload_id: str) -> bool:
     """Write the upload row while it is ``pending`` (a compare-and-set that takes the row's write lock until the
     transaction ends). False: it is completing, or gone."""
-    result = session.execute(
+    return affected_rows(
+        session,
         update(Upload)
         .where(Upload.id == upload_id, Upload.status == Upload.PENDING)
         .values(updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+        .execution_options(synchronize_session=False),
+    ) == 1
 
 
 def start_completing(session: Session, upload_id: str) -> bool:
     """Move a pending upload to ``completing`` (committed). False: another request is completing it."""
-    result = session.execute(
+    moved = affected_rows(
+        session,
         update(Upload)
         .where(Upload.id == upload_id, Upload.status == Upload.PENDING)
         .values(status=Upload.COMPLETING, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
     session.commit()
-    return result.rowcount == 1
+    return moved == 1
 
 
 class CompletingBeat:
@@ -295,7 +297,7 @@ class PartsReader(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]  # io passes only these
         if self._pos >= self._size or not len(buffer):
             return 0
         index = bisect.bisect_right(self._starts, self._pos) - 1
@@ -343,14 +345,15 @@ def reap_uploads(session: Session, settings: Settings, now: datetime) -> list[st
     ``expires_at`` (with their parts) and upload folders that have no row and are older than an hour. Returns
     the ids removed."""
     storage = Storage(settings)
-    stale = session.execute(
+    stale = affected_rows(
+        session,
         update(Upload)
         .where(Upload.status == Upload.COMPLETING, Upload.updated_at < now - timedelta(seconds=COMPLETING_STALE_S))
         .values(status=Upload.PENDING, updated_at=now)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if stale.rowcount:
-        log.warning("reaper: %d upload(s) whose completion stopped without an answer are pending again", stale.rowcount)
+    if stale:
+        log.warning("reaper: %d upload(s) whose completion stopped without an answer are pending again", stale)
     session.commit()
     expired = list(session.scalars(select(Upload.id).where(Upload.expires_at < now)))
     for upload_id in expired:

@@ -7,7 +7,7 @@ import base64
 import binascii
 import contextlib
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -43,8 +43,8 @@ router = APIRouter(
 )
 
 UploadId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
-GONE = {410: problem_doc("`upload_expired`: the upload passed its `expires_at` and was deleted.")}
-BUSY = {409: problem_doc("`upload_completing`: the upload is being completed; `upload_incomplete`: parts are missing.")}
+GONE: dict[int | str, dict[str, Any]] = {410: problem_doc("`upload_expired`: the upload passed its `expires_at` and was deleted.")}
+BUSY: dict[int | str, dict[str, Any]] = {409: problem_doc("`upload_completing`: the upload is being completed; `upload_incomplete`: parts are missing.")}
 WRITE_CHUNK = 1 << 20  # bytes gathered into one block for the part's writer thread
 
 

@@ -37,7 +37,7 @@ def receiver(statuses: list[int] | None = None, location: str | None = None) -> 
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+        def do_POST(self) -> None:  # the standard library's name
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             with lock:
                 rec.requests.append(Received({k.lower(): v for k, v in self.headers.items()}, body))

@@ -7,16 +7,15 @@ import argparse
 import api.cli
 import saft_core.cli
 import saft_service.cli
-import saft_service.remote_cli
 import saft_worlds.cli
 import worker.cli
 
-from . import serve
+from . import remote, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``saft`` parser: the core's commands, the generators' (synth, world), then ``serve``, the API's, the
-    worker's and the service's."""
+    worker's, the service's and the remote ones (datasets, jobs, usage)."""
     parser, sub = saft_core.cli.new_parser()
     saft_core.cli.register(sub)
     saft_worlds.cli.register(sub)
@@ -24,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.cli.register(sub)
     worker.cli.register(sub)
     saft_service.cli.register(sub)
-    saft_service.remote_cli.register(sub)
+    remote.register(sub)
     return parser
 
 

@@ -164,7 +164,7 @@ export async function newJobView(view, query) {
           <div id="saft-fields">${field("method.ratio", saft.ratio, "Ratio (fraction of parameters)")}</div>
         </div>
         <details id="saft-more"><summary>More SAFT options</summary><div class="grid three">
-          ${["towers", "score_reduction", "exclude_embeddings", "exclude_norms", "exclude_biases"].map((k) => field(`method.${k}`, saft[k])).join("")}
+          ${Object.keys(saft).filter((k) => k !== "type" && k !== "ratio").map((k) => field(`method.${k}`, saft[k])).join("")}
         </div></details>
       </fieldset>
       <fieldset><legend>Training</legend>

@@ -71,8 +71,9 @@ def core_config(section: BaseModel, cls: type[Any]) -> Any:
 
 
 def method_config(method: BaseModel) -> MethodConfig:
-    """The core's config of a job's ``method`` section (``SaftConfig`` or ``FullConfig``)."""
-    return core_config(method, METHODS[method.type])  # type: ignore[attr-defined]
+    """The core's config of a job's ``method`` section: ``SaftConfig`` or ``FullConfig``, by its ``type``."""
+    values = {name: getattr(method, name) for name in type(method).model_fields}
+    return METHODS[values["type"]](**values)
 
 
 def upgrade_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,7 +193,7 @@ def to_finetune_config(
         data=DataConfig(
             train=str(train_dir),
             eval={name: str(path) for name, path in eval_dirs.items()},
-            shots=hp.shots,  # type: ignore[attr-defined]
+            shots=hp.shots,
             validation_fraction=spec.validation_fraction,
             templates=tuple(spec.templates),
             workers=workers,

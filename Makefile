@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := var/demo
 
-.PHONY: install run demo check test test-unit test-service bench-quick bench-speed bench-scale bench-chaos gpu-check gpu-wheels lint clean
+.PHONY: install run demo docs check test test-unit test-service bench-quick bench-speed bench-scale bench-chaos gpu-check gpu-wheels lint clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(STAMP)
 	$(VENV)/bin/saft classify --checkpoint $(DEMO)/checkpoint.safetensors --alpha recommended --top-k 2 \
 		$(DEMO)/sketch/triangle/sketch_00000.png $(DEMO)/sketch/hexagon/sketch_00000.png
 
+## docs/configuration.md from the code (Settings, the core's run options, the job spec); a test fails when it drifts.
+docs: $(STAMP)
+	$(PY) scripts/gen_config_docs.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
@@ -41,7 +45,7 @@ lint: $(STAMP)
 check: $(STAMP) lint
 	$(VENV)/bin/pytest tests/unit -m "not slow" -q
 
-## All tests: lint, unit tier, service tier (needs Postgres and Redis; see README).
+## All tests: lint, unit tier, service tier (needs Postgres and Redis; see docs/testing.md).
 test: $(STAMP) lint
 	$(VENV)/bin/pytest
 
@@ -82,3 +86,11 @@ gpu-wheels: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+## The console's JavaScript type-checked by TypeScript's tsc (JSDoc types, tsconfig.json; a few seconds), as part
+## of lint. Installs Debian's node-typescript where tsc is missing and apt-get can (as .ci/run installs chromium),
+## else npm's.
+.PHONY: lint-js
+lint: lint-js
+lint-js:
+	bash scripts/check_console_js.sh

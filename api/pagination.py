@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from saft_service.limits import ID_PATTERN
+from saft_service.input_checks import ID_PATTERN
 
 from .problems import ProblemError
 

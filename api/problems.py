@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from saft_core.errors import SaftError
-from saft_service.limits import LIMIT_CODES, LimitError
+from saft_service.input_checks import LIMIT_CODES, LimitError
 from saft_service.storage import client_message
 
 from .observability import request_id_of

@@ -10,8 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from saft_service.allowed_models import check_model
+from saft_service.input_checks import (
+    MAX_INT64,
+    NO_CONTROL_CHARACTERS,
+    LimitError,
+    check_json_value,
+    check_name,
+)
 from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod, stored_spec
-from saft_service.limits import MAX_INT64, NO_CONTROL_CHARACTERS, LimitError, check_json_value, check_name
 from saft_service.settings import get_settings
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask, Upload
 
@@ -232,7 +238,7 @@ class JobError(BaseModel):
     message: str
 
 
-ALPHA_RULE_HELP = "The rule that chose `recommended_alpha` on the job's validation split (see the README)."
+ALPHA_RULE_HELP = "The rule that chose `recommended_alpha` on the job's validation split (see docs/method.md)."
 
 
 class CheckpointInfo(BaseModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from saft_core.config import DEFAULT_PRETRAINED
 
-from .limits import LimitError
+from .input_checks import LimitError
 from .settings import Settings
 
 _NO_WEIGHTS = {None, "none", DEFAULT_PRETRAINED}

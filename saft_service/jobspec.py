@@ -46,7 +46,7 @@ from saft_core.config import (
 from saft_core.options import option_of
 
 from .core_fields import core_field, core_fields
-from .limits import ID_PATTERN
+from .input_checks import ID_PATTERN
 
 
 class _Section(BaseModel):

@@ -18,6 +18,7 @@ import bisect
 import hashlib
 import io
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -25,12 +26,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .db import session_scope
 from .settings import Settings
 from .storage import Storage, remove_tree
-from .tables import Upload, new_id, utcnow
+from .tables import Upload, UploadPart, new_id, utcnow
 from .usage import lock_tenant, tenant_usage
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,40 @@ class PartWriter:
         if self._error is not None:
             raise self._error
         return self.digest.hexdigest()
+
+
+def tenant_upload(session: Session, storage: Storage, tenant_id: str, upload_id: str) -> Upload:
+    """The tenant's upload: 404 ``upload_not_found`` when unknown or another tenant's; 410 ``upload_expired``
+    (and deleted) once past its ``expires_at``."""
+    upload = session.get(Upload, upload_id)
+    if upload is None or upload.tenant_id != tenant_id:
+        raise MultipartError(404, "upload_not_found", f"no upload {upload_id} in this tenant")
+    if upload.expires_at < utcnow():
+        delete_upload(session, storage, upload_id)
+        raise MultipartError(410, "upload_expired", f"upload {upload_id} expired at {upload.expires_at.isoformat()}; "
+                                                    "start a new one")
+    return upload
+
+
+def store_part(
+    session: Session, upload_id: str, number: int, size: int, digest: str, received: Path, final: Path
+) -> None:
+    """Rename the ``received`` part to ``final`` and record it, while the upload is still pending: 409
+    ``upload_completing`` once a completion started, 404 ``upload_not_found`` once it was deleted."""
+    gone = MultipartError(404, "upload_not_found", f"upload {upload_id} was deleted")
+    try:
+        if not hold_pending(session, upload_id):
+            session.rollback()
+            if session.get(Upload, upload_id) is None:
+                raise gone
+            raise MultipartError(409, "upload_completing", "the upload is being completed; parts can no longer change")
+        session.merge(UploadPart(upload_id=upload_id, number=number, size_bytes=size, sha256=digest,
+                                 created_at=utcnow()))
+        os.replace(received, final)
+        session.commit()
+    except IntegrityError as e:  # the upload was deleted (aborted, expired) while the part arrived
+        session.rollback()
+        raise gone from e
 
 
 def hold_pending(session: Session, upload_id: str) -> bool:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from saft_service import webhooks
-from saft_service.limits import ID_PATTERN
+from saft_service.input_checks import ID_PATTERN
 from saft_service.tables import Tenant, WebhookDelivery, WebhookEndpoint, utcnow
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep

@@ -24,9 +24,10 @@ from typing import BinaryIO
 
 from saft_core.datasets import CLASS_NAMES_FILE
 from saft_core.images import IMAGE_EXTENSIONS
-from saft_service.limits import LimitError, check_name, loads_bounded
-from saft_service.settings import Settings
-from saft_service.storage import is_storage_full
+
+from .input_checks import LimitError, check_name, loads_bounded
+from .settings import Settings
+from .storage import is_storage_full
 
 _JUNK_DIRS = {"__MACOSX"}
 _JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}

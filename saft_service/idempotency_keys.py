@@ -1,6 +1,6 @@
 """Idempotency keys: a request retried with the same ``Idempotency-Key`` gets the first answer again.
 
-The store side, without HTTP (``api/idempotency.py`` is the HTTP side). A key belongs to a tenant and names
+The store side, without HTTP (``api/idempotent_route.py`` is the HTTP side). A key belongs to a tenant and names
 one request (its endpoint and body fingerprint). Its life:
 
 1. ``claim``: the first request inserts the row in state ``processing`` with a random ``token`` (the primary

@@ -30,9 +30,7 @@ def core_field(cls: type, name: str, *, note: str = "", **constraints: Any) -> A
     return field_of(option_of(cls, name), note=note, **constraints)
 
 
-def core_fields(cls: type, *, skip: tuple[str, ...] = (), rename: dict[str, str] | None = None
-                ) -> dict[str, tuple[Any, FieldInfo]]:
-    """Every option of ``cls`` but ``skip`` as ``create_model`` field definitions ``name: (type, Field)``,
-    in declaration order; ``rename`` maps a field's name to its name in the job spec."""
-    rename = rename or {}
-    return {rename.get(o.name, o.name): (o.type, field_of(o)) for o in options(cls) if o.name not in skip}
+def core_fields(cls: type) -> dict[str, tuple[Any, FieldInfo]]:
+    """Every option of ``cls`` as ``create_model`` field definitions ``name: (type, Field)``, in declaration
+    order and under the field's own name: a job-spec section is the config dataclass."""
+    return {o.name: (o.type, field_of(o)) for o in options(cls)}

@@ -21,9 +21,10 @@ import dataclasses
 import inspect
 import re
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "clients" / "python"):  # run from anywhere, without an install
@@ -59,6 +60,8 @@ The Python client and the remote commands (`saft datasets ...`, `saft jobs ...`)
 # Flags of ``saft finetune`` written by hand in the CLI (a different name or meaning than the field's own).
 HAND_FLAGS = {
     ("ModelSpec", "name"): "--model",
+    ("SaftConfig", "type"): "--method",
+    ("FullConfig", "type"): "--method",
     ("DataConfig", "templates"): "--template",
     ("FinetuneConfig", "evaluate_zero_shot"): "--no-zero-shot",
 }
@@ -151,14 +154,21 @@ def _finetune_flags() -> set[str]:
     raise RuntimeError("the saft parser has no sub-commands")
 
 
+def _dataclasses_of(tp: Any) -> list[type]:
+    """The config dataclasses a field of type ``tp`` holds: ``tp`` itself, or each of a union's (the method's
+    config: ``SaftConfig | FullConfig``); none for any other type."""
+    members = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+    found = [m for m in members if dataclasses.is_dataclass(m) and isinstance(m, type)]
+    return found if len(found) == len(members) else []
+
+
 def _config_classes(cls: type, path: str = "") -> Iterator[tuple[str, type]]:
     """``cls`` and every config dataclass it holds, depth first, each with its path from ``FinetuneConfig``."""
     yield path, cls
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-            yield from _config_classes(tp, f"{path}.{f.name}" if path else f.name)
+        for sub in _dataclasses_of(hints[f.name]):
+            yield from _config_classes(sub, f"{path}.{f.name}" if path else f.name)
 
 
 def _option_default(o: Option) -> str:
@@ -196,7 +206,7 @@ def options_section() -> list[str]:
         "",
     ]
     for path, cls in _config_classes(FinetuneConfig):
-        rows = [o for o in options(cls) if not (dataclasses.is_dataclass(o.base) and isinstance(o.base, type))]
+        rows = [o for o in options(cls) if not _dataclasses_of(o.base)]
         if not rows:
             continue
         doc = (inspect.getdoc(cls) or "").split("\n\n")[0]

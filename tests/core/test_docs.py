@@ -36,7 +36,7 @@ def test_configuration_page_is_generated_from_the_code() -> None:
 
 
 def test_configuration_page_names_every_setting_and_option() -> None:
-    from saft_core.config import DataConfig, ScoringConfig, TrainConfig
+    from saft_core.config import DataConfig, FullConfig, SaftConfig, TrainConfig
     from saft_service.settings import Settings
 
     page = _generator().render()
@@ -44,7 +44,7 @@ def test_configuration_page_names_every_setting_and_option() -> None:
         assert f"`SAFT_{name.upper()}`" in page, name
     assert "`--lr`" in page and "`--score-reduction`" in page
     assert "`learning_rate`" in page and "`validation_fraction`" in page
-    for cls in (TrainConfig, ScoringConfig, DataConfig):  # the walk over FinetuneConfig reaches each dataclass
+    for cls in (TrainConfig, SaftConfig, FullConfig, DataConfig):  # the walk over FinetuneConfig reaches each one
         assert f"### {cls.__name__} (" in page, cls.__name__
 
 

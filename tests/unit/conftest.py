@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saft_core.config import DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, TrainConfig
+from saft_core.config import METHODS, DataConfig, FinetuneConfig, ModelSpec, TrainConfig
 from saft_core.models import LoadedModel, load_model
 from saft_worlds.shapes import draw_shape, render_shapes
 
@@ -52,16 +52,21 @@ def draw_image(path: Path, seed: int = 0) -> Path:
 
 def tiny_config(train_dir: Path, **overrides) -> FinetuneConfig:
     """A run that takes a couple of seconds on CPU. It trains on every image (no validation split, unlike
-    the product's default) unless ``data`` asks for one, so the tests' step counts stay simple."""
-    train_cfg = dict(method="saft", ratio=0.001, epochs=2, batch_size=8, learning_rate=1e-3, seed=0)
+    the product's default) unless ``data`` asks for one, so the tests' step counts stay simple. ``method``
+    picks the method by ``type`` (SAFT by default); its options the method does not have are left out (a
+    full fine-tuning has no ratio)."""
+    train_cfg = dict(epochs=2, batch_size=8, learning_rate=1e-3, seed=0)
     train_cfg.update(overrides.pop("train", {}))
+    method_cfg = dict(type="saft", ratio=0.001, scoring_batch_size=8)
+    method_cfg.update(overrides.pop("method", {}))
+    method_cls = METHODS[method_cfg["type"]]
     data_cfg: dict = dict(train=str(train_dir), validation_fraction=0.0)
     data_cfg.update(overrides.pop("data", {}))
     return FinetuneConfig(
         model=ModelSpec("saft-tiny", None, init_seed=0),
         data=DataConfig(**data_cfg),
         train=TrainConfig(**train_cfg),
-        scoring=ScoringConfig(batch_size=8),
+        method=method_cls(**{k: v for k, v in method_cfg.items() if k in method_cls.__dataclass_fields__}),
         device="cpu",
         **overrides,
     )

@@ -147,6 +147,17 @@ def test_job_body_sorts_flat_options() -> None:
         job_body("ds_1", method="full", ratio=0.1)
 
 
+def test_job_body_puts_the_scoring_batch_in_the_method() -> None:
+    """SAFT's scoring batch is the method's; a ``hyperparameters`` mapping that still has it (its former place)
+    is sorted the same way."""
+    assert job_body("ds_1", scoring_batch_size=8)["method"] == {"type": "saft", "scoring_batch_size": 8}
+    assert job_body("ds_1", hyperparameters={"scoring_batch_size": 8, "epochs": 2}) == {
+        "dataset_id": "ds_1", "method": {"type": "saft", "scoring_batch_size": 8}, "hyperparameters": {"epochs": 2},
+    }
+    with pytest.raises(SaftClientError, match="full"):
+        job_body("ds_1", method="full", scoring_batch_size=8)
+
+
 def _sse(*events: tuple[int, bool]) -> bytes:
     """An event stream: (event id, whether the SSE id field is sent), then `end`."""
     out = []

@@ -15,7 +15,6 @@ import { fail, find } from "./ui.js";
 /** @typedef {import("./form.js").Control} Control */
 
 const MAIN_HP = ["epochs", "learning_rate", "batch_size", "seed"];
-const SAFT_MORE = ["towers", "score_reduction", "exclude_embeddings", "exclude_norms", "exclude_biases"];
 const SUGGESTED_VALIDATION_FRACTION = 0.2; // the API's default (0 on services before it held one out by default)
 
 /**
@@ -85,7 +84,7 @@ export async function newJobView(view, query) {
           <div id="saft-fields">${field("method.ratio", saft.ratio, "Ratio (fraction of parameters)")}</div>
         </div>
         <details id="saft-more"><summary>More SAFT options</summary><div class="grid three">
-          ${SAFT_MORE.map((k) => field(`method.${k}`, saft[k])).join("")}
+          ${Object.keys(saft).filter((k) => k !== "type" && k !== "ratio").map((k) => field(`method.${k}`, saft[k])).join("")}
         </div></details>
       </fieldset>
       <fieldset><legend>Training</legend>

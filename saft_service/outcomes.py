@@ -1,9 +1,10 @@
-"""What the end of a worker's attempt writes: the core's ``FinetuneResult`` mapped onto rows, and the job's end
-through the state machine (``jobs.py``).
+"""What the end of a worker's attempt writes: the core's ``FinetuneResult`` mapped onto rows, and the job's
+end through the state machine (``jobs.py``).
 
-The worker (``worker/runner.py``) decides how an attempt ended; this module is the one place that turns that into
-the job's row, its checkpoint, mask and evaluation rows and its events. Every function writes in the caller's
-transaction (the caller commits) and is fenced by the attempt, so a process that lost its job writes nothing:
+The worker (``worker/runner.py``) decides how an attempt ended; this module is the one place that turns that
+into the job's row, its checkpoint, mask and evaluation rows and its events. Every function writes in the
+caller's transaction (the caller commits) and is fenced by the attempt, so a process that lost its job writes
+nothing:
 
     record_success   succeeded, with the outputs' rows, metrics and training-health warnings (quota checked)
     record_end       failed with a code and a message, or cancelled (code ``cancelled``)
@@ -28,7 +29,7 @@ from .storage import Storage, sha256_file
 from .tables import Checkpoint, Evaluation, Job, Mask, MaskTensor, utcnow
 from .usage import lock_tenant, tenant_usage
 
-CANCELLED = Cancelled.code  # the code of an attempt that stopped on request: the job ends cancelled, not failed
+CANCELLED = Cancelled.code  # an attempt that stopped on request: the job ends cancelled, not failed
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,12 @@ def result_rows(job_id: str, result: FinetuneResult, storage: Storage) -> Result
 
 
 def record_success(
-    session: Session, job_id: str, result: FinetuneResult, *, attempt: int, training_steps: int, settings: Settings
+    session: Session, job_id: str, result: FinetuneResult, *, attempt: int, training_steps: int,
+    settings: Settings,
 ) -> bool:
-    """Store a finished run's outputs and end the job as succeeded (one transaction, the caller's). False: the job
-    is no longer ``attempt``'s and nothing was stored. Raises ``StorageQuotaExceeded`` (nothing stored) when the
-    outputs do not fit the tenant's quota, and ``RuntimeError`` when the job was deleted while it ran."""
+    """Store a finished run's outputs and end the job as succeeded (one transaction, the caller's). False: the
+    job is no longer ``attempt``'s and nothing was stored. Raises ``StorageQuotaExceeded`` (nothing stored) when
+    the outputs do not fit the tenant's quota, and ``RuntimeError`` when the job was deleted while it ran."""
     job = session.get(Job, job_id)
     if job is None:
         raise RuntimeError(f"job {job_id} was deleted while it ran")
@@ -134,8 +136,8 @@ def record_success(
 
 
 def record_end(session: Session, job_id: str, code: str, message: str, *, attempt: int) -> bool:
-    """End ``attempt``'s job as cancelled (``code`` is ``cancelled``) or failed with ``code`` and ``message`` (which
-    the client sees: the caller has redacted paths). False: the job is no longer that attempt's."""
+    """End ``attempt``'s job as cancelled (``code`` is ``cancelled``) or failed with ``code`` and ``message``
+    (which the client sees: the caller has redacted paths). False: the job is no longer that attempt's."""
     if code == CANCELLED:
         return jobs.mark_cancelled(session, job_id, attempt=attempt)
     return jobs.fail(session, job_id, code, message, attempt=attempt)

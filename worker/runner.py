@@ -2,8 +2,8 @@
 
 1. load the row and claim it (a duplicate or stale message ends here), into an ``Attempt``;
 2. map the stored spec onto the core's config, once;
-3. hand the work to the core (``saft_core.pipeline.finetune``, or the ``finetune`` given) with callbacks that write
-   progress and events and poll for cancellation; cancellation is also checked before the hand-over;
+3. hand the work to the core (``saft_core.pipeline.finetune``, or the ``finetune`` given) with callbacks that
+   write progress and events and poll for cancellation; cancellation is also checked before the hand-over;
 4. record the result through ``saft_service.outcomes`` (the rows are built there, not here).
 
 A step that ends the attempt early raises ``Ended`` with the attempt's ``Ending``; every attempt, whatever ended
@@ -226,7 +226,7 @@ class JobReporter:
 
 
 
-# --- one attempt ------------------------------------------------------------------------------------------------
+# --- one attempt --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ class Attempt:
 
     @property
     def out_dir(self) -> Path:
-        """This attempt's outputs (checkpoint, mask): its own folder, so a lost attempt never writes another's."""
+        """This attempt's outputs (checkpoint, mask): its own folder; a lost attempt never writes another's."""
         return self.job_dir / f"attempt-{self.number}"
 
     @property
@@ -349,8 +349,9 @@ def _core_config(attempt: Attempt) -> FinetuneConfig:
     spec, settings, rows = attempt.spec, attempt.settings, attempt.datasets
     missing = [i for i in [spec.dataset_id, *spec.eval_dataset_ids] if i not in rows]
     if missing:
+        listed = ", ".join(missing)
         raise Ended(Ending.failed(
-            "dataset_missing", f"dataset(s) {', '.join(missing)} were deleted before the job ran; upload them again"
+            "dataset_missing", f"dataset(s) {listed} were deleted before the job ran; upload them again"
         ))
     try:
         folders = {i: attempt.storage.dataset_files(rows[i]) for i in [spec.dataset_id, *spec.eval_dataset_ids]}
@@ -385,7 +386,9 @@ def _stop_if_cancelled(attempt: Attempt, reporter: JobReporter) -> None:
         raise Ended(Ending.failed(Cancelled.code, Cancelled().message))
 
 
-def _hand_to_core(attempt: Attempt, cfg: FinetuneConfig, reporter: JobReporter, finetune: Finetune) -> FinetuneResult:
+def _hand_to_core(
+    attempt: Attempt, cfg: FinetuneConfig, reporter: JobReporter, finetune: Finetune
+) -> FinetuneResult:
     """3. The core's run, into the attempt's own folder; whatever it raises becomes the attempt's ending."""
     settings = attempt.settings
     try:
@@ -401,7 +404,8 @@ def _hand_to_core(attempt: Attempt, cfg: FinetuneConfig, reporter: JobReporter, 
         if code == INTERNAL_ERROR:
             log.exception("job %s crashed", attempt.job_id)
         elif not isinstance(e, Cancelled):
-            log.error("job %s failed (%s): %s", attempt.job_id, code, e)  # the full error, paths included, stays here
+            # the full error, paths included, stays in the worker's log
+            log.error("job %s failed (%s): %s", attempt.job_id, code, e)
         raise Ended(Ending.failed(code, message)) from None
 
 
@@ -419,11 +423,13 @@ def _record(attempt: Attempt, result: FinetuneResult, training_steps: int) -> En
     def write() -> bool:
         with session_scope(settings) as s:
             return outcomes.record_success(
-                s, attempt.job_id, result, attempt=attempt.number, training_steps=training_steps, settings=settings
+                s, attempt.job_id, result, attempt=attempt.number, training_steps=training_steps,
+                settings=settings,
             )
 
     try:
-        owned = with_db_retry(f"job {attempt.job_id}: recording its result", write, seconds=settings.db_retry_seconds)
+        what = f"job {attempt.job_id}: recording its result"
+        owned = with_db_retry(what, write, seconds=settings.db_retry_seconds)
     except DBAPIError:
         # Still unreachable: leave the job running. Its heartbeat goes stale, the reaper requeues it, and the
         # next attempt resumes from the final snapshot (training is not done again).

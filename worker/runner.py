@@ -19,23 +19,21 @@ leaves no use for:
 Nothing half-written survives: outputs go to the attempt's own directory, which is deleted unless the attempt
 succeeds, and the success row (checkpoint, mask, evaluations, status) is one transaction.
 
-Liveness (see saft_service/reaper.py): while the job runs, a thread writes its heartbeat every
-``heartbeat_interval`` seconds, fenced by the attempt number the claim returned. When a heartbeat finds the job
-no longer its own (requeued after a stall, cancelled while its worker seemed gone), the run stops at the next
-step and touches neither the row nor the files of the attempt that took over. The core snapshots the training
-state into ``<job dir>/resume``, so a requeued job resumes where it was. A database that is down makes progress
-writes skip (they are best effort) and the writes that end a job retry for ``db_retry_seconds``; after that the
-job is left running and the reaper requeues it once its heartbeat is stale.
+Liveness (see saft_service/reaper.py; the heartbeat and the callbacks are in reporting.py): while the job
+runs, a thread writes its heartbeat every ``heartbeat_interval`` seconds, fenced by the attempt number the claim
+returned. When a heartbeat finds the job no longer its own (requeued after a stall, cancelled while its worker
+seemed gone), the run stops at the next step and touches neither the row nor the files of the attempt that took
+over. The core snapshots the training state into ``<job dir>/resume``, so a requeued job resumes where it was.
+A database that is down makes progress writes skip (they are best effort) and the writes that end a job retry
+for ``db_retry_seconds``; after that the job is left running and the reaper requeues it once its heartbeat is
+stale.
 """
 
 from __future__ import annotations
 
-import contextvars
 import gc
 import logging
-import math
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -46,20 +44,21 @@ from sqlalchemy.exc import DBAPIError
 
 from saft_core.config import FinetuneConfig, SnapshotConfig
 from saft_core.errors import Cancelled, SaftError
-from saft_core.results import Callbacks, FinetuneResult, Progress
+from saft_core.results import Callbacks, FinetuneResult
 from saft_service import jobs, outcomes
 from saft_service.allowed_models import resolve_pretrained
 from saft_service.db import session_scope
 from saft_service.dispatch import dispatch_soon
 from saft_service.jobspec import JobSpec, stored_spec, to_finetune_config
 from saft_service.logs import add_to_context, log_context
-from saft_service.metrics import JOB_ATTEMPTS, JOB_SECONDS, STAGE_SECONDS
+from saft_service.metrics import JOB_ATTEMPTS, JOB_SECONDS
 from saft_service.settings import Settings, get_settings
 from saft_service.storage import Storage, client_message, is_storage_full, remove_tree
 from saft_service.tables import Dataset, Job, Tenant
 from saft_service.usage import StorageQuotaExceeded
 
 from .failures import INTERNAL_ERROR, STORAGE_FULL, job_failure
+from .reporting import Heartbeat, JobReporter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,165 +67,6 @@ RESUME_DIR = "resume"
 
 Finetune = Callable[[FinetuneConfig, Path, Callbacks], FinetuneResult]
 """What step 3 calls: ``saft_core.pipeline.finetune``'s signature (config, output folder, callbacks)."""
-
-
-def with_db_retry(what: str, fn: Callable[[], T], *, seconds: float) -> T:
-    """Call ``fn`` until it does not fail with a database error, backing off, for at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    delay = 0.5
-    while True:
-        try:
-            return fn()
-        except DBAPIError as e:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("%s: database error (%s); retrying in %.1f s", what, type(e).__name__, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-
-
-class Heartbeat:
-    """A daemon thread that writes the job's heartbeat every ``settings.heartbeat_interval`` seconds.
-
-    ``lost`` becomes true when a heartbeat finds the job no longer running in ``attempt``. Database errors are
-    logged and retried at the next beat: the reaper decides, from the row, when silence means a lost worker.
-    """
-
-    def __init__(self, job_id: str, attempt: int, settings: Settings) -> None:
-        self.job_id, self.attempt, self.settings = job_id, attempt, settings
-        self.lost = False
-        self._stop = threading.Event()
-        # run in a copy of this context, so that its log lines carry the job's ids
-        self._thread = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._run,), name=f"heartbeat-{job_id}", daemon=True
-        )
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def beat(self) -> None:
-        try:
-            with session_scope(self.settings) as s:
-                if not jobs.heartbeat(s, self.job_id, self.attempt):
-                    self.lost = True
-        except Exception as e:  # never let the thread die: a silent heartbeat would get the job requeued
-            log.warning("job %s: heartbeat not written (%s)", self.job_id, type(e).__name__)
-
-    def _run(self) -> None:
-        while not self.lost and not self._stop.wait(self.settings.heartbeat_interval):
-            self.beat()
-        # A beat that raced the job's own end (its result committed, the heartbeat about to stop) is no loss: said
-        # only when the run has not ended within a second.
-        if self.lost and not self._stop.wait(1.0):
-            log.warning("job %s: attempt %s is no longer the job's; stopping it", self.job_id, self.attempt)
-
-
-class JobReporter:
-    """The core's callbacks for one job: stage changes, throttled progress, messages, cancellation polls.
-
-    Progress updates the row at most every ``progress_interval`` seconds (and at the end of a stage) and adds a
-    progress event at most every ``10 * progress_interval``; the cancellation flag is read at most once a second.
-    """
-
-    def __init__(self, job_id: str, settings: Settings, attempt: int, heartbeat: Heartbeat | None = None) -> None:
-        self.job_id = job_id
-        self.settings = settings
-        self.attempt = attempt
-        self.heartbeat = heartbeat
-        self._last_row = 0.0
-        self._last_event = 0.0
-        self._last_cancel_check = 0.0
-        self._cancel = False
-        self.training_steps = 0
-        self._stage: tuple[str, float] | None = None  # the stage running and when it began (for its metric)
-
-    def _write(self, what: str, fn: Callable[[object], object]) -> None:
-        """A best-effort write about the running job: skipped (and logged) while the database is down."""
-        try:
-            with session_scope(self.settings) as s:
-                fn(s)
-        except DBAPIError as e:
-            log.warning("job %s: %s not recorded (%s)", self.job_id, what, type(e).__name__)
-
-    def end_stage(self) -> None:
-        """The running stage is complete: observe its duration."""
-        if self._stage is not None:
-            name, began = self._stage
-            STAGE_SECONDS.labels(name).observe(time.monotonic() - began)
-            self._stage = None
-
-    def on_stage(self, stage: str) -> None:
-        log.info("job %s: stage %s", self.job_id, stage)
-        self.end_stage()
-        self._stage = (stage, time.monotonic())
-        self._write("stage", lambda s: jobs.set_stage(s, self.job_id, stage, attempt=self.attempt))
-        self._last_row = self._last_event = 0.0
-
-    def on_progress(self, p: Progress) -> None:
-        if p.stage == "training":
-            self.training_steps = max(self.training_steps, p.total)
-        now = time.monotonic()
-        last_step = p.step >= p.total
-        if not last_step and now - self._last_row < self.settings.progress_interval:
-            return
-        event = last_step or now - self._last_event >= 10 * self.settings.progress_interval
-        metrics = {}
-        if p.loss is not None and math.isfinite(p.loss):  # a loss that overflowed: JSON cannot hold it
-            metrics["train_loss"] = float(p.loss)
-        if p.lr is not None:
-            metrics["learning_rate"] = float(p.lr)
-        self._write(
-            "progress",
-            lambda s: jobs.report_progress(
-                s, self.job_id, stage=p.stage, step=p.step, total=p.total, metrics=metrics, event=event,
-                attempt=self.attempt,
-            ),
-        )
-        self._last_row = now
-        if event:
-            self._last_event = now
-
-    def on_message(self, level: str, text: str) -> None:
-        log.log(logging.WARNING if level == "warning" else logging.INFO, "job %s: %s", self.job_id, text)
-        shown = client_message(text, self.settings)
-        self._write("message", lambda s: jobs.add_message(s, self.job_id, level, shown, attempt=self.attempt))
-
-    def should_cancel(self) -> bool:
-        """The core's poll, between batches: cheap, so the flag is read at most once a second."""
-        if self.heartbeat is not None and self.heartbeat.lost:
-            return True  # the core raises Cancelled; step 3 tells the two apart by ``heartbeat.lost``
-        now = time.monotonic()
-        if not self._cancel and now - self._last_cancel_check >= 1.0:
-            self._last_cancel_check = now
-            self._cancel = self.cancel_requested()
-        return self._cancel
-
-    def cancel_requested(self) -> bool:
-        """Whether the user asked to cancel the job, read now (False while the database cannot say)."""
-        try:
-            with session_scope(self.settings) as s:
-                return jobs.cancel_requested(s, self.job_id)
-        except DBAPIError as e:
-            log.warning("job %s: cancellation not checked (%s)", self.job_id, type(e).__name__)
-            return False
-
-    def callbacks(self) -> Callbacks:
-        return Callbacks(
-            on_stage=self.on_stage,
-            on_progress=self.on_progress,
-            on_message=self.on_message,
-            should_cancel=self.should_cancel,
-        )
-
-
-
-
-# --- one attempt --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -516,3 +356,18 @@ def release_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+def with_db_retry(what: str, fn: Callable[[], T], *, seconds: float) -> T:
+    """Call ``fn`` until it does not fail with a database error, backing off, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except DBAPIError as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database error (%s); retrying in %.1f s", what, type(e).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)

@@ -18,7 +18,7 @@ from saft_service import db, jobs, keys, outcomes
 from saft_service.settings import Settings
 from saft_service.storage import Storage
 from saft_service.tables import Job, JobEvent
-from worker.runner import JobReporter
+from worker.reporting import JobReporter
 
 pytestmark = pytest.mark.service
 

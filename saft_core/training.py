@@ -144,7 +144,7 @@ class SparseUpdate:
     @torch.no_grad()
     def deltas(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
         """{name: (idx, fine-tuned minus pre-trained at idx)} in fp32, on the CPU."""
-        out = {}
+        out: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
         for name, idx in self.idx.items():
             ft = self.params[name].detach().reshape(-1)[idx].float()
             out[name] = (idx.cpu(), (ft - self.base[name]).cpu())

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from saft_core.results import Callbacks, Progress
 from saft_service import jobs
@@ -84,7 +85,7 @@ class JobReporter:
         self.training_steps = 0
         self._stage: tuple[str, float] | None = None  # the stage running and when it began (for its metric)
 
-    def _write(self, what: str, fn: Callable[[object], object]) -> None:
+    def _write(self, what: str, fn: Callable[[Session], object]) -> None:
         """A best-effort write about the running job: skipped (and logged) while the database is down."""
         try:
             with session_scope(self.settings) as s:

@@ -14,7 +14,7 @@ from saft_service import jobs
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Mask
 from worker.runner import run_job
 
-from .conftest import CHECKPOINT_BYTES, MASK_BYTES, SNAPSHOT_FILE, Store, StubCore, sha256
+from .conftest import CHECKPOINT_BYTES, MASK_BYTES, SNAPSHOT_FILE, During, Store, StubCore, sha256
 
 
 def run(store: Store, job_id: str, core: StubCore) -> None:
@@ -77,7 +77,7 @@ def test_a_database_that_fails_once_while_the_result_is_recorded_is_retried(stor
 # --- failed -------------------------------------------------------------------------------------------------
 
 
-def _raise(error: BaseException):  # noqa: ANN202 - a During
+def _raise(error: BaseException) -> During:
     def during(_: Callbacks) -> None:
         raise error
 
@@ -143,7 +143,7 @@ def test_a_stored_spec_the_core_now_refuses_fails_invalid_config_before_the_core
 # --- cancelled ----------------------------------------------------------------------------------------------
 
 
-def _cancel_then_poll(store: Store, job_id: str):  # noqa: ANN202 - a During
+def _cancel_then_poll(store: Store, job_id: str) -> During:
     def during(callbacks: Callbacks) -> None:
         with store.session() as s:
             row = s.get(jobs.Job, job_id)
@@ -181,7 +181,7 @@ def test_a_cancel_that_lands_between_the_claim_and_the_core_stops_the_job_before
 # --- lost: another attempt owns the job ---------------------------------------------------------------------
 
 
-def _taken_over(store: Store, job_id: str, then: BaseException | None = None):  # noqa: ANN202 - a During
+def _taken_over(store: Store, job_id: str, then: BaseException | None = None) -> During:
     """The reaper requeues the job and another worker claims it (attempt 2), which writes its own files."""
 
     def during(_: Callbacks) -> None:

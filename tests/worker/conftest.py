@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -197,3 +198,8 @@ class StubCore:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def metric(name: str, **labels: str) -> float:
+    """A sample of this process's metrics (0 before the first observation)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -14,7 +14,7 @@ from saft_service import jobs
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Mask
 from worker.runner import run_job
 
-from .conftest import CHECKPOINT_BYTES, MASK_BYTES, SNAPSHOT_FILE, During, Store, StubCore, sha256
+from .conftest import CHECKPOINT_BYTES, MASK_BYTES, SNAPSHOT_FILE, During, Store, StubCore, metric, sha256
 
 
 def run(store: Store, job_id: str, core: StubCore) -> None:
@@ -32,12 +32,20 @@ def test_a_run_that_succeeds_stores_its_outputs_and_keeps_only_them(store: Store
     leftover = store.storage.job_dir(job) / "attempt-7"  # the outputs of an attempt whose worker was lost
     leftover.mkdir(parents=True)
     (leftover / "checkpoint.safetensors").write_bytes(b"half written")
+    before = {
+        "attempts": metric("saft_job_attempts_total", kind="first"),
+        "succeeded": metric("saft_job_duration_seconds_count", status="succeeded"),
+        "training": metric("saft_job_stage_duration_seconds_count", stage="training"),
+    }
     core = StubCore()
     run(store, job, core)
+    assert metric("saft_job_attempts_total", kind="first") == before["attempts"] + 1
+    assert metric("saft_job_duration_seconds_count", status="succeeded") == before["succeeded"] + 1
+    assert metric("saft_job_stage_duration_seconds_count", stage="training") == before["training"] + 1
 
     # the core was given the dataset's folder, and snapshots where the next attempt would look
     (cfg,) = core.configs
-    assert cfg.data.train == str(store.storage.dataset_dir(cfg.data.train.rsplit("/", 1)[-1]))
+    assert cfg.data.train == str(store.storage.dataset_dir(store.row(job).spec["dataset_id"]))
     assert cfg.snapshot.dir == str(store.storage.job_dir(job) / "resume")
     row = store.row(job)
     assert (row.status, row.attempts, row.error_code) == ("succeeded", 1, None)
@@ -205,7 +213,9 @@ def _taken_over(store: Store, job_id: str, then: BaseException | None = None) ->
 def test_an_attempt_that_lost_its_job_touches_neither_the_row_nor_the_new_attempts_files(
     store: Store, job: str, then: BaseException | None
 ) -> None:
+    abandoned = metric("saft_job_duration_seconds_count", status="abandoned")
     run(store, job, StubCore(during=_taken_over(store, job, then)))
+    assert metric("saft_job_duration_seconds_count", status="abandoned") == abandoned + 1
     row = store.row(job)
     assert (row.status, row.attempts, row.worker) == ("running", 2, "other-worker/1")
     assert row.error_code is None and "train_loss_first" not in (row.metrics or {})  # attempt 1's: dropped

@@ -241,7 +241,7 @@ def job_summary(job: Job, evaluations: list[Evaluation], warnings: list[dict[str
         for name, n in sizes.items():
             cells = "".join(f"{top1[(name, a)]:>13.1%}" if (name, a) in top1 else f"{'-':>13}" for a, _ in columns)
             lines.append(f"{name:<{width}}{cells}  (n={n})")
-        if rec is not None:
+        if ckpt is not None and rec is not None:
             lines += [f"* recommended alpha {rec:g} ({ckpt.alpha_rule} rule on the validation split)",
                       f"  classify with it: saft jobs classify {job.id} IMAGE --alpha recommended"]
     if job.status == "succeeded" and rec is None:

@@ -223,7 +223,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             raise ImageDecodeError(f"cannot read image {path}: {e.message}", code=e.code) from e
     clf = Classifier.load(spec, args.checkpoint, alpha=args.alpha, device=args.device)
     results = clf.classify(images, labels, top_k=args.top_k, templates=args.template)
-    rows = [{"image": str(p), "predictions": [{"label": lab, "score": s} for lab, s in r]}
+    rows: list[dict[str, Any]] = [{"image": str(p), "predictions": [{"label": lab, "score": s} for lab, s in r]}
             for p, r in zip(args.images, results, strict=True)]
     if args.json:
         _emit_json({"alpha": clf.alpha if clf.delta is not None else None, "results": rows})

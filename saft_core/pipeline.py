@@ -130,14 +130,15 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     # The count itself from here on: snapshots fingerprint it (augmentations drawn in workers depend on it), so an
     # attempt resumed on a machine that chooses another count starts again instead of resuming another run.
     chosen = "" if cfg.data.workers is not None else f" (chosen for {torch.device(device).type})"
-    cfg = replace(cfg, data=replace(cfg.data, workers=resolve_workers(cfg.data.workers, device)))
-    workers = f"{cfg.data.workers} data-loader workers" if cfg.data.workers else "no data-loader workers"
+    n_workers = resolve_workers(cfg.data.workers, device)
+    cfg = replace(cfg, data=replace(cfg.data, workers=n_workers))
+    workers = f"{n_workers} data-loader workers" if n_workers else "no data-loader workers"
     precision = resolved_precision(torch.device(device), cfg.precision)
     cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device} "
                           f"({precision}), {workers}{chosen}")
     prompts = Prompts.build(loaded.tokenizer, train_set.class_names, templates, device)
     num_params = sum(p.numel() for p in model.parameters())
-    loader_opts = {"num_workers": cfg.data.workers, "pin_memory": torch.device(device).type == "cuda"}
+    pin_memory = torch.device(device).type == "cuda"
 
     # 2) scoring and 3) masking (SAFT only); a resumed run takes the mask its first attempt chose
     saft = cfg.method if isinstance(cfg.method, SaftConfig) else None
@@ -152,7 +153,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
         update: SparseUpdate | DenseUpdate = SparseUpdate(model, mask, cfg.train.grad_engine)
     elif saft:
         stage("scoring")
-        score_loader = make_loader(train_set, loaded.preprocess_eval, saft.scoring_batch_size, **loader_opts)
+        score_loader = make_loader(train_set, loaded.preprocess_eval, saft.scoring_batch_size,
+                                   num_workers=n_workers, pin_memory=pin_memory)
         scores = score_parameters(
             model, score_loader, prompts, saft, device=device,
             num_batches=len(score_loader), callbacks=cb, precision=precision,
@@ -169,7 +171,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     stage("training")
     transform = loaded.preprocess_train if cfg.train.augment else loaded.preprocess_eval
     loader = make_loader(train_set, transform, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
-                         **loader_opts)
+                         num_workers=n_workers, pin_memory=pin_memory)
     stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb, snapshots=snapshots,
                   precision=precision)
     deltas = update.deltas()
@@ -189,7 +191,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     evaluations = evaluate_along_alpha(
         loaded, sets, alphas, update.set_weights, templates=templates,
         batch_size=saft.scoring_batch_size if saft else cfg.train.batch_size,
-        callbacks=cb, workers=cfg.data.workers, order="batch" if isinstance(update, SparseUpdate) else "auto",
+        callbacks=cb, workers=n_workers, order="batch" if isinstance(update, SparseUpdate) else "auto",
         precision=precision,
     )
     update.set_weights(1.0)

@@ -25,7 +25,7 @@ _EMBEDDING_HINTS = ("embedding", "conv1.", "patch_embed")
 
 
 def _norm_param_names(model: torch.nn.Module) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for mod_name, mod in model.named_modules():
         if isinstance(mod, torch.nn.LayerNorm | torch.nn.GroupNorm | torch.nn.BatchNorm2d):
             names.update(f"{mod_name}.{p}" if mod_name else p for p, _ in mod.named_parameters(recurse=False))

@@ -6,7 +6,7 @@ new option of the core is a new job-spec field with no edit here.
 from __future__ import annotations
 
 from dataclasses import MISSING
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field
 from pydantic.fields import FieldInfo
@@ -18,11 +18,14 @@ def field_of(o: Option, *, note: str = "", **constraints: Any) -> FieldInfo:
     """A pydantic ``Field`` with ``o``'s default, bounds and help; ``note`` is appended to the help and
     ``constraints`` (e.g. ``max_length``) are the service's own limits on top of the core's."""
     kwargs = {"description": f"{o.help} {note}".strip(), **o.bounds, **constraints}
+    # ``Field`` is typed to return its default's type (so that it sits after an annotation); it is a FieldInfo.
     if o.default_factory is not MISSING:
-        return Field(default_factory=o.default_factory, **kwargs)
-    if o.default is MISSING:
-        return Field(**kwargs)
-    return Field(o.default, **kwargs)
+        info = Field(default_factory=o.default_factory, **kwargs)
+    elif o.default is MISSING:
+        info = Field(**kwargs)
+    else:
+        info = Field(o.default, **kwargs)
+    return cast(FieldInfo, info)
 
 
 def core_field(cls: type, name: str, *, note: str = "", **constraints: Any) -> Any:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from copy import deepcopy
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -55,14 +55,32 @@ class _Section(BaseModel):
 
 def _section(name: str, cls: type, **extra: Any) -> type[_Section]:
     """The job spec's section ``name``: every field of config dataclass ``cls`` (and ``extra`` fields)."""
-    return create_model(name, __base__=_Section, __doc__=cls.__doc__, __module__=__name__,
-                        **core_fields(cls), **extra)
+    definitions: dict[str, Any] = {**core_fields(cls), **extra}
+    return cast(
+        "type[_Section]",
+        create_model(name, __base__=_Section, __doc__=cls.__doc__, __module__=__name__, **definitions),
+    )
 
 
-SaftMethod = _section("SaftMethod", SaftConfig)
-FullMethod = _section("FullMethod", FullConfig)
+if TYPE_CHECKING:
+    # The sections' fields are made at import from the core's dataclasses, so a type checker cannot list them: to
+    # it a section is a model whose attributes are what the core declares (read as Any).
+    class _CoreSection(_Section):
+        def __getattr__(self, name: str) -> Any: ...
+
+    class SaftMethod(_CoreSection): ...
+
+    class FullMethod(_CoreSection): ...
+
+    class Hyperparameters(_CoreSection): ...
+else:
+    SaftMethod = _section("SaftMethod", SaftConfig)
+    FullMethod = _section("FullMethod", FullConfig)
+    Hyperparameters = _section(
+        "Hyperparameters", TrainConfig, shots=(int | None, core_field(DataConfig, "shots"))
+    )
+
 Method = Annotated[SaftMethod | FullMethod, Field(discriminator="type")]
-Hyperparameters = _section("Hyperparameters", TrainConfig, shots=(int | None, core_field(DataConfig, "shots")))
 
 
 def core_config(section: BaseModel, cls: type[Any]) -> Any:

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := var/demo
 
-.PHONY: install run demo check test test-unit test-service test-perf bench-quick bench-speed bench-scale bench-chaos gpu-check gpu-wheels lint clean
+.PHONY: install run demo docs check test test-unit test-service test-perf bench-quick bench-speed bench-scale bench-chaos gpu-check gpu-wheels lint clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,17 @@ demo: $(STAMP)
 	$(VENV)/bin/saft classify --checkpoint $(DEMO)/checkpoint.safetensors --alpha recommended --top-k 2 \
 		$(DEMO)/sketch/triangle/sketch_00000.png $(DEMO)/sketch/hexagon/sketch_00000.png
 
+## docs/configuration.md from the code (Settings, the core's run options, the job spec); a test fails when it drifts.
+docs: $(STAMP)
+	$(PY) scripts/gen_config_docs.py
+
+## The type checker runs twice: over all the packages ([tool.mypy] in pyproject.toml), and over the client alone
+## with its own configuration (clients/python/pyproject.toml), as it is installed without the server.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	cd clients/python && $(abspath $(VENV))/bin/mypy
 
 ## The test tree mirrors the code (tests/<tier>): core (saft_core, saft_worlds), worker, cli (saft_cli), client
 ## (saft_client and the remote commands), service (saft_service against real stores), api (the HTTP app and the
@@ -49,7 +57,8 @@ IN_PROCESS := tests/core tests/worker tests/cli tests/client
 check: $(STAMP) lint
 	$(VENV)/bin/pytest $(IN_PROCESS) -m "not slow and not service and not perf" -q
 
-## All tests but the wall-clock bounds: lint, every tier (the service tiers need Postgres and Redis; see README).
+## All tests but the wall-clock bounds: lint, every tier (the service tiers need Postgres and Redis; see
+## docs/testing.md).
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -m "not perf"
 
@@ -96,4 +105,12 @@ gpu-wheels: $(STAMP)
 	bash scripts/gpu_wheels.sh
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache clients/python/.mypy_cache
+
+## The console's JavaScript type-checked by TypeScript's tsc (JSDoc types, tsconfig.json; a few seconds), as part
+## of lint. Installs Debian's node-typescript where tsc is missing and apt-get can (as .ci/run installs chromium),
+## else npm's.
+.PHONY: lint-js
+lint: lint-js
+lint-js:
+	bash scripts/check_console_js.sh

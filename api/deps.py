@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from saft_service import keys
 from saft_service.db import session_factory
-from saft_service.limits import ID_PATTERN
+from saft_service.input_checks import ID_PATTERN
 from saft_service.logs import add_to_context
 from saft_service.settings import Settings
 from saft_service.storage import Storage
@@ -22,7 +22,8 @@ from .problems import ProblemError
 
 
 def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
@@ -110,12 +111,13 @@ TenantDataset = Annotated[Dataset, Depends(get_tenant_dataset)]
 def get_tenant_job(
     session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
 ) -> Job:
-    job = _tenant_job(session, tenant, job_id)
+    job = tenant_job(session, tenant, job_id)
     session.commit()  # as in get_current_tenant: a file download holds no connection
     return job
 
 
-def _tenant_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+def tenant_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    """The tenant's job ``job_id``: 404 ``job_not_found`` when unknown or another tenant's."""
     job = session.get(Job, job_id)
     if job is None or job.tenant_id != tenant.id:
         raise ProblemError(404, "job_not_found", f"no job {job_id} in this tenant")
@@ -134,7 +136,7 @@ def get_tenant_job_briefly(
     """``TenantJob`` read in a session closed before the route runs, for long answers (event streams): the
     request-long session of ``SessionDep`` would hold a database connection for as long as the answer lasts."""
     with session_factory(settings)() as session:
-        return _tenant_job(session, _authenticate(session, credentials), job_id)
+        return tenant_job(session, _authenticate(session, credentials), job_id)
 
 
 TenantJobBriefly = Annotated[Job, Depends(get_tenant_job_briefly)]

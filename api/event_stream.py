@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import State
 
 from saft_service import jobs
 from saft_service.tables import Job, JobEvent
@@ -134,12 +135,12 @@ class EventWatch:
         return {j: (last.get(j) or 0, j not in status or jobs.is_terminal(status[j])) for j in job_ids}
 
 
-def event_watch(state: object, factory: sessionmaker[Session], interval: float) -> EventWatch:
+def event_watch(state: State, factory: sessionmaker[Session], interval: float) -> EventWatch:
     """The process's watch, kept on ``state`` (the app's state) and made on first use in the running loop."""
     watch: EventWatch | None = getattr(state, "event_watch", None)
     if watch is None or watch.loop is not asyncio.get_running_loop():
         watch = EventWatch(factory, interval)
-        state.event_watch = watch  # type: ignore[attr-defined]
+        state.event_watch = watch
     return watch
 
 
@@ -159,13 +160,13 @@ async def job_event_stream(watch: EventWatch, job_id: str, after: int) -> AsyncI
             log.warning("event stream of job %s could not read: %s", job_id, e)
             await asyncio.sleep(RETRY_S)
             continue
-        new = [e for e in events if e.id not in sent]
-        for e in new:
-            message = {"event": e.kind, "data": JobEventPublic.of(e).model_dump_json()}
-            if e.id > cursor:
-                cursor = e.id
-                message["id"] = str(e.id)
-            sent.add(e.id)
+        new = [event for event in events if event.id not in sent]
+        for event in new:
+            message = {"event": event.kind, "data": JobEventPublic.of(event).model_dump_json()}
+            if event.id > cursor:
+                cursor = event.id
+                message["id"] = str(event.id)
+            sent.add(event.id)
             yield message
         marks.append((time.monotonic(), cursor))
         if new:

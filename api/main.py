@@ -19,10 +19,10 @@ from saft_service.settings import Settings, get_settings
 from saft_service.storage import Storage
 
 from . import problems
-from .classify import ClassifierCache
+from .classifier_cache import ClassifierCache
 from .deps import key_checker
-from .limits import AuthenticateFirst, BodyTimeout, ContentLengthLimit, JsonBodyLimit
 from .observability import RequestObservation
+from .request_limits import AuthenticateFirst, BodyTimeout, ContentLengthLimit, JsonBodyLimit
 from .routes import (
     classify,
     console,

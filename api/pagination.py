@@ -6,18 +6,27 @@ import base64
 import binascii
 import re
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import Select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from saft_service.limits import ID_PATTERN
+from saft_service.input_checks import ID_PATTERN
 
 from .problems import ProblemError
 
 _ID = re.compile(ID_PATTERN)
 
-Row = TypeVar("Row")
+
+
+class _Listed(Protocol):
+    """A table listed newest first: its rows have a creation time and a string id (the mapped class's columns)."""
+
+    created_at: ClassVar[InstrumentedAttribute[datetime]]
+    id: ClassVar[InstrumentedAttribute[str]]
+
+
+Row = TypeVar("Row", bound=_Listed)
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:

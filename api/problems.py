@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from saft_core.errors import SaftError
-from saft_service.limits import LIMIT_CODES, LimitError
+from saft_service.input_checks import LIMIT_CODES, LimitError
 from saft_service.storage import client_message
 
 from .observability import request_id_of
@@ -90,7 +90,7 @@ def problem_response(
     code: str,
     detail: str,
     *,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
     body = {
@@ -179,7 +179,7 @@ def field_path(loc: Sequence[Any], body: Any = None) -> str:
     ``("body", "method", "saft", "ratio")``. The request location goes, and so does a union member's tag (a part
     that is not a key of the body there and is not the last one: a missing field is named by the last part)."""
     parts = list(loc)
-    node = body if parts[:1] == ["body"] else None
+    node: Any = body if parts[:1] == ["body"] else None  # JSON: a dict, a list, a value
     if parts[:1] and parts[0] in _LOCATIONS:
         parts = parts[1:]
     out: list[str] = []
@@ -333,4 +333,4 @@ def document_problems(app: FastAPI) -> None:
         app.openapi_schema = doc
         return doc
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema

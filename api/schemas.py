@@ -10,8 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from saft_service.allowed_models import check_model
+from saft_service.input_checks import (
+    MAX_INT64,
+    NO_CONTROL_CHARACTERS,
+    LimitError,
+    check_json_value,
+    check_name,
+)
 from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod, stored_spec
-from saft_service.limits import MAX_INT64, NO_CONTROL_CHARACTERS, LimitError, check_json_value, check_name
 from saft_service.settings import get_settings
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask, Upload
 
@@ -124,7 +130,7 @@ class UploadPublic(BaseModel):
         return cls(
             id=upload.id, filename=upload.filename, size=upload.size_bytes, sha256=upload.sha256,
             part_size=upload.part_size, parts_total=upload.parts_total, parts=parts,
-            bytes_received=sum(p.size for p in parts), status=upload.status,  # type: ignore[arg-type]
+            bytes_received=sum(p.size for p in parts), status=upload.status,
             created_at=upload.created_at, expires_at=upload.expires_at,
         )
 
@@ -232,7 +238,7 @@ class JobError(BaseModel):
     message: str
 
 
-ALPHA_RULE_HELP = "The rule that chose `recommended_alpha` on the job's validation split (see the README)."
+ALPHA_RULE_HELP = "The rule that chose `recommended_alpha` on the job's validation split (see docs/method.md)."
 
 
 class CheckpointInfo(BaseModel):
@@ -294,7 +300,7 @@ class JobPublic(BaseModel):
         ckpt: Checkpoint | None = job.checkpoint
         return cls(
             id=job.id,
-            status=job.status,  # type: ignore[arg-type]
+            status=job.status,
             stage=job.stage,
             progress=JobProgress(stage=job.stage, step=job.step, total_steps=job.total_steps),
             metrics=job.metrics or {},
@@ -346,7 +352,7 @@ class JobEventPublic(BaseModel):
     def of(cls, e: JobEvent) -> JobEventPublic:
         return cls(
             id=e.id, created_at=e.created_at, kind=e.kind, level=e.level, message=e.message, data=e.data or {}
-        )  # type: ignore[arg-type]
+        )
 
 
 class JobEventsPublic(BaseModel):
@@ -404,7 +410,7 @@ class EvaluationPublic(BaseModel):
         return cls(
             dataset=e.dataset,
             dataset_name=name,
-            model=e.model,  # type: ignore[arg-type]
+            model=e.model,
             alpha=e.alpha,
             top1=e.top1,
             top5=e.top5,

@@ -217,7 +217,7 @@ class Receiver:
         got = self.got
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+            def do_POST(self) -> None:  # the standard library's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with lock:
                     got.append(Hook(now(), {k.lower(): v for k, v in self.headers.items()}, body))
@@ -407,7 +407,7 @@ class Soak:
             with self.engine().connect() as conn:
                 pids = [w.rpartition("/")[2] for w in conn.execute(
                     text("SELECT worker FROM jobs WHERE status = 'running' AND worker IS NOT NULL")).scalars()]
-        except Exception:  # noqa: BLE001 (the store is down: pick at random)
+        except Exception:  # the store is down: pick at random
             return []
         groups = set()
         for pid in pids:
@@ -507,7 +507,7 @@ class Soak:
         while True:
             try:
                 store = self.read_store()
-            except Exception as e:  # noqa: BLE001 (Postgres just restarted: read again)
+            except Exception as e:  # Postgres just restarted: read again
                 log.info("store not readable yet: %s", e)
                 time.sleep(1.0)
                 continue

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from saft_core.checkpoint import SparseDelta, apply_delta, load_delta
-from saft_core.config import DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, TrainConfig
+from saft_core.config import DataConfig, FinetuneConfig, FullConfig, ModelSpec, SaftConfig, TrainConfig
 from saft_core.data import make_loader
 from saft_core.datasets import load_dataset, sample_shots
 from saft_core.evaluation import accuracy
@@ -65,7 +65,7 @@ NEW = world.CLASSES[1::2]
 TEMPLATES = ("a photo of a {}.",)
 ALPHAS = ALPHA_GRID
 
-# SAFT's eligibility variants, pre-registered in results/protocol.md (round 3): ScoringConfig fields.
+# SAFT's eligibility variants, pre-registered in results/protocol.md (round 3): SaftConfig fields.
 VARIANTS: dict[str, dict[str, Any]] = {
     "saft": {},  # every parameter eligible: the paper's default and today's
     "saft-noemb": {"exclude_embeddings": True},  # token, positional and patch embeddings ineligible
@@ -228,9 +228,9 @@ def run_saft_or_full(plan: Plan, method: str, lr: float, epochs: int, train_dir:
     cfg = FinetuneConfig(
         model=plan.model,
         data=DataConfig(train=train_dir, templates=TEMPLATES),
-        train=TrainConfig(method="full" if method == "full" else "saft", ratio=0.001, epochs=epochs,
-                          batch_size=plan.batch_size, learning_rate=lr, seed=seed, warmup_steps=5),
-        scoring=ScoringConfig(batch_size=plan.batch_size, **VARIANTS.get(method, {})),
+        train=TrainConfig(epochs=epochs, batch_size=plan.batch_size, learning_rate=lr, seed=seed, warmup_steps=5),
+        method=FullConfig() if method == "full"
+        else SaftConfig(ratio=0.001, scoring_batch_size=plan.batch_size, **VARIANTS.get(method, {})),
         device=plan.device, evaluate_zero_shot=False,
     )
     result = finetune(cfg, out)

@@ -247,14 +247,14 @@ def _count(values: Any) -> dict[str, int]:
 
 def prepare_masks(spec: dict[str, Any]) -> dict[str, Any]:
     """SAFT's scored mask and a spread (random-score) mask for ``spec['model']``; selection timed."""
-    from saft_core.config import ScoringConfig
+    from saft_core.config import SaftConfig
     from saft_core.masking import select_topk
     from saft_core.scoring import score_parameters
 
     device = spec.get("device", "cpu")
     model, tokenizer = _build(spec["model"], spec["image_size"], device)
     images, labels = _batch(spec["image_size"], spec["batch"], device)
-    scores = score_parameters(model, [(images, labels)], _prompts(tokenizer, device), ScoringConfig(),
+    scores = score_parameters(model, [(images, labels)], _prompts(tokenizer, device), SaftConfig(),
                               device=torch.device(device))
     del model
     scores = {n: s.cpu() for n, s in scores.items()}

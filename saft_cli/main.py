@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-import api.cli
+import api.api_command
 import saft_core.cli
-import saft_service.cli
-import saft_service.remote_cli
-import saft_worlds.cli
-import worker.cli
+import saft_service.service_commands
+import saft_worlds.world_commands
+import worker.worker_command
 
-from . import serve
+from . import remote, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``saft`` parser: the core's commands, the generators' (synth, world), then ``serve``, the API's, the
-    worker's and the service's."""
+    worker's, the service's and the remote ones (datasets, jobs, usage)."""
     parser, sub = saft_core.cli.new_parser()
     saft_core.cli.register(sub)
-    saft_worlds.cli.register(sub)
+    saft_worlds.world_commands.register(sub)
     serve.register(sub)
-    api.cli.register(sub)
-    worker.cli.register(sub)
-    saft_service.cli.register(sub)
-    saft_service.remote_cli.register(sub)
+    api.api_command.register(sub)
+    worker.worker_command.register(sub)
+    saft_service.service_commands.register(sub)
+    remote.register(sub)
     return parser
 
 

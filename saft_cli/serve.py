@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saft_core.cli import Subcommands
-from saft_service.cli import safe_url, settings_from_env
-from worker.cli import POOLS
+from saft_service.service_commands import safe_url, settings_from_env
+from worker.worker_command import POOLS
 
 if TYPE_CHECKING:
     import uvicorn

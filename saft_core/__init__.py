@@ -2,7 +2,8 @@
 
 The public surface, imported lazily so that ``import saft_core`` (and the CLI's light commands) stay fast:
 
-- configs: ``ModelSpec``, ``DataConfig``, ``TrainConfig``, ``ScoringConfig``, ``FinetuneConfig``
+- configs: ``ModelSpec``, ``DataConfig``, ``TrainConfig``, the methods ``SaftConfig`` and ``FullConfig``,
+  ``FinetuneConfig``
 - one run end to end: ``finetune(cfg, out_dir, callbacks) -> FinetuneResult``; ``Callbacks``, ``Progress``
 - the stages: ``score_parameters``, ``select_topk``, ``SparseUpdate``, ``train``, ``evaluate_dataset``
 - models and checkpoints: ``load_model``, ``load_delta``, ``apply_delta``, ``Classifier``
@@ -18,7 +19,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ModelSpec": "config", "DataConfig": "config", "TrainConfig": "config", "ScoringConfig": "config",
+    "ModelSpec": "config", "DataConfig": "config", "TrainConfig": "config", "SaftConfig": "config",
+    "FullConfig": "config",
     "FinetuneConfig": "config", "finetune": "pipeline", "FinetuneResult": "results", "Callbacks": "results",
     "Progress": "results", "EvalScore": "results", "MaskSummary": "results", "score_parameters": "scoring",
     "select_topk": "masking", "SparseUpdate": "training", "train": "training",

@@ -11,6 +11,10 @@ Extension for the full fine-tuning baseline: a ``P:delta`` without ``P:idx`` is 
 (``method=full``), so WiSE-FT interpolation is the same ``alpha`` for both methods.
 
 Mask file: the same ``P:idx`` keys without deltas, ``format=saft-mask``.
+
+Every file these writers produce (delta, mask, merged weights) is stamped with its writer: ``saft_version`` (this
+project's distribution) and ``open_clip_version``, as PEFT stamps its version into every adapter. Files written
+before the stamps load as before; ``SparseDelta.written_by`` is then empty.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import __version__
 from .config import ModelSpec
 from .errors import CheckpointError
 from .frontier import RULE
@@ -37,6 +44,25 @@ FORMAT_VERSION = "1"
 IDX, DELTA = ":idx", ":delta"
 
 Deltas = dict[str, tuple[torch.Tensor | None, torch.Tensor]]
+
+# The distributions whose versions stamp every file written here, and the metadata key of each.
+WRITER_KEYS = {"saft-service": "saft_version", "open_clip_torch": "open_clip_version"}
+UNKNOWN_VERSION = "unknown"
+
+
+@cache
+def writer_versions() -> dict[str, str]:
+    """``{"saft_version": ..., "open_clip_version": ...}`` of this process, from the installed distributions.
+
+    Run from a source tree that was never installed, saft's version is the package's own ``__version__``; an
+    open_clip without distribution metadata (vendored, say) is ``unknown``."""
+    stamps = {}
+    for distribution, key in WRITER_KEYS.items():
+        try:
+            stamps[key] = version(distribution)
+        except PackageNotFoundError:
+            stamps[key] = __version__ if key == "saft_version" else UNKNOWN_VERSION
+    return stamps
 
 
 def checkpoint_metadata(
@@ -74,7 +100,11 @@ def checkpoint_metadata(
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename: readers never see a partial file."""
+    """Write to a temporary file beside ``path``, fsync, then rename: readers never see a partial file.
+
+    The writer's stamps (``writer_versions``) replace any the caller passed, e.g. in metadata copied from an
+    older file: a stamp names the code that wrote this file."""
+    metadata = {**metadata, **writer_versions()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -157,6 +187,12 @@ class SparseDelta:
             return float(value)
         except ValueError:
             raise CheckpointError(f"the checkpoint's recommended_alpha is not a number: {value[:40]!r}") from None
+
+    @property
+    def written_by(self) -> dict[str, str]:
+        """The versions that wrote the file (``saft_version``, ``open_clip_version``); empty for a file written
+        before the stamps."""
+        return {key: self.metadata[key] for key in WRITER_KEYS.values() if key in self.metadata}
 
     @property
     def num_entries(self) -> int:

@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,15 +26,15 @@ from .config import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     DEFAULT_TEMPLATES,
+    METHODS,
     DataConfig,
     FinetuneConfig,
     ModelSpec,
-    ScoringConfig,
     TrainConfig,
 )
-from .errors import Cancelled, ConfigError, SaftError
-from .flags import add_option, add_options, config_values, finite_float
-from .frontier import DEFAULT_ALPHA, RECOMMENDED, RULE, AlphaChoice, parse_alpha, resolve_alpha
+from .errors import Cancelled, SaftError
+from .flags import add_model_options, add_option, add_training_options, alpha_arg, method_values, train_values
+from .frontier import DEFAULT_ALPHA, RECOMMENDED, RULE, resolve_alpha
 from .options import option_of
 
 if TYPE_CHECKING:
@@ -82,12 +82,6 @@ class _Bars:
             self.bar = None
 
 
-def add_model_options(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
-    """--model and --pretrained: the base model (shared by the local commands and ``saft jobs create``)."""
-    p.add_argument("--model", default=default_model, help=f"open_clip architecture or hf-hub:NAME (default {default_model})")
-    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help=option_of(ModelSpec, "pretrained").help)
-
-
 def _model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
     add_model_options(p, default_model=default_model)
     add_option(p, option_of(ModelSpec, "init_seed"))
@@ -105,14 +99,6 @@ def _base_spec(args: argparse.Namespace, delta: Any) -> ModelSpec:
 
 def _templates(values: list[str] | None) -> tuple[str, ...]:
     return tuple(values) if values else DEFAULT_TEMPLATES
-
-
-def alpha_arg(text: str) -> AlphaChoice:
-    """argparse type of ``--alpha``: a number in [0, 1] or ``recommended``."""
-    try:
-        return parse_alpha(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _emit_json(obj: Any) -> None:
@@ -143,14 +129,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             validation_fraction=args.validation_fraction, templates=_templates(args.template),
             workers=args.workers,
         ),
-        train=TrainConfig(
-            **config_values(args, TrainConfig, skip=_TRAIN_BY_HAND),
-            grad_clip=args.grad_clip if args.grad_clip > 0 else None,
-        ),
-        scoring=ScoringConfig(
-            **config_values(args, ScoringConfig, skip=_SCORING_BY_HAND),
-            batch_size=args.score_batch_size or args.batch_size,
-        ),
+        train=TrainConfig(**train_values(args)),
+        method=METHODS[args.method](**method_values(args)),
         device=args.device,
         precision=args.precision,
         evaluate_zero_shot=not args.no_zero_shot,
@@ -243,7 +223,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             raise ImageDecodeError(f"cannot read image {path}: {e.message}", code=e.code) from e
     clf = Classifier.load(spec, args.checkpoint, alpha=args.alpha, device=args.device)
     results = clf.classify(images, labels, top_k=args.top_k, templates=args.template)
-    rows = [{"image": str(p), "predictions": [{"label": lab, "score": s} for lab, s in r]}
+    rows: list[dict[str, Any]] = [{"image": str(p), "predictions": [{"label": lab, "score": s} for lab, s in r]}
             for p, r in zip(args.images, results, strict=True)]
     if args.json:
         _emit_json({"alpha": clf.alpha if clf.delta is not None else None, "results": rows})
@@ -309,29 +289,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {spec.name} with the delta applied at alpha={alpha:g} "
           f"(load it with --model {spec.name} --pretrained {args.out})")
     return 0
-
-
-# Options whose flag means something other than the field: a grad clip of 0 disables it (the config says None);
-# the scoring batch defaults to the training batch.
-_TRAIN_BY_HAND = ("grad_clip",)
-_SCORING_BY_HAND = ("batch_size",)
-
-
-def add_training_options(p: argparse.ArgumentParser, *, check_bounds: bool = True) -> None:
-    """The method, hyper-parameter and data-split options of a fine-tuning run, from the config dataclasses:
-    ``saft finetune`` runs them locally and checks their bounds while parsing; ``saft jobs create`` sends them
-    to the service, which judges them (``check_bounds=False``)."""
-    check = {"check_bounds": check_bounds}
-    add_options(p, TrainConfig, skip=_TRAIN_BY_HAND, **check)
-    grad_clip = option_of(TrainConfig, "grad_clip")
-    p.add_argument("--grad-clip", type=finite_float, default=grad_clip.default,
-                   help=f"{grad_clip.help.split(';')[0]}; 0 disables (default {grad_clip.default})")
-    add_option(p, option_of(DataConfig, "shots"), **check)
-    add_option(p, option_of(DataConfig, "validation_fraction"), **check)
-    p.add_argument("--template", action="append", help=option_of(DataConfig, "templates").help + " Repeatable.")
-    add_options(p, ScoringConfig, skip=_SCORING_BY_HAND, **check)
-    score_batch = option_of(ScoringConfig, "batch_size")
-    add_option(p, replace(score_batch, default=None, help=f"{score_batch.help} Default: --batch-size."), **check)
 
 
 # ---------------------------------------------------------------------------------------------- parser

@@ -22,7 +22,6 @@ PLACEHOLDER = "{}"
 
 ScoreReduction = Literal["abs", "abs_sum", "squared"]
 Tower = Literal["all", "image", "text"]
-Method = Literal["saft", "full"]
 GradEngine = Literal["sparse", "dense"]
 Precision = Literal["auto", "bf16", "fp32"]
 # Upper bounds that keep a request from asking for absurd work (the service's job spec reads them too).
@@ -67,32 +66,47 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class ScoringConfig:
-    """How SAFT scores parameters. Defaults are the paper's: sum over batches of |grad| per entry."""
+class SaftConfig:
+    """Sparse fine-tuning: train the ``ratio`` fraction of eligible parameter entries with the largest gradient
+    scores. Defaults are the paper's: every parameter eligible, score = sum over batches of |grad| per entry."""
 
-    batch_size: int = option(
-        "Images per scoring batch.", default=32, ge=1, le=MAX_BATCH_SIZE, flag="--score-batch-size"
-    )
-    reduction: ScoreReduction = option(
-        "'abs': sum_b |g_b| (default); 'abs_sum': |sum_b g_b|; 'squared': sum_b g_b^2.",
-        default="abs",
-        flag="--score-reduction",
-    )
+    type: Literal["saft"] = option("The method: 'saft'.", default="saft")
+    ratio: float = option("Fraction of eligible parameters SAFT fine-tunes.", default=0.001, gt=0.0, lt=1.0)
     towers: Tower = option("Which towers are eligible: 'all' (default), 'image' or 'text'.", default="all")
     exclude_embeddings: bool = option("Make token/positional/patch embeddings ineligible.", default=False)
     exclude_norms: bool = option("Make LayerNorm weights and biases ineligible.", default=False)
     exclude_biases: bool = option("Make bias vectors ineligible.", default=False)
+    score_reduction: ScoreReduction = option(
+        "'abs': sum_b |g_b| (default); 'abs_sum': |sum_b g_b|; 'squared': sum_b g_b^2.", default="abs"
+    )
+    scoring_batch_size: int = option(
+        "Images per scoring batch (the evaluation reads batches of the same size).",
+        default=32, ge=1, le=MAX_BATCH_SIZE, flag="--score-batch-size",
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
 
 
 @dataclass(frozen=True)
+class FullConfig:
+    """Full fine-tuning of every parameter (the baseline SAFT is compared with)."""
+
+    type: Literal["full"] = option("The method: 'full'.", default="full")
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+MethodConfig = SaftConfig | FullConfig
+# Each method's config by its ``type``: the CLI's --method choices and the job spec's ``method`` union.
+METHODS: dict[str, type[MethodConfig]] = {"saft": SaftConfig, "full": FullConfig}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The fine-tuning loop, shared by SAFT and the full fine-tuning baseline."""
 
-    method: Method = option("'saft' (sparse, default) or 'full' (every parameter; the baseline).", default="saft")
-    ratio: float = option("Fraction of eligible parameters SAFT fine-tunes.", default=0.001, gt=0.0, lt=1.0)
     epochs: int = option("Passes over the training set.", default=10, ge=1, le=1000)
     batch_size: int = option("Images per training step.", default=32, ge=1, le=MAX_BATCH_SIZE)
     learning_rate: float = option("Peak learning rate (AdamW).", default=1e-3, gt=0.0, le=10.0, flag="--lr")
@@ -182,12 +196,15 @@ class SnapshotConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """A whole fine-tuning run: model, data, scoring, training, output."""
+    """A whole fine-tuning run: model, data, training loop, method, output."""
 
     model: ModelSpec
     data: DataConfig
     train: TrainConfig = field(default_factory=TrainConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    method: MethodConfig = option(
+        "'saft' (sparse, default) or 'full' (every parameter; the baseline).",
+        default_factory=SaftConfig,
+    )
     device: str | None = option("'cpu', 'cuda', 'cuda:1'; None picks CUDA when available.", default=None)
     precision: Precision = option(
         "'auto' (bf16 autocast on a CUDA device with bf16, fp32 elsewhere), 'bf16' (autocast on any device, the "

@@ -43,7 +43,7 @@ class _Loader(torch.utils.data.DataLoader):
     worker killed by the system (often: too little shared memory, Docker's default is 64 MB) as a RuntimeError.
     """
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):
         batches = super().__iter__()
         while True:
             try:

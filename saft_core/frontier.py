@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Final, Literal
 
 from .errors import ConfigError
 
@@ -50,7 +50,7 @@ def recommend_alpha(top1_by_alpha: Mapping[float, float], n: int) -> float | Non
 
 
 # --- choosing the alpha to apply -------------------------------------------------------------------------------
-RECOMMENDED = "recommended"
+RECOMMENDED: Final = "recommended"
 AlphaChoice = float | Literal["recommended"]
 # The alpha that classify uses when none is given (core CLI, API, remote CLI). RECOMMENDED would deploy each
 # checkpoint's recommended alpha instead of the fine-tuned end.
@@ -62,7 +62,7 @@ def resolve_alpha(choice: AlphaChoice, recommended: float | None) -> float:
     when the checkpoint has none: it was trained without a validation split)."""
     if choice == RECOMMENDED:
         return 1.0 if recommended is None else recommended
-    return check_alphas([choice])[0]  # type: ignore[list-item]
+    return check_alphas([choice])[0]
 
 
 def parse_alpha(text: str) -> AlphaChoice:

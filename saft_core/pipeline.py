@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import checkpoint_metadata, load_mask, read_metadata, save_delta, save_mask
-from .config import FinetuneConfig
+from .config import FinetuneConfig, SaftConfig
 from .data import make_loader, resolve_workers
 from .datasets import ImageDataset, load_dataset, sample_shots, split_validation, verify_images
 from .evaluation import evaluate_along_alpha
@@ -99,7 +99,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | None = None) -> FinetuneResult:
-    """Fine-tune ``cfg.model`` on ``cfg.data.train`` with ``cfg.train.method``; write the checkpoint
+    """Fine-tune ``cfg.model`` on ``cfg.data.train`` with ``cfg.method``; write the checkpoint
     (and, for SAFT, the mask) into ``out_dir``. Raises SaftError subclasses on bad input, Cancelled on
     request; nothing is written to ``out_dir`` unless the run completes."""
     cb = callbacks or Callbacks()
@@ -130,34 +130,37 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     # The count itself from here on: snapshots fingerprint it (augmentations drawn in workers depend on it), so an
     # attempt resumed on a machine that chooses another count starts again instead of resuming another run.
     chosen = "" if cfg.data.workers is not None else f" (chosen for {torch.device(device).type})"
-    cfg = replace(cfg, data=replace(cfg.data, workers=resolve_workers(cfg.data.workers, device)))
-    workers = f"{cfg.data.workers} data-loader workers" if cfg.data.workers else "no data-loader workers"
+    n_workers = resolve_workers(cfg.data.workers, device)
+    cfg = replace(cfg, data=replace(cfg.data, workers=n_workers))
+    workers = f"{n_workers} data-loader workers" if n_workers else "no data-loader workers"
     precision = resolved_precision(torch.device(device), cfg.precision)
     cb.on_message("info", f"{len(train_set)} training images in {len(train_set.classes)} classes on {device} "
                           f"({precision}), {workers}{chosen}")
     prompts = Prompts.build(loaded.tokenizer, train_set.class_names, templates, device)
     num_params = sum(p.numel() for p in model.parameters())
-    loader_opts = {"num_workers": cfg.data.workers, "pin_memory": torch.device(device).type == "cuda"}
+    pin_memory = torch.device(device).type == "cuda"
 
     # 2) scoring and 3) masking (SAFT only); a resumed run takes the mask its first attempt chose
+    saft = cfg.method if isinstance(cfg.method, SaftConfig) else None
     snap = cfg.snapshot
     snapshots = None
     if snap.dir is not None:
-        interval = snap.interval_s if cfg.train.method == "saft" else snap.dense_interval_s
+        interval = snap.interval_s if saft else snap.dense_interval_s
         snapshots = Snapshots(snap.dir, fingerprint(cfg, loaded.sha256), interval)
-    mask = _saved_mask(snapshots) if cfg.train.method == "saft" else None
+    mask = _saved_mask(snapshots) if saft else None
     if mask is not None:
         cb.on_message("info", f"resuming: the mask of an earlier attempt ({mask.k} entries) is reused")
         update: SparseUpdate | DenseUpdate = SparseUpdate(model, mask, cfg.train.grad_engine)
-    elif cfg.train.method == "saft":
+    elif saft:
         stage("scoring")
-        score_loader = make_loader(train_set, loaded.preprocess_eval, cfg.scoring.batch_size, **loader_opts)
+        score_loader = make_loader(train_set, loaded.preprocess_eval, saft.scoring_batch_size,
+                                   num_workers=n_workers, pin_memory=pin_memory)
         scores = score_parameters(
-            model, score_loader, prompts, cfg.scoring, device=device,
+            model, score_loader, prompts, saft, device=device,
             num_batches=len(score_loader), callbacks=cb, precision=precision,
         )
         stage("masking")
-        mask = select_topk(scores, cfg.train.ratio)
+        mask = select_topk(scores, saft.ratio)
         del scores
         _save_mask_for_resume(snapshots, mask)
         update = SparseUpdate(model, mask, cfg.train.grad_engine)
@@ -168,7 +171,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     stage("training")
     transform = loaded.preprocess_train if cfg.train.augment else loaded.preprocess_eval
     loader = make_loader(train_set, transform, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
-                         **loader_opts)
+                         num_workers=n_workers, pin_memory=pin_memory)
     stats = train(model, loader, prompts, update, cfg.train, device=device, callbacks=cb, snapshots=snapshots,
                   precision=precision)
     deltas = update.deltas()
@@ -180,13 +183,15 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     # 5) evaluating: the validation split and every eval set along the alpha grid (the robustness frontier),
     # then the fine-tuned weights back; alpha 0 is the zero-shot baseline. SAFT's switch writes k entries,
     # always cheaper than reading a batch again: each image is read once. Full fine-tuning's switch writes every
-    # weight: the evaluation times it against a read and picks the order (evaluation.read_once_pays).
+    # weight: the evaluation times it against a read and picks the order (evaluation.read_once_pays). Batches:
+    # SAFT's scoring batch (it held a forward and a backward pass), else the training batch.
     stage("evaluating")
     sets = ([(VALIDATION, val_set)] if val_set is not None else []) + list(eval_sets.items())
     alphas = [a for a in ALPHA_GRID if a > 0.0 or cfg.evaluate_zero_shot]
     evaluations = evaluate_along_alpha(
-        loaded, sets, alphas, update.set_weights, templates=templates, batch_size=cfg.scoring.batch_size,
-        callbacks=cb, workers=cfg.data.workers, order="batch" if isinstance(update, SparseUpdate) else "auto",
+        loaded, sets, alphas, update.set_weights, templates=templates,
+        batch_size=saft.scoring_batch_size if saft else cfg.train.batch_size,
+        callbacks=cb, workers=n_workers, order="batch" if isinstance(update, SparseUpdate) else "auto",
         precision=precision,
     )
     update.set_weights(1.0)
@@ -197,8 +202,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, callbacks: Callbacks | No
     k = mask.k if mask else num_params
     meta = checkpoint_metadata(
         base_model=loaded.spec.name, pretrained=loaded.spec.pretrained, base_sha256=loaded.sha256,
-        ratio=cfg.train.ratio if mask else None, k=k, classes=train_set.class_names,
-        templates=templates, method=cfg.train.method, init_seed=cfg.model.init_seed,
+        ratio=saft.ratio if saft else None, k=k, classes=train_set.class_names,
+        templates=templates, method=cfg.method.type, init_seed=cfg.model.init_seed,
         recommended_alpha=recommended,
     )
     mask_path = save_mask(out / MASK_FILE, mask.indices, meta) if mask else None

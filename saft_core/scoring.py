@@ -2,7 +2,7 @@
 
 Default (the paper's): one pass over the training set in order, no augmentation; per batch the mean
 cross-entropy of the zero-shot logits (text tower in the graph); score = sum over batches of |grad| per
-entry, accumulated in fp32. Switches in ``ScoringConfig`` give |sum grad| or sum grad^2 and restrict which
+entry, accumulated in fp32. Switches in ``SaftConfig`` give |sum grad| or sum grad^2 and restrict which
 parameters are eligible (one tower; no embeddings, norms or biases).
 
 Memory: one fp32 copy of the eligible parameters (the scores) besides the usual gradients.
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .config import Precision, ScoringConfig
+from .config import Precision, SaftConfig
 from .errors import SaftError
 from .precision import autocast
 from .results import Callbacks, Progress
@@ -25,7 +25,7 @@ _EMBEDDING_HINTS = ("embedding", "conv1.", "patch_embed")
 
 
 def _norm_param_names(model: torch.nn.Module) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for mod_name, mod in model.named_modules():
         if isinstance(mod, torch.nn.LayerNorm | torch.nn.GroupNorm | torch.nn.BatchNorm2d):
             names.update(f"{mod_name}.{p}" if mod_name else p for p, _ in mod.named_parameters(recurse=False))
@@ -41,7 +41,7 @@ def tower_of(name: str) -> str:
     return "text"
 
 
-def eligible_parameters(model: torch.nn.Module, cfg: ScoringConfig) -> list[str]:
+def eligible_parameters(model: torch.nn.Module, cfg: SaftConfig) -> list[str]:
     """Names of the parameters SAFT may select, in ``model.named_parameters()`` order."""
     norms = _norm_param_names(model) if cfg.exclude_norms else set()
     out = []
@@ -63,7 +63,7 @@ def score_parameters(
     model: torch.nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     prompts: Prompts,
-    cfg: ScoringConfig,
+    cfg: SaftConfig,
     *,
     device: torch.device,
     num_batches: int | None = None,
@@ -101,9 +101,9 @@ def score_parameters(
                 if g is None:
                     continue
                 g = g.float()
-                if cfg.reduction == "abs":
+                if cfg.score_reduction == "abs":
                     scores[n].add_(g.abs())
-                elif cfg.reduction == "squared":
+                elif cfg.score_reduction == "squared":
                     scores[n].addcmul_(g, g)
                 else:
                     scores[n].add_(g)
@@ -114,7 +114,7 @@ def score_parameters(
             p.requires_grad_(flags[n])
         model.train(was_training)
     # 2) |sum grad| takes the magnitude only after summing
-    if cfg.reduction == "abs_sum":
+    if cfg.score_reduction == "abs_sum":
         for s in scores.values():
             s.abs_()
     for n, s in scores.items():

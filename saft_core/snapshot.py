@@ -25,17 +25,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
 from .config import FinetuneConfig
 
 log = logging.getLogger(__name__)
+B = TypeVar("B")
 
 STATE_FILE = "train_state.pt"
 MASK_FILE = "mask.safetensors"
@@ -150,3 +153,112 @@ class Snapshots:
         payload.pop("format_version")
         payload.pop("fingerprint")
         return TrainState(**payload)
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A method's trainable state, as a snapshot saves and restores it (``training.ResumableUpdate``)."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The trainable state, on the CPU."""
+        ...
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``state()`` and write the weights it gives."""
+        ...
+
+
+@dataclass
+class LoopPosition:
+    """Where the training loop is and the losses it has seen: what a snapshot saves, a resumed run restores and
+    ``train`` reports."""
+
+    step: int = 0  # steps done in the whole run
+    epoch: int = 0
+    batches_done: int = 0  # batches of ``epoch`` trained on
+    first_loss: float = math.nan
+    last_loss: float = math.nan
+    epoch_losses: list[float] = field(default_factory=list)  # the losses of ``epoch`` so far
+
+    def stepped(self, loss: float) -> None:
+        """One training step is done, with ``loss``."""
+        self.step += 1
+        self.batches_done += 1
+        self.last_loss = loss
+        if self.step == 1:
+            self.first_loss = loss
+        self.epoch_losses.append(loss)
+
+
+class Resume:
+    """All that ``train`` does to be resumable, in three calls around its loop:
+
+    - ``start()`` before the first epoch: restores the saved state of this configuration, if there is one (the
+      trainable state, the optimizer's and the scheduler's), and gives the ``LoopPosition`` to go on from;
+    - ``epoch(loader, epoch, position)`` for each epoch: its batches still to train on. An epoch begins by noting
+      the random state (the loader's shuffle generator, torch's global one); the epoch a resumed run stopped in
+      is drawn again from its noted state, the batches trained on before the snapshot are skipped, and the random
+      state at the snapshot is restored after the last of them, so every later draw is the uninterrupted run's;
+    - ``step_done(position)`` after each step: saves a snapshot when one is due (the last step always is).
+
+    Without ``snapshots`` (``trainable`` then None) nothing is restored or saved.
+    """
+
+    def __init__(
+        self,
+        snapshots: Snapshots | None,
+        trainable: Stateful | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loader_generator: torch.Generator | None,
+    ) -> None:
+        self.snapshots = snapshots if trainable is not None else None
+        self.trainable = trainable
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.generator = loader_generator
+        self.resumed: TrainState | None = None  # the snapshot the run resumed from, once ``start`` found one
+        self._epoch_rng: dict[str, Any] = {}  # the random state at the start of the running epoch
+
+    def start(self) -> LoopPosition:
+        """Restore the saved state, if any; the position the loop goes on from (step 0 without one)."""
+        resumed = self.snapshots.load() if self.snapshots is not None else None
+        if resumed is None or self.trainable is None:
+            return LoopPosition()
+        self.trainable.load_state(resumed.update)
+        self.optimizer.load_state_dict(resumed.optimizer)
+        self.scheduler.load_state_dict(resumed.scheduler)
+        self.resumed = resumed
+        losses = list(resumed.epoch_losses)
+        return LoopPosition(
+            step=resumed.step, epoch=resumed.epoch, batches_done=resumed.batches_done,
+            first_loss=resumed.first_loss, last_loss=losses[-1] if losses else resumed.first_loss,
+            epoch_losses=losses,
+        )
+
+    def epoch(self, loader: Iterable[B], epoch: int, position: LoopPosition) -> Iterator[B]:
+        """The batches of ``epoch`` left to train on (see the class docstring); ``position`` moves to ``epoch``."""
+        resumed = self.resumed if self.resumed is not None and self.resumed.epoch == epoch else None
+        position.epoch = epoch
+        if resumed is not None:
+            set_rng_state(resumed.epoch_rng, self.generator)
+            self._epoch_rng, skip = resumed.epoch_rng, resumed.batches_done
+        else:
+            self._epoch_rng, skip = rng_state(self.generator), 0
+            position.batches_done, position.epoch_losses = 0, []
+        for index, batch in enumerate(loader):
+            if index < skip:  # done before the snapshot: drawn again (same randomness), not trained on
+                if resumed is not None and index == skip - 1:
+                    set_rng_state(resumed.rng, None)
+                continue
+            yield batch
+
+    def step_done(self, position: LoopPosition, *, last_step: bool) -> None:
+        """After a step: save the loop's state if a snapshot is due."""
+        if self.snapshots is None or self.trainable is None or not self.snapshots.due(last_step=last_step):
+            return
+        self.snapshots.save(TrainState(
+            step=position.step, epoch=position.epoch, batches_done=position.batches_done,
+            first_loss=position.first_loss, epoch_losses=list(position.epoch_losses),
+            update=self.trainable.state(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), epoch_rng=self._epoch_rng, rng=rng_state(None),
+        ))

@@ -154,7 +154,7 @@ class _SparseLinear(torch.autograd.Function):
     """y = x W^T + b (or x @ P when ``transposed``); backward: dL/dx as usual, dL/d delta at the entries."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, w_delta, b_delta, w_plan, b_idx, transposed):  # noqa: ANN001
+    def forward(ctx, x, weight, bias, w_delta, b_delta, w_plan, b_idx, transposed):
         ctx.save_for_backward(x, weight)
         ctx.w_plan, ctx.b_idx, ctx.transposed = w_plan, b_idx, transposed
         return x @ weight if transposed else F.linear(x, weight, bias)
@@ -162,7 +162,7 @@ class _SparseLinear(torch.autograd.Function):
     @staticmethod
     @torch.autocast("cuda", enabled=False)
     @torch.autocast("cpu", enabled=False)
-    def backward(ctx, g):  # noqa: ANN001
+    def backward(ctx, g):
         # the dtypes are chosen explicitly below, whether or not backward() was called inside an autocast block
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
@@ -181,13 +181,13 @@ class _SparseEmbedding(torch.autograd.Function):
     """y = E[tokens]; backward: dL/d delta at the selected entries, accumulated over the selected rows only."""
 
     @staticmethod
-    def forward(ctx, tokens, weight, delta, padding_idx, rows, lookup, pos, cols):  # noqa: ANN001
+    def forward(ctx, tokens, weight, delta, padding_idx, rows, lookup, pos, cols):
         ctx.save_for_backward(tokens)
         ctx.padding_idx, ctx.rows, ctx.lookup, ctx.pos, ctx.cols = padding_idx, rows, lookup, pos, cols
         return F.embedding(tokens, weight, padding_idx)
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001
+    def backward(ctx, g):
         (tokens,) = ctx.saved_tensors
         flat = tokens.reshape(-1)
         slot = ctx.lookup[flat]
@@ -204,12 +204,12 @@ class _DenseGather(torch.autograd.Function):
     """Identity on P in the forward; backward gathers this use's dense dL/dP at the entries into delta."""
 
     @staticmethod
-    def forward(ctx, p, delta, idx):  # noqa: ANN001
+    def forward(ctx, p, delta, idx):
         ctx.idx = idx
         return p.view_as(p)
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001
+    def backward(ctx, g):
         return None, g.reshape(-1)[ctx.idx].float(), None
 
 
@@ -232,7 +232,7 @@ class SparseGradEngine(TorchFunctionMode):
         self._logged: set[str] = set()
 
     # -- dispatch ---------------------------------------------------------------------------------------
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not self._holds_selected(args, kwargs) or getattr(func, "__name__", "") == "__get__":
             return func(*args, **kwargs)
@@ -260,7 +260,7 @@ class SparseGradEngine(TorchFunctionMode):
         n = self._sel(t)
         return _DenseGather.apply(t, self.delta[n], self.idx[n]) if n else t
 
-    def _dense_gather_call(self, func, name: str, args: tuple, kwargs: dict):  # noqa: ANN001
+    def _dense_gather_call(self, func, name: str, args: tuple, kwargs: dict):
         def sub(a: Any) -> Any:
             if isinstance(a, list | tuple):
                 return type(a)(self._gathered(b) for b in a)
@@ -280,7 +280,7 @@ class SparseGradEngine(TorchFunctionMode):
             log.warning("sparse gradient engine: %s falls back to the dense gradient (%s)", n, path)
 
     # -- products ----------------------------------------------------------------------------------------
-    def _entry_plan(self, n: str, kind: str, shape: tuple[int, int]) -> EntryPlan:
+    def _entry_plan(self, n: str, kind: str, shape: tuple[int, ...]) -> EntryPlan:
         """kind 'linear': P is [out, in]; 'matmul': P is [in, out] used as x @ P."""
         key = (n, kind)
         if key not in self._plans:
@@ -309,7 +309,7 @@ class SparseGradEngine(TorchFunctionMode):
 
 
 # -- handlers: return NotImplemented to take the dense-gather fallback ------------------------------------
-def _h_linear(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
+def _h_linear(eng: SparseGradEngine, func, args, kwargs):
     bound = dict(zip(("input", "weight", "bias"), args, strict=False)) | kwargs
     x, w, b = bound["input"], bound["weight"], bound.get("bias")
     if eng._sel(x) or w.dim() != 2:
@@ -317,7 +317,7 @@ def _h_linear(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
     return eng.linear(x, w, b)
 
 
-def _h_matmul(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
+def _h_matmul(eng: SparseGradEngine, func, args, kwargs):
     if kwargs or len(args) != 2:
         return NotImplemented
     x, p = args
@@ -328,9 +328,9 @@ def _h_matmul(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
     return eng.linear(x, p, None, transposed=True)
 
 
-def _h_conv2d(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
+def _h_conv2d(eng: SparseGradEngine, func, args, kwargs):
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    bound = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+    bound: dict[str, Any] = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
     bound |= dict(zip(names, args, strict=False)) | kwargs
     x, w, b = bound["input"], bound["weight"], bound["bias"]
     kh, kw = w.shape[-2:]
@@ -346,7 +346,7 @@ def _h_conv2d(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
     return out.transpose(1, 2).reshape(n, w.shape[0], h // kh, wd // kw)
 
 
-def _h_embedding(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
+def _h_embedding(eng: SparseGradEngine, func, args, kwargs):
     names = ("input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse")
     bound = dict(zip(names, args, strict=False)) | kwargs
     tokens, w = bound["input"], bound["weight"]
@@ -375,7 +375,7 @@ def _canonical(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | 
     return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask, float("-inf"))
 
 
-def _h_mha(eng: SparseGradEngine, func, args, kwargs):  # noqa: ANN001
+def _h_mha(eng: SparseGradEngine, func, args, kwargs):
     """Self-attention as linear -> scaled_dot_product_attention -> linear (same masks, same result)."""
     a = _MHA_SIGNATURE.bind(*args, **kwargs)
     a.apply_defaults()

@@ -35,7 +35,7 @@ from .config import GradEngine, Precision, TrainConfig
 from .masking import Mask
 from .precision import autocast
 from .results import Callbacks, Progress
-from .snapshot import Snapshots, TrainState, rng_state, set_rng_state
+from .snapshot import Resume, Snapshots, Stateful
 from .sparse_grad import SparseGradEngine
 from .zeroshot import Prompts, clip_logits
 
@@ -62,16 +62,9 @@ class Update(Protocol):
 
 
 @runtime_checkable
-class ResumableUpdate(Update, Protocol):
-    """An ``Update`` whose trainable state can be saved in a snapshot and restored (``train`` with snapshots)."""
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """The trainable state, on the CPU."""
-        ...
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore ``state()`` and write the weights it gives."""
-        ...
+class ResumableUpdate(Update, Stateful, Protocol):
+    """An ``Update`` whose trainable state can be saved in a snapshot and restored (``train`` with snapshots):
+    ``state()`` and ``load_state(state)`` (``snapshot.Stateful``)."""
 
 
 class SparseUpdate:
@@ -151,7 +144,7 @@ class SparseUpdate:
     @torch.no_grad()
     def deltas(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
         """{name: (idx, fine-tuned minus pre-trained at idx)} in fp32, on the CPU."""
-        out = {}
+        out: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
         for name, idx in self.idx.items():
             ft = self.params[name].detach().reshape(-1)[idx].float()
             out[name] = (idx.cpu(), (ft - self.base[name]).cpu())
@@ -253,40 +246,21 @@ def train(
     saved state of the same configuration is resumed: the result is the uninterrupted run's (see snapshot.py);
     that needs a ``ResumableUpdate`` (a TypeError otherwise, before any step).
     """
-    resumable = _resumable(update, snapshots)
+    resumable = _resumable(update, snapshots)  # refused before anything else happens
     cb = callbacks or Callbacks()
-    steps_per_epoch = len(loader) if isinstance(loader, Sized) else 0
-    total = cfg.epochs * steps_per_epoch
-    generator: torch.Generator | None = getattr(loader, "generator", None)
+    total = cfg.epochs * (len(loader) if isinstance(loader, Sized) else 0)
     torch.manual_seed(cfg.seed)  # augmentation randomness, if any
     opt = torch.optim.AdamW(update.trainable(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total))
-    step, first, last, epoch_losses = 0, float("nan"), float("nan"), []
-    start_epoch, skip = 0, 0
-    resumed = snapshots.load() if snapshots else None
-    if resumed is not None:
-        assert resumable is not None  # checked by _resumable: snapshots come with a resumable update
-        # 0) resume: the trainable and optimizer state, then the epoch's random state (see snapshot.py)
-        resumable.load_state(resumed.update)
-        opt.load_state_dict(resumed.optimizer)
-        sched.load_state_dict(resumed.scheduler)
-        step, first, start_epoch, skip = resumed.step, resumed.first_loss, resumed.epoch, resumed.batches_done
-        epoch_losses = list(resumed.epoch_losses)
-        last = epoch_losses[-1] if epoch_losses else first
-        cb.on_message("info", f"resumed training from its snapshot at step {step} of {total}")
-        cb.on_progress(Progress("training", step, total, loss=last, lr=opt.param_groups[0]["lr"]))
+    # 0) resume from a snapshot of this configuration, if there is one (all of it in snapshot.Resume)
+    resume = Resume(snapshots, resumable, opt, sched, getattr(loader, "generator", None))
+    pos = resume.start()
+    if resume.resumed is not None:
+        cb.on_message("info", f"resumed training from its snapshot at step {pos.step} of {total}")
+        cb.on_progress(Progress("training", pos.step, total, loss=pos.last_loss, lr=opt.param_groups[0]["lr"]))
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        if resumed is not None and epoch == resumed.epoch:
-            set_rng_state(resumed.epoch_rng, generator)
-            epoch_rng = resumed.epoch_rng
-        else:
-            epoch_rng, epoch_losses, skip = rng_state(generator), [], 0
-        for batch_index, (images, labels) in enumerate(loader):
-            if batch_index < skip:  # done before the snapshot: drawn again (same randomness), not trained on
-                if batch_index == skip - 1 and resumed is not None:
-                    set_rng_state(resumed.rng, None)
-                continue
+    for epoch in range(pos.epoch, cfg.epochs):
+        for images, labels in resume.epoch(loader, epoch, pos):
             cb.check_cancel()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(device, precision), update.forward_context():
@@ -303,20 +277,15 @@ def train(
             opt.zero_grad(set_to_none=True)
             model.zero_grad(set_to_none=True)
             update.after_step()
-            step += 1
-            last = float(loss.detach())
-            first = last if step == 1 else first
-            epoch_losses.append(last)
-            if snapshots is not None and resumable is not None and snapshots.due(last_step=step == total):
-                snapshots.save(TrainState(
-                    step=step, epoch=epoch, batches_done=batch_index + 1, first_loss=first,
-                    epoch_losses=list(epoch_losses), update=resumable.state(), optimizer=opt.state_dict(),
-                    scheduler=sched.state_dict(), epoch_rng=epoch_rng, rng=rng_state(None),
-                ))
-            cb.on_progress(Progress("training", step, total, loss=last, lr=lr))
+            pos.stepped(float(loss.detach()))
+            resume.step_done(pos, last_step=pos.step == total)  # 5) a snapshot, when one is due
+            cb.on_progress(Progress("training", pos.step, total, loss=pos.last_loss, lr=lr))
     model.eval()
-    mean_last = sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
-    return TrainStats(steps=step, first_loss=first, last_loss=last, mean_last_epoch_loss=mean_last)
+    losses = pos.epoch_losses
+    return TrainStats(
+        steps=pos.step, first_loss=pos.first_loss, last_loss=pos.last_loss,
+        mean_last_epoch_loss=sum(losses) / len(losses) if losses else float("nan"),
+    )
 
 
 def _resumable(update: Update, snapshots: Snapshots | None) -> ResumableUpdate | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import open_clip
 import torch
@@ -57,7 +58,8 @@ class Prompts:
 
     def head(self, model: torch.nn.Module) -> torch.Tensor:
         """Same as ``build_head`` but differentiable: [embed_dim, C]."""
-        emb = model.encode_text(self.tokens, normalize=True)
+        clip: Any = model  # open_clip's model classes (untyped) define encode_text
+        emb = clip.encode_text(self.tokens, normalize=True)
         emb = emb.reshape(self.num_classes, self.num_templates, -1).mean(dim=1)
         emb = emb / emb.norm(dim=1, keepdim=True)
         return emb.T
@@ -65,7 +67,8 @@ class Prompts:
 
 def clip_logits(model: torch.nn.Module, images: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     """``logit_scale.exp() * normalize(image_features) @ head`` (+ logit_bias for SigLIP models): [B, C]."""
-    feats = model.encode_image(images, normalize=True)
-    logits = model.logit_scale.exp() * feats @ head.to(feats.dtype)
+    clip: Any = model  # open_clip's model classes (untyped) define encode_image and logit_scale
+    feats = clip.encode_image(images, normalize=True)
+    logits = clip.logit_scale.exp() * feats @ head.to(feats.dtype)
     bias = getattr(model, "logit_bias", None)
     return logits + bias if bias is not None else logits

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from saft_core.config import DEFAULT_PRETRAINED
 
-from .limits import LimitError
+from .input_checks import LimitError
 from .settings import Settings
 
 _NO_WEIGHTS = {None, "none", DEFAULT_PRETRAINED}
@@ -70,7 +70,7 @@ def check_model(name: str, pretrained: str | None, settings: Settings) -> None:
     tags = pretrained_tags(name)
     if not tags and not is_architecture(name):
         raise LimitError("unknown_model", f"model {name!r} is not a known model; see GET /v1/models")
-    if pretrained in _NO_WEIGHTS or pretrained in tags or _models_file(pretrained, settings) is not None:
+    if pretrained is None or pretrained in _NO_WEIGHTS or pretrained in tags or _models_file(pretrained, settings) is not None:
         return
     where = " or a file in the service's models folder" if settings.models_dir is not None else ""
     raise LimitError(

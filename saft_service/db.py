@@ -7,9 +7,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from .settings import Settings, get_settings
@@ -61,6 +61,15 @@ def get_engine(settings: Settings | None = None) -> Engine:
             settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
         _engines[key] = make_engine(url, settings)
     return _engines[key]
+
+
+def affected_rows(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE in ``session`` and return how many rows it changed (a compare-and-set's answer).
+
+    The session types its results as ``Result``, which has no ``rowcount``; a DML statement's result is a
+    ``CursorResult``, which does.
+    """
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
 
 
 def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:

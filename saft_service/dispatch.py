@@ -45,7 +45,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import jobs
-from .db import session_scope
+from .db import affected_rows, session_scope
 from .queue import QueueUnavailable, enqueue_job
 from .settings import Settings
 from .tables import Job, Tenant, utcnow
@@ -129,13 +129,14 @@ def choose(session: Session, settings: Settings, now: datetime | None = None) ->
         if not turn.jobs:
             turns.remove(turn)
         # Compare-and-set: a job cancelled meanwhile (a cancel does not take this lock) is skipped.
-        result = session.execute(
+        taken = affected_rows(
+            session,
             update(Job)
             .where(Job.id == job.id, Job.status == jobs.JobStatus.QUEUED.value, Job.dispatched_at.is_(None))
             .values(dispatched_at=now, enqueued_at=None)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        if result.rowcount != 1:
+        if taken != 1:
             continue
         tag = turn.start_tag(vtime)
         turn.tenant.dispatch_start, turn.tenant.dispatched_at = tag, now

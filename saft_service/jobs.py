@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from . import webhooks
+from .db import affected_rows
 from .tables import Checkpoint, Evaluation, Job, JobEvent, Mask, utcnow
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,10 @@ def _transition(
     stmt = update(Job).where(Job.id == job_id, Job.status.in_([s.value for s in sources]))
     if attempt is not None:
         stmt = stmt.where(Job.attempts == attempt)
-    result = session.execute(
-        stmt.values(status=target.value, **values).execution_options(synchronize_session=False)
+    changed = affected_rows(
+        session, stmt.values(status=target.value, **values).execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if changed != 1:
         return False
     if target in TERMINAL:  # the webhook deliveries commit (or roll back) with the final transition
         webhooks.enqueue_job_event(session, job_id, f"job.{target.value}")
@@ -248,13 +249,14 @@ def cancel_lost(session: Session, job: Job, reason: str) -> bool:
 
 def heartbeat(session: Session, job_id: str, attempt: int) -> bool:
     """The running process of ``attempt`` is alive. False: the job is no longer its own (stop working on it)."""
-    result = session.execute(
+    changed = affected_rows(
+        session,
         update(Job)
         .where(_running(job_id, attempt))
         .values(heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return changed == 1
 
 
 def requeue(session: Session, job: Job, reason: str) -> bool:
@@ -280,13 +282,14 @@ def mark_enqueued(session: Session, job_id: str) -> None:
 
 def set_stage(session: Session, job_id: str, stage: str, *, attempt: int | None = None) -> bool:
     """A running job enters ``stage``; its step counter restarts."""
-    result = session.execute(
+    changed = affected_rows(
+        session,
         update(Job)
         .where(_running(job_id, attempt))
         .values(stage=stage, step=0, total_steps=0, heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if changed != 1:
         return False
     add_event(session, job_id, "stage", f"stage {stage}", data={"stage": stage})
     return True
@@ -309,13 +312,14 @@ def report_progress(
         job = session.get(Job, job_id)
         if job is not None:
             values["metrics"] = {**(job.metrics or {}), **metrics}
-    result = session.execute(
+    changed = affected_rows(
+        session,
         update(Job)
         .where(_running(job_id, attempt))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if changed != 1:
         return False
     if event:
         data: dict[str, Any] = {"stage": stage, "step": step, "total_steps": total, **(metrics or {})}
@@ -353,13 +357,14 @@ def request_cancel(session: Session, job: Job, *, heartbeat_timeout: float = 60.
             data={"status": "cancelled"},
         )
     else:
-        result = session.execute(
+        changed = affected_rows(
+            session,
             update(Job)
             .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
             .values(cancel_requested=True)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != 1:
+        if changed != 1:
             session.refresh(job)
             raise IllegalTransition(job.id, job.status, JobStatus.CANCELLED)
         add_event(session, job.id, "status", "cancellation requested; the job stops after the current step")

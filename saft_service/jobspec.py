@@ -5,84 +5,118 @@ through here, so the two cannot disagree.
 Validate on write, trust on read: a request is validated when it is submitted; a stored spec is read back with
 ``stored_spec``, which does not validate it again. Ranges change between versions, and a job stored under an
 older, wider range must still list, read and classify; whether it can still run is the core's to say when the
-worker maps it (``to_finetune_config`` raises ``ConfigError``, the job fails with ``invalid_config``).
+worker maps it (``to_finetune_config`` raises ``ConfigError``, the job fails with ``invalid_config``). A spec in
+an older shape (a request or a stored row) is brought to today's by one function, ``upgrade_spec``.
 
-Every field that is an option of the core takes its type, default, bounds and help text from the core's config
-dataclasses (``core_fields.py``): a new field of ``TrainConfig`` is a new hyper-parameter, of ``ScoringConfig``
-a new field of the SAFT method, with no edit here. Where each option sits in the JSON:
+The sections are the core's config dataclasses, field for field and under the same names (``core_fields.py``):
+a new field of ``SaftConfig`` is a new field of the SAFT method, of ``TrainConfig`` a new hyper-parameter, with
+no edit here. Where each option sits in the JSON:
 
-    method (type "saft")   TrainConfig.ratio; ScoringConfig but batch_size (reduction -> score_reduction)
-    hyperparameters        TrainConfig but method and ratio; DataConfig.shots;
-                           ScoringConfig.batch_size -> scoring_batch_size
+    method                 the method's config: SaftConfig (type "saft") or FullConfig (type "full")
+    hyperparameters        TrainConfig, and DataConfig.shots (the one exception: how many images of each
+                           class to keep is set beside the loop's options, as ``saft finetune --shots`` is)
     top level              ModelSpec.name -> model, .pretrained; DataConfig.validation_fraction, .templates;
-                           the service's own: metadata, priority (the dispatcher's, saft_service/dispatch.py)
+                           the service's own: dataset_id, eval_dataset_ids, metadata, priority (the
+                           dispatcher's, saft_service/dispatch.py)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from copy import deepcopy
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from saft_core.config import (
     DEFAULT_TEMPLATES,
+    METHODS,
     DataConfig,
     FinetuneConfig,
+    FullConfig,
+    MethodConfig,
     ModelSpec,
     Precision,
-    ScoringConfig,
+    SaftConfig,
     TrainConfig,
     check_template,
 )
 from saft_core.options import option_of
 
-from .core_fields import core_field, core_fields, field_of
-from .limits import ID_PATTERN
-
-# Options that sit elsewhere than their dataclass says (see the module docstring).
-_TRAIN_NOT_HYPERPARAMETERS = ("method", "ratio")  # method: the ``method.type`` union; ratio: SAFT's own
-_SCORING_NOT_METHOD = ("batch_size",)  # a hyper-parameter, named scoring_batch_size
-_SCORING_RENAMED = {"reduction": "score_reduction"}
+from .core_fields import core_field, core_fields
+from .input_checks import ID_PATTERN
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class _SaftMethodBase(_Section):
-    type: Literal["saft"] = "saft"
-    ratio: float = core_field(TrainConfig, "ratio")
+def _section(name: str, cls: type, **extra: Any) -> type[_Section]:
+    """The job spec's section ``name``: every field of config dataclass ``cls`` (and ``extra`` fields)."""
+    definitions: dict[str, Any] = {**core_fields(cls), **extra}
+    return cast(
+        "type[_Section]",
+        create_model(name, __base__=_Section, __doc__=cls.__doc__, __module__=__name__, **definitions),
+    )
 
 
-SaftMethod = create_model(
-    "SaftMethod",
-    __base__=_SaftMethodBase,
-    __doc__="Sparse fine-tuning: train the ``ratio`` fraction of parameters with the largest gradient scores.",
-    __module__=__name__,
-    **core_fields(ScoringConfig, skip=_SCORING_NOT_METHOD, rename=_SCORING_RENAMED),
-)
+if TYPE_CHECKING:
+    # The sections' fields are made at import from the core's dataclasses, so a type checker cannot list them: to
+    # it a section is a model whose attributes are what the core declares (read as Any).
+    class _CoreSection(_Section):
+        def __getattr__(self, name: str) -> Any: ...
 
+    class SaftMethod(_CoreSection): ...
 
-class FullMethod(_Section):
-    """Full fine-tuning of every parameter (the baseline SAFT is compared with)."""
+    class FullMethod(_CoreSection): ...
 
-    type: Literal["full"] = "full"
-
+    class Hyperparameters(_CoreSection): ...
+else:
+    SaftMethod = _section("SaftMethod", SaftConfig)
+    FullMethod = _section("FullMethod", FullConfig)
+    Hyperparameters = _section(
+        "Hyperparameters", TrainConfig, shots=(int | None, core_field(DataConfig, "shots"))
+    )
 
 Method = Annotated[SaftMethod | FullMethod, Field(discriminator="type")]
 
-Hyperparameters = create_model(
-    "Hyperparameters",
-    __base__=_Section,
-    __doc__="The training loop. Defaults, ranges and help texts are the core's.",
-    __module__=__name__,
-    **core_fields(TrainConfig, skip=_TRAIN_NOT_HYPERPARAMETERS),
-    shots=(int | None, core_field(DataConfig, "shots")),
-    scoring_batch_size=(int, field_of(option_of(ScoringConfig, "batch_size"))),
-)
+
+def core_config(section: BaseModel, cls: type[Any]) -> Any:
+    """The config dataclass ``cls`` made of ``section``'s fields of the same names (the core checks them)."""
+    return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
+
+
+def method_config(method: BaseModel) -> MethodConfig:
+    """The core's config of a job's ``method`` section: ``SaftConfig`` or ``FullConfig``, by its ``type``."""
+    values = {name: getattr(method, name) for name in type(method).model_fields}
+    return METHODS[values["type"]](**values)
+
+
+def upgrade_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A job spec of an earlier shape (a stored row, or a request in the older wire format) in today's shape; a
+    copy, ``raw`` is not changed. Nothing is validated: what does not fit is left to the caller to judge.
+
+    The shapes so far, oldest first:
+    1. fields added since (``grad_engine``, ``priority``, ...) are missing: the reader's defaults apply, nothing
+       to do here;
+    2. until the sections became the core's configs, ``scoring_batch_size`` was a hyper-parameter; it is the
+       SAFT method's now. Full fine-tuning has none (its evaluation reads the training batch): dropped.
+    Raises ``ValueError`` where a spec gives the scoring batch in both places with different values.
+    """
+    spec = deepcopy(dict(raw))
+    hp = spec.get("hyperparameters")
+    if isinstance(hp, Mapping) and "scoring_batch_size" in hp:
+        spec["hyperparameters"] = {k: v for k, v in hp.items() if k != "scoring_batch_size"}
+        value = hp["scoring_batch_size"]
+        method = spec.get("method", {"type": "saft"})  # the default method
+        if isinstance(method, Mapping) and method.get("type") != "full":
+            if method.get("scoring_batch_size", value) != value:
+                raise ValueError("hyperparameters.scoring_batch_size and method.scoring_batch_size differ; "
+                                 "give only method.scoring_batch_size")
+            spec["method"] = {**method, "scoring_batch_size": value}
+    return spec
 
 
 class JobSpec(BaseModel):
@@ -118,6 +152,12 @@ class JobSpec(BaseModel):
         "turns regardless of it.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        # A request in an older shape means what it meant (hyperparameters.scoring_batch_size, for one).
+        return upgrade_spec(data) if isinstance(data, Mapping) else data
+
     @field_validator("templates")
     @classmethod
     def _one_placeholder(cls, templates: list[str]) -> list[str]:
@@ -134,20 +174,23 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _core_accepts(self) -> JobSpec:
-        # The core's own validation is the last word; run it here so a request it would refuse is a 422.
-        to_finetune_config(self, train_dir=Path("."), eval_dirs={})
+        # The sections are the core's configs: the core's own checks are the last word (a request it would
+        # refuse is a 422), besides those the fields' bounds already made (e.g. a blank model name).
+        ModelSpec(name=self.model, pretrained=self.pretrained)
+        method_config(self.method)
+        core_config(self.hyperparameters, TrainConfig)
         return self
 
 
 def stored_spec(raw: Mapping[str, Any]) -> JobSpec:
-    """The spec of a stored job (``Job.spec``), trusted: built without validation (see the module docstring).
+    """The spec of a stored job (``Job.spec``), trusted: upgraded to today's shape (``upgrade_spec``) and built
+    without validation (see the module docstring).
 
     Fields added since the job was stored take their defaults; fields since removed are ignored.
     """
-    values = deepcopy(dict(raw))  # the caller's row keeps its own lists and dicts
+    values = upgrade_spec(raw)
     method = values.get("method") or {}
-    method_type = FullMethod if method.get("type") == "full" else SaftMethod
-    values["method"] = method_type.model_construct(**method)
+    values["method"] = (FullMethod if method.get("type") == "full" else SaftMethod).model_construct(**method)
     values["hyperparameters"] = Hyperparameters.model_construct(**(values.get("hyperparameters") or {}))
     return JobSpec.model_construct(**values)
 
@@ -163,16 +206,6 @@ def to_finetune_config(
     it as a validation error inside ``JobSpec``).
     """
     hp = spec.hyperparameters
-    method = spec.method
-    is_saft = isinstance(method, SaftMethod)
-    # Every hyper-parameter that is a TrainConfig field by name; the method's fields are ScoringConfig's.
-    train = {name: getattr(hp, name) for name in TrainConfig.__dataclass_fields__ if name in type(hp).model_fields}
-    scoring = (
-        {name: getattr(method, _SCORING_RENAMED.get(name, name)) for name in ScoringConfig.__dataclass_fields__
-         if name not in _SCORING_NOT_METHOD}
-        if is_saft
-        else {}
-    )
     return FinetuneConfig(
         model=ModelSpec(name=spec.model, pretrained=spec.pretrained),
         data=DataConfig(
@@ -183,10 +216,8 @@ def to_finetune_config(
             templates=tuple(spec.templates),
             workers=workers,
         ),
-        train=TrainConfig(
-            method="saft" if is_saft else "full", ratio=method.ratio if is_saft else TrainConfig.ratio, **train
-        ),
-        scoring=ScoringConfig(batch_size=hp.scoring_batch_size, **scoring),
+        train=core_config(hp, TrainConfig),
+        method=method_config(spec.method),
         device=device,
         precision=precision,
         evaluate_zero_shot=True,

@@ -18,19 +18,22 @@ import bisect
 import hashlib
 import io
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import session_scope
+from .db import affected_rows, session_scope
 from .settings import Settings
 from .storage import Storage, remove_tree
-from .tables import Upload, new_id, utcnow
+from .tables import Upload, UploadPart, new_id, utcnow
 from .usage import lock_tenant, tenant_usage
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ COMPLETING_STALE_S = 300.0
 class MultipartError(Exception):
     """A multipart request is refused: ``status`` is the HTTP status, ``code`` a stable identifier."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
@@ -146,28 +149,63 @@ class PartWriter:
         return self.digest.hexdigest()
 
 
+def tenant_upload(session: Session, storage: Storage, tenant_id: str, upload_id: str) -> Upload:
+    """The tenant's upload: 404 ``upload_not_found`` when unknown or another tenant's; 410 ``upload_expired``
+    (and deleted) once past its ``expires_at``."""
+    upload = session.get(Upload, upload_id)
+    if upload is None or upload.tenant_id != tenant_id:
+        raise MultipartError(404, "upload_not_found", f"no upload {upload_id} in this tenant")
+    if upload.expires_at < utcnow():
+        delete_upload(session, storage, upload_id)
+        raise MultipartError(410, "upload_expired", f"upload {upload_id} expired at {upload.expires_at.isoformat()}; "
+                                                    "start a new one")
+    return upload
+
+
+def store_part(
+    session: Session, upload_id: str, number: int, size: int, digest: str, received: Path, final: Path
+) -> None:
+    """Rename the ``received`` part to ``final`` and record it, while the upload is still pending: 409
+    ``upload_completing`` once a completion started, 404 ``upload_not_found`` once it was deleted."""
+    gone = MultipartError(404, "upload_not_found", f"upload {upload_id} was deleted")
+    try:
+        if not hold_pending(session, upload_id):
+            session.rollback()
+            if session.get(Upload, upload_id) is None:
+                raise gone
+            raise MultipartError(409, "upload_completing", "the upload is being completed; parts can no longer change")
+        session.merge(UploadPart(upload_id=upload_id, number=number, size_bytes=size, sha256=digest,
+                                 created_at=utcnow()))
+        os.replace(received, final)
+        session.commit()
+    except IntegrityError as e:  # the upload was deleted (aborted, expired) while the part arrived
+        session.rollback()
+        raise gone from e
+
+
 def hold_pending(session: Session, upload_id: str) -> bool:
     """Write the upload row while it is ``pending`` (a compare-and-set that takes the row's write lock until the
     transaction ends). False: it is completing, or gone."""
-    result = session.execute(
+    return affected_rows(
+        session,
         update(Upload)
         .where(Upload.id == upload_id, Upload.status == Upload.PENDING)
         .values(updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+        .execution_options(synchronize_session=False),
+    ) == 1
 
 
 def start_completing(session: Session, upload_id: str) -> bool:
     """Move a pending upload to ``completing`` (committed). False: another request is completing it."""
-    result = session.execute(
+    moved = affected_rows(
+        session,
         update(Upload)
         .where(Upload.id == upload_id, Upload.status == Upload.PENDING)
         .values(status=Upload.COMPLETING, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
     session.commit()
-    return result.rowcount == 1
+    return moved == 1
 
 
 class CompletingBeat:
@@ -259,7 +297,7 @@ class PartsReader(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]  # io passes only these
         if self._pos >= self._size or not len(buffer):
             return 0
         index = bisect.bisect_right(self._starts, self._pos) - 1
@@ -307,14 +345,15 @@ def reap_uploads(session: Session, settings: Settings, now: datetime) -> list[st
     ``expires_at`` (with their parts) and upload folders that have no row and are older than an hour. Returns
     the ids removed."""
     storage = Storage(settings)
-    stale = session.execute(
+    stale = affected_rows(
+        session,
         update(Upload)
         .where(Upload.status == Upload.COMPLETING, Upload.updated_at < now - timedelta(seconds=COMPLETING_STALE_S))
         .values(status=Upload.PENDING, updated_at=now)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if stale.rowcount:
-        log.warning("reaper: %d upload(s) whose completion stopped without an answer are pending again", stale.rowcount)
+    if stale:
+        log.warning("reaper: %d upload(s) whose completion stopped without an answer are pending again", stale)
     session.commit()
     expired = list(session.scalars(select(Upload.id).where(Upload.expires_at < now)))
     for upload_id in expired:

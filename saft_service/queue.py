@@ -83,7 +83,7 @@ def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
         raise QueueUnavailable(str(e)) from e
 
 
-def ping_broker(settings: Settings | None = None, timeout: float = 2.0) -> None:
+def ping_broker(settings: Settings | None = None, timeout: int = 2) -> None:
     """Raise if the broker cannot be reached."""
     settings = settings or get_settings()
     app = _producer_app() if settings is get_settings() else make_celery(settings)

@@ -29,10 +29,12 @@ class Settings(BaseSettings):
         Path("./var"), description="Datasets, checkpoints and the embedded database/broker."
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL (postgresql+psycopg://...); unset: SQLite in the data dir."
+        None, description="SQLAlchemy URL (e.g. postgresql+psycopg://user:pass@host:5432/saft); unset: SQLite in the "
+        "data dir."
     )
     broker_url: str | None = Field(
-        None, description="Celery broker URL (redis://...); unset: a SQLite queue in the data dir."
+        None, description="Celery broker URL (e.g. redis://host:6379/0; run Redis with persistence); unset: a SQLite "
+        "queue in the data dir."
     )
     queue_name: str = Field(
         "saft-jobs", description="Celery queue the API sends jobs to and workers consume."
@@ -41,7 +43,8 @@ class Settings(BaseSettings):
     # Uploads and archives.
     max_upload_bytes: int = Field(512 * MiB, ge=1, description="Largest dataset upload (the whole request).")
     max_extracted_bytes: int = Field(
-        2048 * MiB, ge=1, description="Largest total size of an extracted archive."
+        2048 * MiB, ge=1, description="Largest total size of an extracted archive, counted while writing (a multipart "
+        "upload's: this or 4x the archive, the larger)."
     )
     max_archive_members: int = Field(100_000, ge=1, description="Most entries an uploaded archive may hold.")
     # Multipart, resumable uploads (POST /v1/uploads, then a PUT per part, then complete).
@@ -56,27 +59,31 @@ class Settings(BaseSettings):
     upload_ttl: int = Field(
         24 * 3600, ge=60, description="Seconds an incomplete multipart upload is kept; then the reaper removes it."
     )
+    # Storage per tenant, and datasets already on the server.
     tenant_storage_bytes: int | None = Field(
         None, ge=0, description="Bytes each tenant may store (datasets, uploads in flight, job outputs); "
-        "unset: no quota."
+        "unset: no quota. Past it: 413 storage_quota_exceeded."
     )
     import_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Folders under which datasets already on the server may be registered in place "
         "(a JSON list or paths separated by ':'); unset: imports are refused.",
     )
+    # Other requests, and jobs in flight per tenant.
     max_request_bytes: int = Field(
         64 * MiB, ge=1, description="Largest body of any other request (classify)."
     )
     max_classify_images: int = Field(64, ge=1, description="Most images in one classify request.")
     request_body_timeout: float = Field(
-        60.0, gt=0, description="Seconds the API waits for the next bytes of a request body; then 408."
+        60.0, gt=0, description="Seconds the API waits for the next bytes of a request body; a body that stops "
+        "arriving answers 408 request_timeout and its connection closes (a slow but steady upload goes on)."
     )
     max_active_jobs: int = Field(
-        20, ge=1, description="Most queued and running jobs one tenant may have; more answer 429."
+        20, ge=1, description="Most queued and running jobs one tenant may have; more answer 429 too_many_active_jobs "
+        "with Retry-After (checked under a lock on the tenant's row, so concurrent requests cannot overshoot it)."
     )
 
-    # Bounded work per request (each refused with a problem ``code`` named in the README's Limits table).
+    # Bounded work per request (each refused with a problem ``code`` named in docs/api.md's Limits table).
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest image (width x height) decoded, in uploads and classify."
     )
@@ -136,9 +143,15 @@ class Settings(BaseSettings):
         None,
         ge=0,
         description="Data-loader processes per job that decode and transform images (0: in the job's process); "
-        "unset: automatic, 0 on the CPU, on CUDA min(8, cores / GPUs), at least 1 (saft_core.data.auto_workers).",
+        "unset: automatic, 0 on the CPU, on CUDA min(8, cores / GPUs), at least 1 (saft_core.data.auto_workers; "
+        "cores as the process's affinity and cgroup limit allow): decoding in the job process starves a GPU. They "
+        "hand batches over in shared memory: in Docker give the worker shm_size (compose sets 8 GB); a loader "
+        "process that dies fails the job with data_loader_failed.",
     )
-    job_time_limit: int = Field(24 * 3600, ge=60, description="Hard time limit of one job.")
+    job_time_limit: int = Field(
+        24 * 3600, ge=60, description="Seconds a job may run, then it fails time_limit (a Redis broker's visibility "
+        "timeout is this + 1 h)."
+    )
 
     # Liveness: the job row is the truth (see saft_service/reaper.py).
     heartbeat_interval: float = Field(
@@ -180,9 +193,11 @@ class Settings(BaseSettings):
         description="How long a worker keeps retrying a database write that records a job's end.",
     )
     retry_after_seconds: int = Field(
-        5, ge=1, description="Retry-After of a 503 answered while the database is unreachable."
+        5, ge=1, description="Retry-After of a 503 database_unavailable (answered while the database is unreachable)."
     )
-    progress_interval: float = Field(1.0, ge=0.0, description="Least time between two progress writes.")
+    progress_interval: float = Field(
+        1.0, ge=0.0, description="Least seconds between two progress writes of a running job (events every 10x)."
+    )
     worker_max_tasks_per_child: int | None = Field(
         None, ge=1, description="Recycle the worker's job process after this many jobs (frees GPU memory)."
     )
@@ -190,7 +205,8 @@ class Settings(BaseSettings):
     # Isolation between tenants and safe retries: idempotency keys, the database pool, the classify cache,
     # event streams.
     idempotency_ttl: int = Field(
-        24 * 3600, ge=24 * 3600, description="Seconds an Idempotency-Key and its first answer are kept (>= 1 day)."
+        24 * 3600, ge=24 * 3600, description="Seconds an Idempotency-Key and its first answer are kept (>= 1 day); "
+        "expired keys are purged."
     )
     idempotency_stale_after: int = Field(
         600,
@@ -203,10 +219,12 @@ class Settings(BaseSettings):
     )
     db_max_overflow: int = Field(10, ge=0, description="Extra connections a process may open under a burst.")
     db_pool_timeout: float = Field(
-        10.0, gt=0, description="Seconds a request waits for a free connection before answering 503 database_busy."
+        10.0, gt=0, description="Seconds a request waits for a free connection before answering 503 database_busy "
+        "with Retry-After (logged)."
     )
     classifier_cache_bytes: int = Field(
-        2048 * MiB, ge=1, description="Most bytes of model weights the classify cache keeps loaded (LRU)."
+        2048 * MiB, ge=1, description="Most bytes of model weights the classify cache keeps loaded (least recently "
+        "used out first; a model larger than this is used for its request and not kept)."
     )
     event_poll_interval: float = Field(
         0.5, gt=0, description="Seconds between the API's checks for new job events (one query for all streams)."
@@ -218,7 +236,8 @@ class Settings(BaseSettings):
         "(refused by default, at registration and again before each delivery)."
     )
     webhook_timeout: float = Field(
-        10.0, gt=0, le=60, description="Seconds a webhook receiver gets to connect and to answer (each)."
+        10.0, gt=0, le=60, description="Seconds a webhook receiver gets to connect and to answer (each; twice that in "
+        "all)."
     )
     webhook_retry_base: float = Field(
         30.0, gt=0, description="Seconds before a failed webhook delivery's first retry; each retry waits twice as "
@@ -232,6 +251,7 @@ class Settings(BaseSettings):
     )
     max_webhooks: int = Field(20, ge=1, description="Most webhook endpoints one tenant may register.")
 
+    # Logs (stderr, one line per record).
     log_level: str = Field("INFO", description="Logging level of the API and worker.")
     log_format: Literal["text", "json"] = Field(
         "text",
@@ -241,10 +261,12 @@ class Settings(BaseSettings):
 
     # Metrics (Prometheus; see saft_service/metrics.py).
     metrics_token: str | None = Field(
-        None, description="When set, GET /metrics needs 'Authorization: Bearer <this>'; unset: open to all."
+        None, description="When set, GET /metrics needs 'Authorization: Bearer <this>' (401 otherwise); unset: open "
+        "to all."
     )
     worker_metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="Port on which each worker serves its metrics (/metrics); unset: none."
+        None, ge=1, le=65535, description="Port on which each worker serves its metrics (/metrics, on all interfaces: "
+        "keep it on the private network); unset: none."
     )
     metrics_max_tenants: int = Field(
         50, ge=1, description="Tenants listed by name in saft_tenant_storage_bytes (the largest; the rest summed "

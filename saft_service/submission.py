@@ -67,11 +67,11 @@ def submit_job(
                 session.rollback()
                 raise DatasetNotFound("dataset_not_found", f"{field}: no dataset {ds_id} in this tenant", field=field)
     # 3. The tenant's quota of queued and running jobs.
-    active = session.scalar(
+    active = session.execute(
         select(func.count())
         .select_from(Job)
         .where(Job.tenant_id == tenant.id, Job.status.in_([s.value for s in jobs.ACTIVE]))
-    )
+    ).scalar_one()
     if active >= settings.max_active_jobs:
         session.rollback()
         raise QuotaExceeded(

@@ -46,7 +46,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .db import session_scope
+from .db import affected_rows, session_scope
 from .settings import Settings
 from .tables import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 
@@ -239,12 +239,13 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """The same over TLS: the certificate is checked against the URL's host name (SNI too)."""
 
     def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self.tls)
         self.address = address
 
     def connect(self) -> None:
         sock = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def post(url: str, body: str, headers: dict[str, str], settings: Settings) -> Outcome:
@@ -294,7 +295,7 @@ def _shutdown(sock: socket.socket | None) -> None:
 
 def next_delay(settings: Settings, attempts: int) -> float:
     """Seconds after failed attempt number ``attempts`` (1-based) before the next one."""
-    return settings.webhook_retry_base * 2 ** min(attempts - 1, 30)
+    return settings.webhook_retry_base * 2.0 ** min(attempts - 1, 30)
 
 
 def claim_due(session: Session, settings: Settings, now: datetime) -> tuple[str, str] | None:
@@ -312,7 +313,8 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> tuple[str,
     ).all()
     for delivery_id in candidates:
         token = secrets.token_hex(16)
-        claimed = session.execute(
+        claimed = affected_rows(
+            session,
             update(WebhookDelivery)
             .where(
                 WebhookDelivery.id == delivery_id,
@@ -320,9 +322,9 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> tuple[str,
                 or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now),
             )
             .values(lease_until=now + lease, lease_token=token)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        if claimed.rowcount == 1:
+        if claimed == 1:
             return delivery_id, token
     return None
 
@@ -342,13 +344,14 @@ def record(
             values.update(status=WebhookDelivery.FAILED, finished_at=now)
         else:
             values.update(next_attempt_at=retry_at)
-    result = session.execute(
+    written = affected_rows(
+        session,
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_token == token)
         .values(**values)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if result.rowcount != 1:
+    if written != 1:
         return False
     session.add(WebhookAttempt(
         delivery_id=delivery.id, number=number, started_at=started, duration_ms=outcome.duration_ms,

@@ -4,7 +4,7 @@
   bundled saft-tiny model was trained on and the distribution-shift benchmark measures with.
 - ``shapes``: small coloured-shape ImageFolders for demos and tests.
 - ``palette``: the colours both draw with.
-- ``register(sub)``: ``saft synth`` and ``saft world ...`` (``cli.py``).
+- ``register(sub)``: ``saft synth`` and ``saft world ...`` (``world_commands.py``).
 
 The package uses the core (its errors and its sub-command type) and nothing else of the project; the core
 does not import it (the import rules in pyproject.toml hold both).

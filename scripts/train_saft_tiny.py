@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saft_core.checkpoint import save_weights  # noqa: E402
-from saft_core.config import ModelSpec  # noqa: E402
-from saft_core.models import load_model  # noqa: E402
-from saft_worlds import world  # noqa: E402
+from saft_core.checkpoint import save_weights
+from saft_core.config import ModelSpec
+from saft_core.models import load_model
+from saft_worlds import world
 
 log = logging.getLogger("train_saft_tiny")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import socket
 
+from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from sqlalchemy.exc import DBAPIError
 
@@ -27,7 +28,7 @@ from .app import app
     retry_jitter=True,
     max_retries=None,
 )
-def run_job(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
+def run_job(self: Task[[str], None], job_id: str) -> None:
     """Run fine-tuning job ``job_id``. The job row says what to do; this message only says which job."""
     delivery = self.request.delivery_info or {}
     runner.run_job(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
@@ -12,15 +11,13 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from saft_service.job_datasets import active_job_using
-from saft_service.limits import NO_CONTROL_CHARACTERS
-from saft_service.settings import Settings
-from saft_service.storage import remove_tree
+from saft_service import datasets
+from saft_service.datasets import DatasetRefused
+from saft_service.input_checks import NO_CONTROL_CHARACTERS
 from saft_service.tables import Dataset
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
-from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
-from ..ingest import ingest_archive, ingest_folder
+from ..idempotent_route import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
 from ..schemas import DatasetImport, DatasetPublic, DatasetsPublic
@@ -29,6 +26,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(
     prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESPONSES, route_class=IdempotentRoute
 )
+
+
+def _problem(e: DatasetRefused) -> ProblemError:
+    return ProblemError(e.status, e.code, e.message, **e.extra)
 
 
 IMPORT_BODY = {
@@ -75,25 +76,6 @@ def document_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _import_target(raw: str, settings: Settings) -> Path:
-    """The resolved path of an import, which must be under an import root. A path that leaves the roots is
-    refused with one answer whether or not it exists, so the answer tells nothing about the server's files."""
-    roots = settings.resolved_import_roots
-    if not roots:
-        raise ProblemError(403, "imports_disabled", "this service registers no server paths (SAFT_IMPORT_ROOTS is "
-                                                    "unset); upload the dataset instead")
-    refused = ProblemError(422, "path_not_allowed", f"{raw[:200]!r} is not under an import root of this service")
-    candidate = PurePosixPath(raw)
-    if not candidate.is_absolute() or ".." in candidate.parts:
-        raise refused
-    target = Path(raw).resolve()  # links followed: a link that points out of the roots is refused too
-    if not any(target.is_relative_to(root) for root in roots):
-        raise refused
-    if not target.exists():
-        raise ProblemError(422, "path_not_found", f"{raw[:200]!r} does not exist")
-    return target
-
-
 @router.post(
     "",
     response_model=DatasetPublic,
@@ -137,27 +119,21 @@ def create_dataset(
     def record(s: Session, row: Dataset) -> None:
         answer(s, 201, DatasetPublic.of(row))
 
-    if imported is not None:
-        target = _import_target(imported.source.path, settings)
-        if target.is_dir():
-            row = ingest_folder(
-                target, shown=imported.source.path, name=imported.name, tenant=tenant, session=session,
-                settings=settings, also=record,
-            )
+    try:
+        if imported is not None:
+            row = datasets.import_path(imported.source.path, name=imported.name, tenant=tenant, session=session,
+                                       settings=settings, storage=storage, also=record)
+        elif file is not None and name is not None:
+            row = datasets.ingest_archive(file.file, name=name, tenant=tenant, session=session, settings=settings,
+                                          storage=storage, also=record)
         else:
-            with target.open("rb") as f:
-                row = ingest_archive(f, name=imported.name, tenant=tenant, session=session, settings=settings,
-                                     storage=storage, also=record)
-        return DatasetPublic.of(row)
-    if file is None or name is None:
-        missing = [n for n, v in (("file", file), ("name", name)) if v is None]
-        raise RequestValidationError(
-            [{"loc": ("body", m), "msg": "Field required", "type": "missing", "input": None} for m in missing]
-        )
-    return DatasetPublic.of(
-        ingest_archive(file.file, name=name, tenant=tenant, session=session, settings=settings, storage=storage,
-                       also=record)
-    )
+            missing = [n for n, v in (("file", file), ("name", name)) if v is None]
+            raise RequestValidationError(
+                [{"loc": ("body", m), "msg": "Field required", "type": "missing", "input": None} for m in missing]
+            )
+    except DatasetRefused as e:
+        raise _problem(e) from e
+    return DatasetPublic.of(row)
 
 
 @router.get("", response_model=DatasetsPublic, summary="List datasets, newest first")
@@ -185,12 +161,8 @@ def get_dataset(dataset: TenantDataset) -> DatasetPublic:
 )
 def delete_dataset(dataset: TenantDataset, session: SessionDep, storage: StorageDep) -> Response:
     """Refused (409 dataset_in_use) while a queued or running job trains or evaluates on it."""
-    job = active_job_using(session, dataset.id)
-    if job is not None:
-        raise ProblemError(409, "dataset_in_use", f"job {job.id} ({job.status}) uses this dataset; cancel it first")
-    path = None if dataset.external else storage.absolute(dataset.path)  # the operator's files stay
-    session.delete(dataset)
-    session.commit()
-    if path is not None:
-        remove_tree(path)
+    try:
+        datasets.delete_dataset(session, storage, dataset)
+    except DatasetRefused as e:
+        raise _problem(e) from e
     return Response(status_code=204)

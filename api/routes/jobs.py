@@ -16,14 +16,14 @@ from sse_starlette.sse import EventSourceResponse
 from saft_service import jobs
 from saft_service.db import session_factory
 from saft_service.dispatch import dispatch_soon
-from saft_service.limits import MAX_INT64
+from saft_service.input_checks import MAX_INT64
 from saft_service.storage import remove_tree
 from saft_service.submission import QuotaExceeded, SubmissionRefused, submit_job
 from saft_service.tables import Dataset, Evaluation, Job, JobEvent, Mask
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantJob, TenantJobBriefly
 from ..event_stream import KEEPALIVE_S, event_watch, job_event_stream
-from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
+from ..idempotent_route import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_MANY, UNAVAILABLE, ProblemError
 from ..schemas import (

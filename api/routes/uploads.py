@@ -7,27 +7,25 @@ import base64
 import binascii
 import contextlib
 import logging
-import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from saft_service import multipart
-from saft_service.limits import ID_PATTERN
+from saft_service import datasets, multipart
+from saft_service.datasets import DatasetRefused
+from saft_service.input_checks import ID_PATTERN
 from saft_service.multipart import MultipartError
 from saft_service.storage import Storage, is_storage_full
-from saft_service.tables import Dataset, Tenant, Upload, UploadPart, utcnow
+from saft_service.tables import Tenant, Upload, utcnow
 from saft_service.usage import StorageQuotaExceeded
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
-from ..idempotency import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
-from ..ingest import ingest_archive
+from ..idempotent_route import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
 from ..pagination import newest_first_page
 from ..problems import AUTH_RESPONSES, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
 from ..schemas import (
@@ -45,27 +43,20 @@ router = APIRouter(
 )
 
 UploadId = Annotated[str, Path(max_length=40, pattern=ID_PATTERN)]
-GONE = {410: problem_doc("`upload_expired`: the upload passed its `expires_at` and was deleted.")}
-BUSY = {409: problem_doc("`upload_completing`: the upload is being completed; `upload_incomplete`: parts are missing.")}
+GONE: dict[int | str, dict[str, Any]] = {410: problem_doc("`upload_expired`: the upload passed its `expires_at` and was deleted.")}
+BUSY: dict[int | str, dict[str, Any]] = {409: problem_doc("`upload_completing`: the upload is being completed; `upload_incomplete`: parts are missing.")}
 WRITE_CHUNK = 1 << 20  # bytes gathered into one block for the part's writer thread
-# Problems of completing that come from the archive itself: no resend can fix them, so the upload goes.
-_KEEP_UPLOAD_ON = {"storage_full", "storage_quota_exceeded"}
 
 
-def _problem(e: MultipartError) -> ProblemError:
+def _problem(e: MultipartError | DatasetRefused) -> ProblemError:
     return ProblemError(e.status, e.code, e.message, **e.extra)
 
 
 def _tenant_upload(session: Session, storage: Storage, tenant: Tenant, upload_id: str) -> Upload:
-    """The tenant's upload; 404 when unknown or another tenant's, 410 (and deleted) once expired."""
-    upload = session.get(Upload, upload_id)
-    if upload is None or upload.tenant_id != tenant.id:
-        raise ProblemError(404, "upload_not_found", f"no upload {upload_id} in this tenant")
-    if upload.expires_at < utcnow():
-        multipart.delete_upload(session, storage, upload_id)
-        raise ProblemError(410, "upload_expired", f"upload {upload_id} expired at {upload.expires_at.isoformat()}; "
-                                                  "start a new one")
-    return upload
+    try:
+        return multipart.tenant_upload(session, storage, tenant.id, upload_id)
+    except MultipartError as e:
+        raise _problem(e) from e
 
 
 @router.post(
@@ -134,23 +125,6 @@ def _expected_sha256(x_checksum: str | None, content_digest: str | None) -> str 
                 raise ProblemError(422, "invalid_checksum_header", "Content-Digest's sha-256 must be 32 bytes in base64")
             return raw.hex()
     return None  # only algorithms we do not check
-
-
-def _store_part(session: Session, upload_id: str, number: int, size: int, digest: str, tmp: os.PathLike[str],
-                final: os.PathLike[str]) -> None:
-    """Rename the received part into place and record it, while the upload is still pending."""
-    try:
-        if not multipart.hold_pending(session, upload_id):
-            session.rollback()
-            still_there = session.get(Upload, upload_id) is not None
-            raise ProblemError(409, "upload_completing", "the upload is being completed; parts can no longer change") \
-                if still_there else ProblemError(404, "upload_not_found", f"upload {upload_id} was deleted")
-        session.merge(UploadPart(upload_id=upload_id, number=number, size_bytes=size, sha256=digest, created_at=utcnow()))
-        os.replace(tmp, final)
-        session.commit()
-    except IntegrityError as e:  # the upload was deleted (aborted, expired) while the part arrived
-        session.rollback()
-        raise ProblemError(404, "upload_not_found", f"upload {upload_id} was deleted") from e
 
 
 @router.put(
@@ -222,7 +196,9 @@ async def put_part(
         if want is not None and got != want:
             raise ProblemError(422, "checksum_mismatch", f"part {number}'s SHA-256 is {got}, not {want} as declared; "
                                                          "send it again")
-        await run_in_threadpool(_store_part, session, upload_id, number, size, got, tmp, final)
+        await run_in_threadpool(multipart.store_part, session, upload_id, number, size, got, tmp, final)
+    except MultipartError as e:  # completing or deleted meanwhile
+        raise _problem(e) from e
     except ClientDisconnect:
         log.info("upload %s: the client went away during part %d", upload_id, number)
         raise
@@ -260,49 +236,11 @@ def complete_upload(
     extracted exactly as `POST /v1/datasets` does. The answer is the dataset, and the upload is gone. An archive
     the checks refuse deletes the upload too; a full disk or the quota keeps it for another try."""
     upload = _tenant_upload(session, storage, tenant, upload_id)
-    if upload.status != Upload.PENDING:
-        raise ProblemError(409, "upload_completing", "another request is completing this upload")
-    missing = multipart.missing_parts(upload)
-    if missing:
-        shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-        raise ProblemError(409, "upload_incomplete", f"{len(missing)} of {upload.parts_total} parts are missing: "
-                                                     f"{shown}", missing_parts=missing)
-    if not multipart.start_completing(session, upload_id):
-        raise ProblemError(409, "upload_completing", "another request is completing this upload")
-    # A multipart archive may extract to SAFT_MAX_EXTRACTED_BYTES or to four times its own size, whichever is
-    # larger (images barely compress; a bomb cannot grow much), and never past the tenant's quota.
-    max_bytes = max(settings.max_extracted_bytes, 4 * upload.size_bytes)
-
-    def replaces_upload(s: Session, row: Dataset) -> None:  # in the dataset's transaction
-        s.execute(delete(Upload).where(Upload.id == upload_id))
-        answer(s, 201, DatasetPublic.of(row))
-
-    kept = True
     try:
-        with multipart.CompletingBeat(settings, upload_id), multipart.open_parts(storage, upload) as reader:
-            if upload.sha256 is not None:
-                got = multipart.sha256_of(reader)
-                if got != upload.sha256:
-                    raise ProblemError(422, "checksum_mismatch", f"the file's SHA-256 is {got}, not {upload.sha256} "
-                                                                 "as declared; compare the parts' hashes with yours "
-                                                                 "and resend those that differ")
-            row = ingest_archive(
-                reader, name=body.name, tenant=tenant, session=session, settings=settings, storage=storage,
-                max_bytes=max_bytes, exclude_upload=upload_id,
-                also=replaces_upload,
-            )
-        kept = False
-    except ProblemError as e:
-        if e.code not in _KEEP_UPLOAD_ON and e.code != "checksum_mismatch":
-            session.rollback()
-            multipart.delete_upload(session, storage, upload_id)
-            kept = False
-            e.detail = f"{e.detail} (the upload was deleted)"
-        raise
-    finally:
-        if kept:
-            multipart.back_to_pending(session, upload_id)
-    multipart.remove_upload_files(storage, upload_id)
+        row = datasets.complete_upload(upload, name=body.name, tenant=tenant, session=session, settings=settings,
+                                       storage=storage, also=lambda s, row: answer(s, 201, DatasetPublic.of(row)))
+    except DatasetRefused as e:
+        raise _problem(e) from e
     return DatasetPublic.of(row)
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from saft_service import webhooks
-from saft_service.limits import ID_PATTERN
+from saft_service.input_checks import ID_PATTERN
 from saft_service.tables import Tenant, WebhookDelivery, WebhookEndpoint, utcnow
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep
@@ -99,7 +99,7 @@ class WebhookDeliveryPublic(BaseModel):
     @classmethod
     def of(cls, d: WebhookDelivery) -> WebhookDeliveryPublic:
         return cls(
-            id=d.id, event_type=d.event_type, job_id=d.job_id, status=d.status,  # type: ignore[arg-type]
+            id=d.id, event_type=d.event_type, job_id=d.job_id, status=d.status,
             next_attempt_at=d.next_attempt_at if d.status == WebhookDelivery.PENDING else None,
             created_at=d.created_at, finished_at=d.finished_at, payload=json.loads(d.payload),
             attempts=[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from api.classify import ClassifierCache, model_bytes
+from api.classifier_cache import ClassifierCache, model_bytes
 from saft_core.config import ModelSpec
 
 

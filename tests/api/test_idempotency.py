@@ -12,7 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from saft_service import db, idempotency, keys
+from saft_service import db, keys
+from saft_service import idempotency_keys as idempotency
 from saft_service.settings import Settings
 from saft_service.tables import IdempotencyKey, utcnow
 from tests.fixtures.stack import (

@@ -49,7 +49,8 @@ def old_spec(dataset_id: str, **hyperparameters: Any) -> dict[str, Any]:
         "model": "saft-tiny",
         "pretrained": "default",
         "method": {"type": "saft", "ratio": 0.01},
-        "hyperparameters": {"epochs": 1, "seed": 0, **hyperparameters},
+        # the scoring batch where it was before it became the SAFT method's (saft_service.jobspec.upgrade_spec)
+        "hyperparameters": {"epochs": 1, "seed": 0, "scoring_batch_size": 8, **hyperparameters},
         "validation_fraction": 0.0,
         "templates": ["a photo of a {}."],
         "metadata": {"stored_by": "an older version"},
@@ -79,6 +80,7 @@ def test_a_job_outside_todays_ranges_lists_reads_runs_and_classifies(stack: Stac
         assert job["hyperparameters"]["batch_size"] == 10_000
         assert job["hyperparameters"]["weight_decay"] == 20.0
         assert job["hyperparameters"]["warmup_steps"] == 0  # a field the old spec lacks: today's default
+        assert job["method"]["scoring_batch_size"] == 8 and "scoring_batch_size" not in job["hyperparameters"]
         assert "gpu_class" not in job and job["priority"] == "normal" and job["metadata"] == {"stored_by": "an older version"}
         r = c.get("/v1/jobs", params={"limit": 100})
         assert r.status_code == 200, r.text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api.uploads import Limits, UploadError, extract_archive
+from saft_service.archives import Limits, UploadError, extract_archive
 from saft_service.settings import Settings
 from tests.fixtures.stack import Stack, stored_datasets, zip_dir
 

@@ -34,11 +34,11 @@ def test_the_core_alone_has_only_its_commands():
 
 def test_each_command_is_wired_to_its_layer():
     parser = build_parser()
-    assert parser.parse_args(["worker"]).func.__module__ == "worker.cli"
-    assert parser.parse_args(["api"]).func.__module__ == "api.cli"
+    assert parser.parse_args(["worker"]).func.__module__ == "worker.worker_command"
+    assert parser.parse_args(["api"]).func.__module__ == "api.api_command"
     assert parser.parse_args(["serve"]).func.__module__ == "saft_cli.serve"
-    assert parser.parse_args(["keys", "list"]).func.__module__ == "saft_service.cli"
-    assert parser.parse_args(["world", "domains"]).func.__module__ == "saft_worlds.cli"
+    assert parser.parse_args(["keys", "list"]).func.__module__ == "saft_service.service_commands"
+    assert parser.parse_args(["world", "domains"]).func.__module__ == "saft_worlds.world_commands"
 
 
 def test_python_m_saft_cli_is_the_saft_command():

@@ -100,7 +100,7 @@ def test_delete_whose_answer_was_lost_is_done() -> None:
 def test_retry_after_forms() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # noqa: SIM300 - a past date
+    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a past date
 
 
 def test_folder_zip_is_streamed_and_complete(tmp_path: Path) -> None:
@@ -147,6 +147,17 @@ def test_job_body_sorts_flat_options() -> None:
         job_body("ds_1", epochs="many")
     with pytest.raises(SaftClientError, match="full"):
         job_body("ds_1", method="full", ratio=0.1)
+
+
+def test_job_body_puts_the_scoring_batch_in_the_method() -> None:
+    """SAFT's scoring batch is the method's; a ``hyperparameters`` mapping that still has it (its former place)
+    is sorted the same way."""
+    assert job_body("ds_1", scoring_batch_size=8)["method"] == {"type": "saft", "scoring_batch_size": 8}
+    assert job_body("ds_1", hyperparameters={"scoring_batch_size": 8, "epochs": 2}) == {
+        "dataset_id": "ds_1", "method": {"type": "saft", "scoring_batch_size": 8}, "hyperparameters": {"epochs": 2},
+    }
+    with pytest.raises(SaftClientError, match="full"):
+        job_body("ds_1", method="full", scoring_batch_size=8)
 
 
 def _sse(*events: tuple[int, bool]) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 from saft_client import Evaluation, Job, JobEvent, SaftClientError
 from saft_client._base import job_body
 
-from saft_service.remote_cli import _Progress, _warnings_of, download_name, job_summary
+from saft_cli.remote import _Progress, _warnings_of, download_name, job_summary
 from tests.fixtures.cli import saft_here
 
 

@@ -31,7 +31,7 @@ from saft_client._uploads import (
     state_key,
 )
 
-from saft_service.remote_cli import _byte_count
+from saft_cli.remote import _byte_count
 
 
 def _dataset(root: Path, *, seed: int = 0) -> Path:

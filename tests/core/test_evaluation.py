@@ -30,13 +30,13 @@ from tests.fixtures.model import tiny_config
 @pytest.fixture(scope="module")
 def _trained_once(shapes_dir):
     """A SAFT run trained in this process (a large step so the fine-tuned model differs from the base)."""
-    cfg = tiny_config(shapes_dir, train={"epochs": 3, "learning_rate": 2e-2, "ratio": 0.01})
+    cfg = tiny_config(shapes_dir, train={"epochs": 3, "learning_rate": 2e-2}, method={"ratio": 0.01})
     loaded = load_model(cfg.model, "cpu")
     ds = load_dataset(shapes_dir)
     prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
-    scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.scoring,
+    scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.method,
                               device=loaded.device)
-    update = SparseUpdate(loaded.model, select_topk(scores, cfg.train.ratio))
+    update = SparseUpdate(loaded.model, select_topk(scores, cfg.method.ratio))
     train(loaded.model, make_loader(ds, loaded.preprocess_eval, 8, shuffle=True), prompts, update, cfg.train,
           device=loaded.device)
     return cfg, loaded, update
@@ -45,7 +45,7 @@ def _trained_once(shapes_dir):
 @pytest.fixture(scope="module")
 def _dense_once(shapes_dir):
     """A full fine-tuning run trained in this process: every weight moves, so a switch writes the whole model."""
-    cfg = tiny_config(shapes_dir, train={"method": "full", "epochs": 2, "learning_rate": 1e-3})
+    cfg = tiny_config(shapes_dir, method={"type": "full"}, train={"epochs": 2, "learning_rate": 1e-3})
     loaded = load_model(cfg.model, "cpu")
     ds = load_dataset(shapes_dir)
     prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")

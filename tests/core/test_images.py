@@ -104,7 +104,7 @@ def test_the_upload_check_does_not_import_torch(shapes_dir: Path):
     code = (
         "import sys\n"
         "import api.routes.datasets\n"
-        "import api.uploads\n"
+        "import saft_service.archives\n"
         "from saft_core.datasets import load_dataset\n"
         f"ds = load_dataset({str(shapes_dir)!r}, verify=True, max_pixels=10_000)\n"
         "assert len(ds) == 24, len(ds)\n"

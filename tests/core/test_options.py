@@ -10,10 +10,9 @@ from typing import Literal
 import pytest
 from pydantic import ValidationError
 
-from saft_core.cli import add_training_options
-from saft_core.config import DataConfig, ScoringConfig, TrainConfig
+from saft_core.config import DataConfig, SaftConfig, TrainConfig
 from saft_core.errors import ConfigError
-from saft_core.flags import add_options, config_values
+from saft_core.flags import add_options, add_training_options, config_values, method_values, train_values
 from saft_core.options import bound_error, describe_bounds, option, option_of, options
 from saft_service.jobspec import Hyperparameters, JobSpec, SaftMethod
 
@@ -26,8 +25,9 @@ def training_parser() -> argparse.ArgumentParser:
 
 # (config class, field, where the job spec has it, a value just outside the bounds)
 OUTSIDE = [
-    (TrainConfig, "ratio", ("method", "ratio"), 1.0),
-    (TrainConfig, "ratio", ("method", "ratio"), 0.0),
+    (SaftConfig, "ratio", ("method", "ratio"), 1.0),
+    (SaftConfig, "ratio", ("method", "ratio"), 0.0),
+    (SaftConfig, "scoring_batch_size", ("method", "scoring_batch_size"), 0),
     (TrainConfig, "epochs", ("hyperparameters", "epochs"), 1001),
     (TrainConfig, "batch_size", ("hyperparameters", "batch_size"), 0),
     (TrainConfig, "learning_rate", ("hyperparameters", "learning_rate"), 0.0),
@@ -61,8 +61,8 @@ def test_the_cli_the_job_spec_and_the_core_refuse_the_same_values(cls, name, whe
 
 def test_values_on_the_bounds_are_accepted_everywhere():
     args = training_parser().parse_args(["--epochs", "1000", "--seed", str(2**31 - 1), "--ratio", "0.5"])
-    cfg = TrainConfig(**config_values(args, TrainConfig, skip=("grad_clip",)))
-    assert (cfg.epochs, cfg.seed, cfg.ratio) == (1000, 2**31 - 1, 0.5)
+    cfg, method = TrainConfig(**train_values(args)), SaftConfig(**method_values(args))
+    assert (cfg.epochs, cfg.seed, method.ratio) == (1000, 2**31 - 1, 0.5)
     JobSpec.model_validate({"dataset_id": "d", "hyperparameters": {"epochs": 1000, "seed": 2**31 - 1}})
 
 
@@ -77,8 +77,11 @@ def test_defaults_and_help_are_the_cores():
         if o.name in hp:
             assert hp[o.name].default == o.default and hp[o.name].description == o.help
     method = SaftMethod.model_fields
-    assert method["score_reduction"].description == option_of(ScoringConfig, "reduction").help
-    assert method["ratio"].description == option_of(TrainConfig, "ratio").help
+    assert method["score_reduction"].description == option_of(SaftConfig, "score_reduction").help
+    assert method["ratio"].description == option_of(SaftConfig, "ratio").help
+    for o in options(SaftConfig):  # the section is the config: every field, same name, default and help
+        assert method[o.name].default == o.default and method[o.name].description == o.help
+    assert set(method) == {o.name for o in options(SaftConfig)}
     assert "Peak learning rate (AdamW)" in p.format_help()
 
 
@@ -88,7 +91,7 @@ def test_choices_come_from_the_literal():
     with pytest.raises(ValidationError):
         JobSpec.model_validate({"dataset_id": "d", "method": {"type": "saft", "towers": "both"}})
     with pytest.raises(ConfigError, match="unknown towers 'both'"):
-        ScoringConfig(towers="both")  # type: ignore[arg-type]
+        SaftConfig(towers="both")  # type: ignore[arg-type]
 
 
 def test_a_new_option_is_one_declaration():
@@ -134,14 +137,36 @@ def test_nan_is_outside_every_bound():
 def test_jobs_create_sends_every_training_option():
     """``saft jobs create`` sends what ``saft finetune`` would run, the grad engine included."""
     from saft_cli.main import build_parser
-    from saft_service.remote_cli import job_options
+    from saft_cli.remote import job_options
 
     args = build_parser().parse_args(["jobs", "create", "--dataset", "d", "--grad-engine", "dense", "--lr", "0.01",
                                       "--grad-clip", "0", "--towers", "image"])
     opts = job_options(args)
-    assert opts["grad_engine"] == "dense" and opts["learning_rate"] == 0.01 and opts["grad_clip"] is None
-    assert opts["towers"] == "image" and opts["scoring_batch_size"] == opts["batch_size"] == 32
-    assert {o.name for o in options(TrainConfig)} - {"method", "grad_clip"} <= set(opts)
+    hp, method = opts["hyperparameters"], opts["method"]
+    assert hp["grad_engine"] == "dense" and hp["learning_rate"] == 0.01 and hp["grad_clip"] is None
+    assert method["towers"] == "image" and method["scoring_batch_size"] == hp["batch_size"] == 32
+    assert {o.name for o in options(TrainConfig)} <= set(hp)
+    assert {o.name for o in options(SaftConfig)} <= set(method)
+
+
+@pytest.mark.parametrize("method", ["saft", "full"])
+def test_saft_finetune_and_saft_jobs_create_read_the_same_flags(method):
+    """One reading of the flags: the remote command sends the configs the local one would run."""
+    from saft_cli.main import build_parser
+    from saft_cli.remote import job_options
+
+    flags = ["--method", method, "--ratio", "0.02", "--towers", "image", "--batch-size", "8", "--grad-clip", "0",
+             "--shots", "3", "--seed", "5"]
+    parser = build_parser()
+    local = parser.parse_args(["finetune", "--train", "x", "--out", "y", *flags])
+    sent = job_options(parser.parse_args(["jobs", "create", "--dataset", "d", *flags]))
+    assert sent["method"] == method_values(local) and sent["method"]["type"] == method
+    assert sent["hyperparameters"] == {**train_values(local), "shots": 3}
+    assert TrainConfig(**train_values(local)).grad_clip is None
+    if method == "saft":  # the scoring batch defaults to the training batch in both
+        assert SaftConfig(**sent["method"]) == SaftConfig(ratio=0.02, towers="image", scoring_batch_size=8)
+    else:  # full fine-tuning has none of SAFT's options
+        assert sent["method"] == {"type": "full"}
 
 
 def test_every_way_to_start_a_job_holds_out_a_validation_split_by_default():
@@ -152,7 +177,7 @@ def test_every_way_to_start_a_job_holds_out_a_validation_split_by_default():
 
     from api.schemas import JobCreate
     from saft_cli.main import build_parser
-    from saft_service.remote_cli import job_options
+    from saft_cli.remote import job_options
 
     default = option_of(DataConfig, "validation_fraction").default
     assert default == DataConfig(train="x").validation_fraction == 0.2

@@ -78,9 +78,9 @@ def test_entries_outside_mask_are_bitwise_unchanged_and_checkpoint_reproduces_lo
     base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     ds = load_dataset(shapes_dir)
     prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
-    scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.scoring,
+    scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.method,
                               device=loaded.device)
-    mask = select_topk(scores, cfg.train.ratio)
+    mask = select_topk(scores, cfg.method.ratio)
     update = SparseUpdate(loaded.model, mask)
     train(loaded.model, make_loader(ds, loaded.preprocess_eval, 8, shuffle=True), prompts, update, cfg.train,
           device=loaded.device)
@@ -264,7 +264,7 @@ def test_no_zero_shot_leaves_alpha_zero_out(shapes_dir, tmp_path):
 
 
 def test_full_finetuning_writes_dense_delta(shapes_dir, tmp_path):
-    result = finetune(tiny_config(shapes_dir, train={"method": "full", "epochs": 1}), tmp_path)
+    result = finetune(tiny_config(shapes_dir, method={"type": "full"}, train={"epochs": 1}), tmp_path)
     assert result.mask is None and result.mask_path is None
     delta = load_delta(result.checkpoint_path)
     assert delta.metadata["method"] == "full"

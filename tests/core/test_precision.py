@@ -30,7 +30,7 @@ def test_auto_is_fp32_on_the_cpu_and_bf16_is_honoured_there():
 @pytest.mark.slow  # a whole fine-tune
 def test_a_bf16_run_on_the_cpu_trains_and_says_so(shapes_dir, tmp_path):
     messages: list[str] = []
-    cfg = tiny_config(shapes_dir, precision="bf16", train=dict(ratio=0.01))
+    cfg = tiny_config(shapes_dir, precision="bf16", method=dict(ratio=0.01))
     result = finetune(cfg, tmp_path, Callbacks(on_message=lambda _level, text: messages.append(text)))
     assert any("on cpu (bf16)" in m for m in messages), messages
     deltas = [t for name, t in load_file(str(tmp_path / CHECKPOINT_FILE)).items() if name.endswith(DELTA)]

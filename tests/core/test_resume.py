@@ -39,7 +39,7 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 )
 def test_a_resumed_run_equals_the_uninterrupted_one(shapes_dir, tmp_path, method, augment, cut) -> None:
     # 24 images, batch 4: 6 steps an epoch, 12 in all.
-    cfg = tiny_config(shapes_dir, train=dict(method=method, augment=augment, batch_size=4, ratio=0.01))
+    cfg = tiny_config(shapes_dir, train=dict(augment=augment, batch_size=4), method=dict(type=method, ratio=0.01))
     finetune(cfg, tmp_path / "whole")
 
     snap_dir = tmp_path / "snap"

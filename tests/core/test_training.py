@@ -5,7 +5,7 @@ import torch
 
 from benchmarks.shift import LoraUpdate
 from saft_core.checkpoint import SparseDelta, apply_delta
-from saft_core.config import ScoringConfig, TrainConfig
+from saft_core.config import SaftConfig, TrainConfig
 from saft_core.data import make_loader
 from saft_core.datasets import load_dataset
 from saft_core.errors import Cancelled
@@ -31,7 +31,7 @@ def setup(shapes_dir, saft_tiny):
 @pytest.mark.parametrize("grad_engine", ["sparse", "dense"])
 def test_optimizer_state_exists_only_for_selected_entries(setup, grad_engine):
     cfg, loaded, ds, prompts = setup
-    scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.scoring,
+    scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.method,
                               device=loaded.device)
     mask = select_topk(scores, 0.001)
     update = SparseUpdate(loaded.model, mask, grad_engine)
@@ -142,18 +142,18 @@ def test_scoring_reductions_and_eligibility(setup):
     cfg, loaded, ds, prompts = setup
     loader = make_loader(ds, loaded.preprocess_eval, 8)
     flags = [p.requires_grad for p in loaded.model.parameters()]
-    abs_ = score_parameters(loaded.model, loader, prompts, ScoringConfig(batch_size=8), device=loaded.device)
-    abs_sum = score_parameters(loaded.model, loader, prompts, ScoringConfig(batch_size=8, reduction="abs_sum"),
-                               device=loaded.device)
-    sq = score_parameters(loaded.model, loader, prompts, ScoringConfig(batch_size=8, reduction="squared"),
-                          device=loaded.device)
+    abs_ = score_parameters(loaded.model, loader, prompts, SaftConfig(scoring_batch_size=8), device=loaded.device)
+    abs_sum = score_parameters(loaded.model, loader, prompts,
+                               SaftConfig(scoring_batch_size=8, score_reduction="abs_sum"), device=loaded.device)
+    sq = score_parameters(loaded.model, loader, prompts,
+                          SaftConfig(scoring_batch_size=8, score_reduction="squared"), device=loaded.device)
     for n in abs_:
         assert bool((abs_sum[n] <= abs_[n] * (1 + 1e-5) + 1e-12).all())  # |sum g| <= sum |g|
         assert bool((sq[n] <= abs_[n] ** 2 * (1 + 1e-5) + 1e-12).all())  # sum g^2 <= (sum |g|)^2
-    image_only = eligible_parameters(loaded.model, ScoringConfig(towers="image"))
+    image_only = eligible_parameters(loaded.model, SaftConfig(towers="image"))
     assert image_only and all(n.startswith("visual.") for n in image_only)
-    lean = eligible_parameters(loaded.model, ScoringConfig(exclude_embeddings=True, exclude_norms=True,
-                                                           exclude_biases=True))
+    lean = eligible_parameters(loaded.model, SaftConfig(exclude_embeddings=True, exclude_norms=True,
+                                                        exclude_biases=True))
     assert not any(n.endswith("bias") or "embedding" in n or "ln_" in n or "conv1" in n for n in lean)
     assert "visual.proj" in lean
     assert [p.requires_grad for p in loaded.model.parameters()] == flags  # scoring restores the flags
@@ -172,13 +172,13 @@ def test_differentiable_head_equals_open_clip_head(setup):
 def test_set_weights_walks_the_frontier_and_comes_back_bitwise(shapes_dir, method):
     """alpha 0 is the base, alpha 1 the trained weights (bitwise, after any detour), and an alpha between is
     what the saved delta gives when applied to a fresh base at that alpha."""
-    cfg = tiny_config(shapes_dir, train={"method": method, "epochs": 1, "learning_rate": 5e-3})
+    cfg = tiny_config(shapes_dir, method={"type": method}, train={"epochs": 1, "learning_rate": 5e-3})
     loaded = load_model(cfg.model, "cpu")
     ds = load_dataset(shapes_dir)
     prompts = Prompts.build(loaded.tokenizer, ds.class_names, cfg.data.templates, "cpu")
     base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     if method == "saft":
-        scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.scoring,
+        scores = score_parameters(loaded.model, make_loader(ds, loaded.preprocess_eval, 8), prompts, cfg.method,
                                   device=loaded.device)
         update = SparseUpdate(loaded.model, select_topk(scores, 0.01))
     else:

@@ -63,7 +63,7 @@ def test_a_rendered_folder_uploads_as_it_is(tmp_path):
     import io
     import tarfile
 
-    from api.uploads import Limits, check_folder, extract_archive
+    from saft_service.archives import Limits, check_folder, extract_archive
     from saft_service.settings import Settings
 
     root = world.render_image_folder(tmp_path / "w", "painting", 2, seed=1, classes=("star", "ring"))

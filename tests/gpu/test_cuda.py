@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from saft_core.checkpoint import DELTA, IDX
-from saft_core.config import DataConfig, FinetuneConfig, ModelSpec, ScoringConfig, SnapshotConfig, TrainConfig
+from saft_core.config import DataConfig, FinetuneConfig, ModelSpec, SaftConfig, SnapshotConfig, TrainConfig
 from saft_core.errors import Cancelled
 from saft_core.masking import Mask
 from saft_core.pipeline import CHECKPOINT_FILE, finetune
@@ -136,8 +136,8 @@ def _config(train: Path, device: torch.device, **snapshot) -> FinetuneConfig:
     return FinetuneConfig(
         model=ModelSpec("saft-tiny", "world"),
         data=DataConfig(train=str(train), workers=2),
-        train=TrainConfig(ratio=0.01, epochs=2, batch_size=8, learning_rate=1e-3, seed=0),
-        scoring=ScoringConfig(batch_size=8),
+        train=TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, seed=0),
+        method=SaftConfig(ratio=0.01, scoring_batch_size=8),
         device=str(device),
         snapshot=SnapshotConfig(**snapshot) if snapshot else SnapshotConfig(),
     )

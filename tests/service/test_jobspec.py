@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from saft_core.config import DEFAULT_PRETRAINED, DataConfig, ModelSpec, ScoringConfig, TrainConfig
+from saft_core.config import DEFAULT_PRETRAINED, DataConfig, FullConfig, ModelSpec, SaftConfig, TrainConfig
 from saft_service.jobspec import JobSpec, to_finetune_config
 
 
@@ -16,7 +16,7 @@ def test_defaults_are_the_cores() -> None:
     assert cfg.model == ModelSpec()  # same model and default weights as the CLI
     assert cfg.model.pretrained == DEFAULT_PRETRAINED
     assert cfg.train == TrainConfig()
-    assert cfg.scoring == ScoringConfig()
+    assert cfg.method == SaftConfig()
     assert cfg.data == DataConfig(train="/d/a")
 
 
@@ -26,7 +26,8 @@ def test_a_full_request_maps_field_by_field() -> None:
             "dataset_id": "ds_a",
             "model": "saft-tiny",
             "pretrained": "none",
-            "method": {"type": "saft", "ratio": 0.02, "towers": "image", "exclude_norms": True},
+            "method": {"type": "saft", "ratio": 0.02, "towers": "image", "exclude_norms": True,
+                       "scoring_batch_size": 8},
             "hyperparameters": {
                 "epochs": 3,
                 "learning_rate": 0.01,
@@ -34,7 +35,6 @@ def test_a_full_request_maps_field_by_field() -> None:
                 "seed": 7,
                 "shots": 2,
                 "grad_clip": None,
-                "scoring_batch_size": 8,
                 "grad_engine": "dense",
             },
             "eval_dataset_ids": ["ds_b"],
@@ -44,10 +44,11 @@ def test_a_full_request_maps_field_by_field() -> None:
     )
     cfg = to_finetune_config(spec, train_dir=Path("/d/a"), eval_dirs={"ds_b": Path("/d/b")}, device="cpu")
     assert cfg.model.pretrained is None  # 'none': a seeded random init
-    assert (cfg.train.method, cfg.train.ratio, cfg.train.epochs, cfg.train.seed) == ("saft", 0.02, 3, 7)
+    assert (cfg.method.type, cfg.method.ratio, cfg.train.epochs, cfg.train.seed) == ("saft", 0.02, 3, 7)
     assert cfg.train.grad_clip is None and cfg.train.learning_rate == 0.01
     assert cfg.train.grad_engine == "dense"
-    assert (cfg.scoring.towers, cfg.scoring.exclude_norms, cfg.scoring.batch_size) == ("image", True, 8)
+    assert isinstance(cfg.method, SaftConfig)
+    assert (cfg.method.towers, cfg.method.exclude_norms, cfg.method.scoring_batch_size) == ("image", True, 8)
     assert cfg.data.eval == {"ds_b": "/d/b"} and cfg.data.shots == 2
     assert cfg.data.templates == ("a {}.", "an image of a {}.")
     assert cfg.device == "cpu"
@@ -57,7 +58,7 @@ def test_full_finetuning_has_no_ratio() -> None:
     cfg = to_finetune_config(
         JobSpec(dataset_id="d", method={"type": "full"}), train_dir=Path("."), eval_dirs={}
     )
-    assert cfg.train.method == "full"
+    assert cfg.method == FullConfig()
     with pytest.raises(ValidationError):
         JobSpec.model_validate({"dataset_id": "d", "method": {"type": "full", "ratio": 0.1}})
 
@@ -91,3 +92,30 @@ def test_the_services_limits_apply_at_submission_not_to_stored_jobs() -> None:
     with pytest.raises(ValidationError) as e:
         JobCreate.model_validate(big)
     assert e.value.errors()[0]["type"] == "metadata_too_large"
+
+
+def test_the_scoring_batch_in_its_former_place_means_the_same() -> None:
+    """``hyperparameters.scoring_batch_size`` (where requests sent it before it became the SAFT method's) is
+    still accepted and lands in ``method``; given in both places it must agree."""
+    old = JobSpec.model_validate({"dataset_id": "d", "hyperparameters": {"scoring_batch_size": 8, "epochs": 2}})
+    new = JobSpec.model_validate({"dataset_id": "d", "method": {"type": "saft", "scoring_batch_size": 8},
+                                  "hyperparameters": {"epochs": 2}})
+    assert old.model_dump() == new.model_dump()
+    assert old.method.scoring_batch_size == 8 and "scoring_batch_size" not in type(old.hyperparameters).model_fields
+    cfg = to_finetune_config(old, train_dir=Path("/d"), eval_dirs={})
+    assert cfg.method == SaftConfig(scoring_batch_size=8) and cfg.train.epochs == 2
+    with pytest.raises(ValidationError, match="scoring_batch_size"):  # its bounds still apply, in its new place
+        JobSpec.model_validate({"dataset_id": "d", "hyperparameters": {"scoring_batch_size": 0}})
+    with pytest.raises(ValidationError, match="differ"):
+        JobSpec.model_validate({"dataset_id": "d", "method": {"type": "saft", "scoring_batch_size": 4},
+                                "hyperparameters": {"scoring_batch_size": 8}})
+    # full fine-tuning has no scoring batch (its evaluation reads the training batch): accepted, dropped
+    full = JobSpec.model_validate({"dataset_id": "d", "method": {"type": "full"},
+                                   "hyperparameters": {"scoring_batch_size": 8}})
+    assert full.method.model_dump() == {"type": "full"}
+
+
+def test_the_core_is_the_last_word_on_a_request() -> None:
+    """What the fields' bounds cannot say, the core's own checks refuse when the request is validated."""
+    with pytest.raises(ValidationError, match="model name must not be empty"):
+        JobSpec.model_validate({"dataset_id": "d", "model": "   "})

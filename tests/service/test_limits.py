@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from saft_service.allowed_models import check_model, resolve_pretrained
-from saft_service.limits import LimitError, check_json_value, check_name, json_depth_exceeds, loads_bounded
+from saft_service.input_checks import (
+    LimitError,
+    check_json_value,
+    check_name,
+    json_depth_exceeds,
+    loads_bounded,
+)
 from saft_service.settings import Settings
 from saft_service.storage import is_storage_full, redact_paths
 

@@ -14,11 +14,11 @@ from api.schemas import JobEventPublic, JobPublic
 from saft_core.config import ModelSpec
 from saft_core.health import training_warnings
 from saft_core.results import FinetuneResult, Progress
-from saft_service import db, jobs, keys
+from saft_service import db, jobs, keys, outcomes
 from saft_service.settings import Settings
 from saft_service.storage import Storage
 from saft_service.tables import Job, JobEvent
-from worker.runner import JobReporter, _record_success
+from worker.reporting import JobReporter
 
 pytestmark = pytest.mark.service
 
@@ -55,7 +55,8 @@ def test_a_nan_loss_is_kept_out_of_the_row_and_the_warnings_are_stored(migrated_
         metrics={"train_loss_first": 0.3, "train_loss_last": NAN, "train_loss_last_epoch": NAN, "k": 9.0},
         warnings=warnings,
     )
-    assert _record_success(job_id, 1, result, Storage(settings), settings, training_steps=9)
+    with db.session_scope(settings) as s:
+        assert outcomes.record_success(s, job_id, result, attempt=1, training_steps=9, settings=settings)
     with db.session_factory(settings)() as s:
         row = s.get(Job, job_id)
         assert row is not None and row.status == "succeeded"

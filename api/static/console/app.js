@@ -1,14 +1,17 @@
+// @ts-check
 // The console: a hash-routed page over the public /v1 API. Views: sign-in, jobs, job, new job, datasets,
 // dataset. Each view renders into #view and registers what to stop (timers, streams, charts) when left.
 
 import { api, ApiError, session } from "./api.js";
 import { datasetsView, datasetView } from "./datasets.js";
 import { jobView } from "./job.js";
-import { jobsView, newJobView } from "./jobs.js";
-import { fail, leaveView, problemBox, setUnauthorizedHandler } from "./ui.js";
+import { newJobView } from "./job-form.js";
+import { jobsView } from "./jobs.js";
+import { fail, find, leaveView, problemBox, setUnauthorizedHandler } from "./ui.js";
 
-const view = document.getElementById("view");
+const view = find(document, "#view");
 
+/** @param {string} [message] why the page asks again */
 function signIn(message) {
   session.key = null;
   chrome(false);
@@ -23,29 +26,32 @@ function signIn(message) {
         <button class="primary" type="submit">Sign in</button>
       </form>
     </section>`;
-  view.querySelector("#signin-form").addEventListener("submit", async (e) => {
+  const keyInput = find(view, "#key", HTMLInputElement);
+  find(view, "#signin-form").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const key = view.querySelector("#key").value.trim();
+    const key = keyInput.value.trim();
     try {
       await api("/v1/datasets?limit=1", { key });
       session.key = key;
       if (!location.hash || location.hash === "#/signin") location.hash = "#/jobs";
       route();
     } catch (err) {
-      signIn(err instanceof ApiError && err.status === 401 ? `That key was refused: ${err.message}.` : err.message);
+      signIn(err instanceof ApiError && err.status === 401 ? `That key was refused: ${err.message}.` : err instanceof Error ? err.message : String(err));
     }
   });
-  view.querySelector("#key").focus();
+  keyInput.focus();
 }
 
+/** @param {boolean} signedIn */
 function chrome(signedIn) {
-  document.getElementById("nav").hidden = !signedIn;
-  document.getElementById("signout").hidden = !signedIn;
-  const who = document.getElementById("who");
+  find(document, "#nav").hidden = !signedIn;
+  find(document, "#signout").hidden = !signedIn;
+  const who = find(document, "#who");
   who.hidden = !signedIn;
-  if (signedIn) who.textContent = `key ${session.key.slice(0, 12)}…`;
+  if (signedIn) who.textContent = `key ${(session.key ?? "").slice(0, 12)}…`;
 }
 
+/** @type {[RegExp, (m: RegExpMatchArray) => Promise<void>][]} */
 const routes = [
   [/^#\/jobs\/?(\?.*)?$/, (m) => jobsView(view, new URLSearchParams(m[1] || ""))],
   [/^#\/jobs\/([\w-]+)$/, (m) => jobView(view, m[1])],
@@ -60,7 +66,7 @@ async function route() {
   chrome(true);
   const hash = location.hash || "#/jobs";
   const section = hash.split(/[/?]/)[1];
-  for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === section);
+  for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a instanceof HTMLElement && a.dataset.nav === section);
   for (const [pattern, show] of routes) {
     const m = hash.match(pattern);
     if (m) {
@@ -73,6 +79,6 @@ async function route() {
 }
 
 setUnauthorizedHandler((message) => signIn(`Signed out: ${message}.`));
-document.getElementById("signout").addEventListener("click", () => { session.key = null; route(); });
+find(document, "#signout").addEventListener("click", () => { session.key = null; route(); });
 window.addEventListener("hashchange", route);
 route();

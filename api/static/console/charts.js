@@ -1,65 +1,52 @@
-// Charts of the console (Chart.js, loaded as a global by index.html) and the mask's grouping rules.
+// @ts-check
+// The console's charts (Chart.js, loaded as a global by index.html): the training loss, the robustness
+// frontier, a mask's selected entries per layer, a dataset's images per class.
 
-const { Chart } = globalThis;
+/**
+ * The part of a Chart.js chart the console touches (Chart.js is vendored without its type declarations).
+ * @typedef {object} Chart
+ * @property {{datasets: {data: unknown[]}[]}} data
+ * @property {any} options
+ * @property {(mode?: string) => void} update
+ * @property {() => void} destroy
+ */
+
+/** @type {{new (canvas: HTMLCanvasElement, config: object): Chart, defaults: any} | undefined} */
+const ChartJs = /** @type {any} */ (globalThis).Chart;
+
+/** @param {HTMLCanvasElement} canvas @param {object} config @returns {Chart} */
+function chart(canvas, config) {
+  if (!ChartJs) throw new Error("Chart.js did not load (/static/vendor/chartjs)");
+  return new ChartJs(canvas, config);
+}
 
 export const COLORS = {
   blue: "#2f6fdf", teal: "#1a9c8c", orange: "#e8862a", purple: "#8a5cd6", red: "#d64545",
   grey: "#9aa5b1", yellow: "#d8b02a", pink: "#d45a9a",
 };
+/** @type {Record<string, string>} */
 export const KIND_COLORS = {
   "attention in": COLORS.blue, "attention out": COLORS.purple, MLP: COLORS.teal,
   embedding: COLORS.orange, norm: COLORS.yellow, projection: COLORS.pink,
 };
 
-if (Chart) {
-  Chart.defaults.font.family = getComputedStyle(document.documentElement).getPropertyValue("--font") || "sans-serif";
-  Chart.defaults.color = "#4a5563";
-  Chart.defaults.maintainAspectRatio = false;
-  Chart.defaults.animation.duration = 250;
+if (ChartJs) {
+  ChartJs.defaults.font.family = getComputedStyle(document.documentElement).getPropertyValue("--font") || "sans-serif";
+  ChartJs.defaults.color = "#4a5563";
+  ChartJs.defaults.maintainAspectRatio = false;
+  ChartJs.defaults.animation.duration = 250;
 }
 
 /**
- * Where a parameter of an open_clip CLIP lives: tower (image: `visual.*`, text: the rest), layer ("in" for
- * embeddings and the first norm, the block number for `resblocks.N`, "out" for final norms and projections)
- * and kind.
+ * A stacked bar chart of one tower's selected entries per layer, by kind; yMax shared by both towers.
+ * @param {HTMLCanvasElement} canvas
+ * @param {{labels: string[], rows: Record<string, number>[]}} tower a layer label and {kind: entries} per layer
+ * @param {string} title
+ * @param {number} yMax
  */
-export function describeParam(name) {
-  const tower = name.startsWith("visual.") ? "image" : "text";
-  const block = name.match(/resblocks\.(\d+)\./);
-  let kind = "projection";
-  if (/attn\.in_proj/.test(name)) kind = "attention in";
-  else if (/attn\.out_proj/.test(name)) kind = "attention out";
-  else if (/\.mlp\./.test(name)) kind = "MLP";
-  else if (/(^|\.)ln_|norm/.test(name)) kind = "norm";
-  else if (/embedding|conv1/.test(name)) kind = "embedding";
-  let layer = "out";
-  if (block) layer = Number(block[1]);
-  else if (kind === "embedding" || /ln_pre/.test(name)) layer = "in";
-  return { tower, layer, kind };
-}
-
-/** Selected entries by tower -> layer -> kind, with the layers in model order ("in", 0..N-1, "out"). */
-export function groupMask(tensors) {
-  const towers = { image: new Map(), text: new Map() };
-  for (const t of tensors) {
-    const { tower, layer, kind } = describeParam(t.name);
-    const layers = towers[tower];
-    if (!layers.has(layer)) layers.set(layer, {});
-    layers.get(layer)[kind] = (layers.get(layer)[kind] || 0) + t.selected;
-  }
-  const order = (a, b) => (a === "in" ? -1 : b === "in" ? 1 : a === "out" ? 1 : b === "out" ? -1 : a - b);
-  const out = {};
-  for (const [tower, layers] of Object.entries(towers)) {
-    const keys = [...layers.keys()].sort(order);
-    out[tower] = { labels: keys.map((k) => (typeof k === "number" ? `block ${k}` : k === "in" ? "embed" : "head")), rows: keys.map((k) => layers.get(k)) };
-  }
-  return out;
-}
-
-/** A stacked bar chart of one tower's selected entries per layer, by kind; yMax shared by both towers. */
 export function maskChart(canvas, tower, title, yMax) {
   const kinds = Object.keys(KIND_COLORS);
-  return new Chart(canvas, {
+  return chart(canvas, {
     type: "bar",
     data: {
       labels: tower.labels,
@@ -78,14 +65,18 @@ const SET_COLORS = [COLORS.blue, COLORS.orange, COLORS.teal, COLORS.purple, COLO
 
 /**
  * The robustness frontier: top-1 (%) against alpha (0 = zero-shot, 1 = fine-tuned), one line per evaluation
- * set (`sets[i].points`: [{alpha, top1}]), and the recommended alpha (null: none) as a dashed vertical line
- * with its points drawn larger.
+ * set, and the recommended alpha (null: none) as a dashed vertical line with its points drawn larger.
+ * @param {HTMLCanvasElement} canvas
+ * @param {{name: string, points: {alpha: number, top1: number}[]}[]} sets
+ * @param {number | null} recommended
  */
 export function frontierChart(canvas, sets, recommended) {
+  /** @param {{raw?: {x?: number}}} ctx */
   const marked = (ctx) => (ctx.raw?.x === recommended ? 6 : 3);
   // the y axis from a round number below the lowest point, so that close lines stay apart
   const lowest = Math.min(...sets.flatMap((s) => s.points.map((p) => p.top1 * 100)));
   const yMin = Math.max(0, Math.floor((lowest - 5) / 10) * 10);
+  /** @type {object[]} */
   const datasets = sets.map((s, i) => ({
     label: s.name, borderColor: SET_COLORS[i % SET_COLORS.length], backgroundColor: SET_COLORS[i % SET_COLORS.length],
     data: s.points.map((p) => ({ x: p.alpha, y: p.top1 * 100 })), pointRadius: marked, pointHoverRadius: 7,
@@ -97,25 +88,32 @@ export function frontierChart(canvas, sets, recommended) {
       data: [{ x: recommended, y: yMin }, { x: recommended, y: 100 }], pointRadius: 0, pointHoverRadius: 0,
     });
   }
-  return new Chart(canvas, {
+  /** @typedef {{dataset: {label: string, pointRadius: unknown}, parsed: {x: number, y: number}}} TooltipItem */
+  return chart(canvas, {
     type: "line",
     data: { datasets },
     options: {
       plugins: {
         legend: { position: "bottom", labels: { boxWidth: 12 } },
-        tooltip: { filter: (item) => item.dataset.pointRadius !== 0, callbacks: { label: (c) => `${c.dataset.label} at α ${c.parsed.x}: ${c.parsed.y.toFixed(1)} %` } },
+        tooltip: {
+          filter: (/** @type {TooltipItem} */ item) => item.dataset.pointRadius !== 0,
+          callbacks: { label: (/** @type {TooltipItem} */ c) => `${c.dataset.label} at α ${c.parsed.x}: ${c.parsed.y.toFixed(1)} %` },
+        },
       },
       scales: {
-        x: { type: "linear", min: 0, max: 1, ticks: { stepSize: 0.25, callback: (v) => String(v) }, title: { display: true, text: "α (0 = zero-shot, 1 = fine-tuned)" } },
+        x: { type: "linear", min: 0, max: 1, ticks: { stepSize: 0.25, callback: (/** @type {number} */ v) => String(v) }, title: { display: true, text: "α (0 = zero-shot, 1 = fine-tuned)" } },
         y: { min: yMin, max: 100, title: { display: true, text: "top-1 accuracy (%)" } },
       },
     },
   });
 }
 
-/** Training loss (left axis) and learning rate (right axis) against the step. */
+/**
+ * Training loss (left axis) and learning rate (right axis) against the step.
+ * @param {HTMLCanvasElement} canvas
+ */
 export function lossChart(canvas) {
-  return new Chart(canvas, {
+  return chart(canvas, {
     type: "line",
     data: {
       datasets: [
@@ -129,15 +127,20 @@ export function lossChart(canvas) {
       scales: {
         x: { type: "linear", min: 0, title: { display: true, text: "step" }, ticks: { precision: 0 } },
         y: { title: { display: true, text: "loss" } },
-        lr: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "learning rate" }, ticks: { callback: (v) => Number(v).toExponential(1) } },
+        lr: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "learning rate" }, ticks: { callback: (/** @type {number} */ v) => Number(v).toExponential(1) } },
       },
     },
   });
 }
 
-/** Images per class, as horizontal bars. */
+/**
+ * Images per class, as horizontal bars.
+ * @param {HTMLCanvasElement} canvas
+ * @param {string[]} names
+ * @param {number[]} counts
+ */
 export function countsChart(canvas, names, counts) {
-  return new Chart(canvas, {
+  return chart(canvas, {
     type: "bar",
     data: { labels: names, datasets: [{ label: "images", backgroundColor: COLORS.teal, data: counts }] },
     options: {
@@ -146,4 +149,35 @@ export function countsChart(canvas, names, counts) {
       scales: { x: { beginAtZero: true, ticks: { precision: 0 } } },
     },
   });
+}
+
+/**
+ * The loss chart of a running job, growing as steps arrive (from the job row or from progress events, in any
+ * order and more than once); `empty` (a note shown until the first point) is hidden then.
+ * @param {HTMLCanvasElement} canvas
+ * @param {HTMLElement} empty
+ */
+export function lossCurve(canvas, empty) {
+  const c = lossChart(canvas);
+  /** @type {Map<number, {loss: number, lr: number | null | undefined}>} training step -> its loss and rate */
+  const points = new Map();
+  return {
+    /**
+     * @param {number} step training steps count from 1
+     * @param {number | null | undefined} loss
+     * @param {number | null | undefined} lr
+     * @param {number | null | undefined} total the run's steps: the x axis grows left to right up to it
+     */
+    add(step, loss, lr, total) {
+      if (total && c.options.scales.x.max !== total) c.options.scales.x.max = total;
+      if (loss == null || !(step >= 1) || points.has(step)) return;
+      points.set(step, { loss, lr });
+      const sorted = [...points.entries()].sort((a, b) => a[0] - b[0]);
+      c.data.datasets[0].data = sorted.map(([x, p]) => ({ x, y: p.loss }));
+      c.data.datasets[1].data = sorted.filter(([, p]) => p.lr != null).map(([x, p]) => ({ x, y: p.lr }));
+      c.update("none");
+      empty.hidden = true;
+    },
+    destroy: () => c.destroy(),
+  };
 }

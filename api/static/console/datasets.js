@@ -1,12 +1,17 @@
+// @ts-check
 // Datasets: the list with an upload zone, and one dataset's page (class counts, thumbnails).
 
-import { api, upload } from "./api.js";
+import { api, ApiError, upload } from "./api.js";
 import { countsChart } from "./charts.js";
-import { dropZone, esc, fail, fmt, loadImage, onLeave, problemBox, toast } from "./ui.js";
+import { esc, fmt } from "./format.js";
+import { dropZone, fail, find, loadImage, onLeave, problemBox, toast } from "./ui.js";
+
+/** @typedef {import("./types.js").Dataset} Dataset */
 
 const THUMBS_PER_CLASS = 6;
 const ACCEPT = ".zip,.tar,.tar.gz,.tgz";
 
+/** @param {HTMLElement} view */
 export async function datasetsView(view) {
   view.innerHTML = `
     <div class="page-head"><h1>Datasets</h1></div>
@@ -25,31 +30,37 @@ export async function datasetsView(view) {
       <div id="upload-msg"></div>
     </section>
     <section class="card"><div id="ds-list"><p class="muted">Loading…</p></div></section>`;
+  /** @type {File | null} */
   let file = null;
-  const $ = (s) => view.querySelector(s);
-  dropZone($("#drop"), $("#file"), (files) => {
+  /** @param {string} selector */
+  const $ = (selector) => find(view, selector);
+  const nameInput = find(view, "#ds-name", HTMLInputElement);
+  const button = find(view, "#upload-btn", HTMLButtonElement);
+  dropZone($("#drop"), find(view, "#file", HTMLInputElement), (files) => {
     file = files[0];
     $("#upload-row").hidden = false;
-    $("#ds-name").value = file.name.replace(/\.(zip|tar|tar\.gz|tgz)$/i, "");
+    nameInput.value = file.name.replace(/\.(zip|tar|tar\.gz|tgz)$/i, "");
     $("#file-label").textContent = `${file.name} · ${fmt.bytes(file.size)}`;
     $("#upload-msg").innerHTML = "";
     $("#upload-progress").hidden = true;
   });
-  $("#upload-btn").addEventListener("click", async () => {
+  button.addEventListener("click", async () => {
     if (!file) return;
     const form = new FormData();
-    form.append("name", $("#ds-name").value.trim() || file.name);
+    form.append("name", nameInput.value.trim() || file.name);
     form.append("file", file);
     const bar = $("#upload-progress");
     bar.hidden = false;
     bar.classList.remove("succeeded");
-    $("#upload-btn").disabled = true;
+    button.disabled = true;
     $("#upload-msg").innerHTML = "";
+    /** @param {number} f @param {string} text */
     const show = (f, text) => {
-      bar.querySelector(".bar").style.width = `${(f * 100).toFixed(1)}%`;
-      bar.querySelector(".label").textContent = text;
+      find(bar, ".bar").style.width = `${(f * 100).toFixed(1)}%`;
+      find(bar, ".label").textContent = text;
     };
     try {
+      /** @type {Dataset} */
       const ds = await upload("/v1/datasets", form, (f) => show(f, f < 1 ? `uploading ${Math.round(f * 100)} %` : "checking images…"));
       show(1, `uploaded ${ds.name}: ${ds.num_images} images, ${ds.classes.length} classes`);
       bar.classList.add("succeeded");
@@ -58,17 +69,19 @@ export async function datasetsView(view) {
       await renderList(view);
     } catch (err) {
       bar.hidden = true;
-      if (err.status === 401) return fail(err, view);
-      $("#upload-msg").innerHTML = problemBox(err);
+      if (err instanceof ApiError && err.status === 401) return fail(err, view);
+      $("#upload-msg").innerHTML = problemBox(err instanceof Error ? err : new Error(String(err)));
     } finally {
-      $("#upload-btn").disabled = false;
+      button.disabled = false;
     }
   });
   await renderList(view);
 }
 
+/** @param {HTMLElement} view */
 async function renderList(view) {
-  const list = view.querySelector("#ds-list");
+  const list = find(view, "#ds-list");
+  /** @type {{data: Dataset[]}} */
   const { data } = await api("/v1/datasets?limit=100");
   if (!data.length) {
     list.innerHTML = `<p class="empty">No datasets yet. Drop an archive above (<code>saft synth --out shapes</code> makes a small one).</p>`;
@@ -87,10 +100,17 @@ async function renderList(view) {
         </tr>`).join("")}</tbody>
     </table>`;
   for (const b of list.querySelectorAll("[data-delete]")) {
-    b.addEventListener("click", () => deleteDataset(view, b.dataset.delete, () => renderList(view)));
+    const id = /** @type {HTMLElement} */ (b).dataset.delete ?? "";
+    b.addEventListener("click", () => deleteDataset(view, id, () => renderList(view)));
   }
 }
 
+/**
+ * Delete dataset `id` once the user confirms, then `then()`.
+ * @param {HTMLElement} view
+ * @param {string} id
+ * @param {() => void} then
+ */
 async function deleteDataset(view, id, then) {
   if (!confirm("Delete this dataset and its images? This cannot be undone.")) return;
   try {
@@ -102,7 +122,12 @@ async function deleteDataset(view, id, then) {
   }
 }
 
+/**
+ * @param {HTMLElement} view
+ * @param {string} id
+ */
 export async function datasetView(view, id) {
+  /** @type {Dataset} */
   const ds = await api(`/v1/datasets/${id}`);
   const classes = ds.classes.map((c, i) => ({ id: c, name: ds.class_names[i], n: ds.counts[c] || 0 }));
   view.innerHTML = `
@@ -128,9 +153,9 @@ export async function datasetView(view, id) {
             `<img alt="${esc(c.name)} ${i}" data-src="/v1/datasets/${esc(ds.id)}/thumbnails/${encodeURIComponent(c.id)}/${i}?size=96">`).join("")}</div>
         </div>`).join("")}</div></section>
     </div>`;
-  const chart = countsChart(view.querySelector("#counts"), classes.map((c) => c.name), classes.map((c) => c.n));
+  const chart = countsChart(find(view, "#counts", HTMLCanvasElement), classes.map((c) => c.name), classes.map((c) => c.n));
   onLeave(() => chart.destroy());
-  view.querySelector("#delete").addEventListener("click", () => deleteDataset(view, ds.id, () => { location.hash = "#/datasets"; }));
+  find(view, "#delete").addEventListener("click", () => deleteDataset(view, ds.id, () => { location.hash = "#/datasets"; }));
   await Promise.all([...view.querySelectorAll("img[data-src]")].map((img) =>
-    loadImage(img, img.dataset.src, api).catch(() => img.classList.add("broken"))));
+    loadImage(/** @type {HTMLImageElement} */ (img), /** @type {HTMLImageElement} */ (img).dataset.src ?? "", api).catch(() => img.classList.add("broken"))));
 }

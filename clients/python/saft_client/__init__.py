@@ -8,11 +8,11 @@ job = c.jobs.wait(c.jobs.create(dataset=ds, ratio=0.01, epochs=2), on_event=prin
 
 __version__ = "0.1.0"
 
-from . import webhooks  # noqa: E402
-from ._base import RetryPolicy  # noqa: E402
-from .aio import AsyncClient  # noqa: E402
-from .client import Client  # noqa: E402
-from .errors import (  # noqa: E402
+from . import webhooks
+from ._base import RetryPolicy
+from .aio import AsyncClient
+from .client import Client
+from .errors import (
     APIError,
     BadRequest,
     ChecksumMismatch,
@@ -31,7 +31,7 @@ from .errors import (  # noqa: E402
     Unavailable,
     ValidationError,
 )
-from .models import (  # noqa: E402
+from .models import (
     Classification,
     Dataset,
     Evaluation,
@@ -45,7 +45,7 @@ from .models import (  # noqa: E402
     Webhook,
     WebhookDelivery,
 )
-from .webhooks import WebhookVerificationError  # noqa: E402
+from .webhooks import WebhookVerificationError
 
 __all__ = [
     "APIError",

@@ -198,11 +198,14 @@ def job_body(
     **options: Any,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /v1/jobs``. Flat options are sorted into their place: ``ratio``, ``towers``,
-    ``exclude_*`` and ``score_reduction`` into ``method``; ``epochs``, ``learning_rate``, ``batch_size``, ... into
-    ``hyperparameters``; the rest (``model``, ``pretrained``, ``validation_fraction``, ``templates``,
-    ``metadata``) at the top. Options not given are left to the server's defaults (one source for those)."""
+    ``exclude_*``, ``score_reduction`` and ``scoring_batch_size`` into ``method``; ``epochs``,
+    ``learning_rate``, ``batch_size``, ... into ``hyperparameters``; the rest (``model``, ``pretrained``,
+    ``validation_fraction``, ``templates``, ``metadata``) at the top. Options not given are left to the
+    server's defaults (one source for those)."""
     m: dict[str, Any] = dict(method) if isinstance(method, Mapping) else {"type": method or "saft"}
     hp: dict[str, Any] = dict(hyperparameters or {})
+    if "scoring_batch_size" in hp:  # a hyper-parameter until it became the SAFT method's (servers accept both)
+        options.setdefault("scoring_batch_size", hp.pop("scoring_batch_size"))
     top: dict[str, Any] = {"dataset_id": id_of(dataset)}
     for name, value in options.items():
         if value is None and name not in ("pretrained", "grad_clip", "shots"):

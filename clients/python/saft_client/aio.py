@@ -8,6 +8,7 @@ large folder for a multipart upload, hashing a file) runs in a thread.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import logging
@@ -617,7 +618,7 @@ class AsyncJobs:
     async def delete(self, job: str | Job) -> None:
         await self._c.request("DELETE", f"/v1/jobs/{id_of(job)}")
 
-    async def events(self, job: str | Job, *, after: int = 0) -> list[JobEvent]:
+    async def events(self, job: str | Job, *, after: int = 0) -> builtins.list[JobEvent]:  # builtins: the method list() shadows the type
         r = await self._c.request("GET", f"/v1/jobs/{id_of(job)}/events", params={"after": after})
         return [JobEvent.model_validate(e) for e in r.json()["data"]]
 
@@ -684,7 +685,7 @@ class AsyncJobs:
             raise JobFailed(final)
         return final
 
-    async def evaluations(self, job: str | Job) -> list[Evaluation]:
+    async def evaluations(self, job: str | Job) -> builtins.list[Evaluation]:
         r = await self._c.request("GET", f"/v1/jobs/{id_of(job)}/evaluations")
         return [Evaluation.model_validate(e) for e in r.json()["data"]]
 

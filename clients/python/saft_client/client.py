@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import logging
@@ -681,7 +682,7 @@ class Jobs:
         """Delete a finished job and its files (``Conflict`` job_active while queued or running)."""
         self._c.request("DELETE", f"/v1/jobs/{id_of(job)}")
 
-    def events(self, job: str | Job, *, after: int = 0) -> list[JobEvent]:
+    def events(self, job: str | Job, *, after: int = 0) -> builtins.list[JobEvent]:  # builtins: the method list() shadows the type
         """Events so far with an id above ``after`` (one page of up to 1000)."""
         data = self._c.request("GET", f"/v1/jobs/{id_of(job)}/events", params={"after": after}).json()["data"]
         return [JobEvent.model_validate(e) for e in data]
@@ -756,7 +757,7 @@ class Jobs:
             raise JobFailed(final)
         return final
 
-    def evaluations(self, job: str | Job) -> list[Evaluation]:
+    def evaluations(self, job: str | Job) -> builtins.list[Evaluation]:
         data = self._c.request("GET", f"/v1/jobs/{id_of(job)}/evaluations").json()["data"]
         return [Evaluation.model_validate(e) for e in data]
 

@@ -96,6 +96,7 @@ class SaftMethod(_Model):
     exclude_norms: bool = False
     exclude_biases: bool = False
     score_reduction: Literal["abs", "abs_sum", "squared"] = "abs"
+    scoring_batch_size: int = 32
 
 
 class FullMethod(_Model):
@@ -115,7 +116,6 @@ class Hyperparameters(_Model):
     grad_clip: float | None = 1.0
     augment: bool = False
     shots: int | None = None
-    scoring_batch_size: int = 32
     grad_engine: Literal["sparse", "dense"] = "sparse"
 
 

@@ -73,7 +73,8 @@ def verify(
         except binascii.Error:
             continue
         if hmac.compare_digest(given, expected):
-            return json.loads(body)
+            event: dict[str, Any] = json.loads(body)
+            return event
     raise WebhookVerificationError("no signature matches the secret")
 
 

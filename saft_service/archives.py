@@ -20,13 +20,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO, Generic, TypeVar
 
 from saft_core.datasets import CLASS_NAMES_FILE
 from saft_core.images import IMAGE_EXTENSIONS
-from saft_service.limits import LimitError, check_name, loads_bounded
-from saft_service.settings import Settings
-from saft_service.storage import is_storage_full
+
+from .input_checks import LimitError, check_name, loads_bounded
+from .settings import Settings
+from .storage import is_storage_full
 
 _JUNK_DIRS = {"__MACOSX"}
 _JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -81,13 +82,16 @@ class Limits:
         return UploadError("archive_too_large", f"{what} is over the limit of {self.max_bytes} bytes", status=413)
 
 
+_Ref = TypeVar("_Ref", zipfile.ZipInfo, tarfile.TarInfo)
+
+
 @dataclass(frozen=True)
-class _Entry:
+class _Entry(Generic[_Ref]):
     """One archive entry to extract: its parts after normalisation and where to read it."""
 
     parts: tuple[str, ...]
     size: int
-    ref: zipfile.ZipInfo | tarfile.TarInfo
+    ref: _Ref
 
 
 # Compressed tars other than gzip are refused whatever their size: their decoders cost far more (bzip2's CPU,
@@ -175,11 +179,9 @@ def _tar_entries(tf: tarfile.TarFile, limits: Limits) -> Iterator[tuple[str, boo
         yield member.name, member.isdir(), member.size, member
 
 
-def _plan(
-    raw: Iterator[tuple[str, bool, int, zipfile.ZipInfo | tarfile.TarInfo]], limits: Limits
-) -> list[_Entry]:
+def _plan(raw: Iterator[tuple[str, bool, int, _Ref]], limits: Limits) -> list[_Entry[_Ref]]:
     """Check every entry and decide where it goes. Nothing is written yet."""
-    files: list[_Entry] = []
+    files: list[_Entry[_Ref]] = []
     declared = 0
     for name, is_dir, size, ref in raw:
         parts = _normalise(name)
@@ -223,7 +225,7 @@ def _plan(
     return files
 
 
-def _copy_limited(src: BinaryIO, dst: Path, budget: int, where: str, limits: Limits) -> int:
+def _copy_limited(src: IO[bytes], dst: Path, budget: int, where: str, limits: Limits) -> int:
     """Copy ``src`` to ``dst``; refuse once more than ``budget`` bytes were written. Returns bytes written."""
     written = 0
     with dst.open("xb") as out:
@@ -298,21 +300,21 @@ def extract_archive(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
                 for e in entries:
                     target = dest.joinpath(*e.parts)
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(e.ref) as src:  # type: ignore[arg-type]
+                    with zf.open(e.ref) as src:
                         budget -= _copy_limited(src, target, budget, "/".join(e.parts), limits)
         else:
             with tarfile.open(fileobj=fileobj, mode="r:gz" if kind == "tar.gz" else "r:") as tf:
-                entries = _plan(_tar_entries(tf, limits), limits)
-                for e in entries:
-                    target = dest.joinpath(*e.parts)
+                planned = _plan(_tar_entries(tf, limits), limits)
+                for entry in planned:
+                    target = dest.joinpath(*entry.parts)
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(e.ref)  # type: ignore[arg-type]
-                    if src is None:
+                    reader = tf.extractfile(entry.ref)
+                    if reader is None:
                         raise UploadError(
-                            "unsafe_archive", f"entry {'/'.join(e.parts)!r} cannot be read as a file"
+                            "unsafe_archive", f"entry {'/'.join(entry.parts)!r} cannot be read as a file"
                         )
-                    with src:
-                        budget -= _copy_limited(src, target, budget, "/".join(e.parts), limits)
+                    with reader:
+                        budget -= _copy_limited(reader, target, budget, "/".join(entry.parts), limits)
     except OSError as e:
         if is_storage_full(e):
             raise UploadError(

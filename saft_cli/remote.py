@@ -29,9 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saft_core.cli import Subcommands, add_model_options, add_training_options, alpha_arg, frontier_table
-from saft_core.config import TrainConfig
-from saft_core.flags import config_values
+from saft_core.cli import Subcommands, frontier_table
+from saft_core.flags import add_model_options, add_training_options, alpha_arg, method_values, train_values
 
 if TYPE_CHECKING:
     from saft_client import Client, Dataset, Evaluation, Job, JobEvent
@@ -242,7 +241,7 @@ def job_summary(job: Job, evaluations: list[Evaluation], warnings: list[dict[str
         for name, n in sizes.items():
             cells = "".join(f"{top1[(name, a)]:>13.1%}" if (name, a) in top1 else f"{'-':>13}" for a, _ in columns)
             lines.append(f"{name:<{width}}{cells}  (n={n})")
-        if rec is not None:
+        if ckpt is not None and rec is not None:
             lines += [f"* recommended alpha {rec:g} ({ckpt.alpha_rule} rule on the validation split)",
                       f"  classify with it: saft jobs classify {job.id} IMAGE --alpha recommended"]
     if job.status == "succeeded" and rec is None:
@@ -351,29 +350,18 @@ def cmd_datasets_delete(args: argparse.Namespace, client: Client) -> int:
 
 # ---------------------------------------------------------------------------------------------- jobs
 def job_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``saft finetune`` options of ``args`` as ``client.jobs.create`` keywords (the same meaning: a grad
-    clip of 0 disables it, the scoring batch defaults to the training batch). The training loop's options are
-    ``TrainConfig``'s fields by name, as in the job spec's ``hyperparameters``."""
+    """The ``saft finetune`` options of ``args`` as ``client.jobs.create`` keywords, read as ``saft finetune``
+    reads them (``saft_core.flags``): the job spec's ``method`` is the method's config, its ``hyperparameters``
+    the training loop's and the shots."""
     opts: dict[str, Any] = {
         "model": args.model,
         "pretrained": args.pretrained,
-        **config_values(args, TrainConfig, skip=("method", "ratio", "grad_clip")),
-        "grad_clip": args.grad_clip if args.grad_clip > 0 else None,
-        "shots": args.shots,
-        "scoring_batch_size": args.score_batch_size or args.batch_size,
+        "method": method_values(args),
+        "hyperparameters": {**train_values(args), "shots": args.shots},
         "validation_fraction": args.validation_fraction,
     }
     if args.template:
         opts["templates"] = args.template
-    if args.method == "saft":
-        opts.update(
-            ratio=args.ratio,
-            towers=args.towers,
-            score_reduction=args.score_reduction,
-            exclude_embeddings=args.exclude_embeddings,
-            exclude_norms=args.exclude_norms,
-            exclude_biases=args.exclude_biases,
-        )
     return opts
 
 
@@ -385,8 +373,7 @@ def cmd_jobs_create(args: argparse.Namespace, client: Client) -> int:
     except ValueError as e:
         raise SaftClientError(f"--metadata is not JSON: {e}") from e
     job = client.jobs.create(
-        args.dataset, method=args.method, eval_datasets=args.eval_dataset, metadata=metadata,
-        priority=args.priority, **job_options(args),
+        args.dataset, eval_datasets=args.eval_dataset, metadata=metadata, priority=args.priority, **job_options(args)
     )
     if args.follow:
         if not (args.json or args.quiet):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from saft_core.cli import Subcommands
-from saft_service.cli import settings_from_env
+from saft_service.service_commands import settings_from_env
 
 
 def cmd_api(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Idempotency keys: a request retried with the same ``Idempotency-Key`` gets the first answer again.
 
-The store side, without HTTP (``api/idempotency.py`` is the HTTP side). A key belongs to a tenant and names
+The store side, without HTTP (``api/idempotent_route.py`` is the HTTP side). A key belongs to a tenant and names
 one request (its endpoint and body fingerprint). Its life:
 
 1. ``claim``: the first request inserts the row in state ``processing`` with a random ``token`` (the primary
@@ -29,6 +29,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .db import affected_rows
 from .tables import IdempotencyKey, utcnow
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def claim(
             lost = row.state == PROCESSING and row.locked_at < now - stale_after
             if row.expires_at < now or lost:
                 # 3. Take it over: the owner's process is gone, or the answer is past its retention.
-                taken = session.execute(
+                taken = affected_rows(
+                    session,
                     update(IdempotencyKey)
                     .where(
                         IdempotencyKey.tenant_id == tenant_id,
@@ -121,7 +123,7 @@ def claim(
                     )
                 )
                 session.commit()
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
+                if taken == 1:
                     if lost:
                         log.warning("idempotency key of tenant %s taken over from a lost request", tenant_id)
                     return Claimed(token)
@@ -173,16 +175,17 @@ def record_answer(
 ) -> bool:
     """Write the owner's answer in ``session``'s transaction (the caller commits it with what it created);
     False when the key is no longer this owner's."""
-    result = session.execute(
+    changed = affected_rows(
+        session,
         update(IdempotencyKey)
         .where(
             IdempotencyKey.tenant_id == tenant_id,
             IdempotencyKey.key == key,
             IdempotencyKey.token == token,
         )
-        .values(state=DONE, fingerprint=fingerprint, status=status, content_type=content_type, body=body)
+        .values(state=DONE, fingerprint=fingerprint, status=status, content_type=content_type, body=body),
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return changed == 1
 
 
 def release(factory: sessionmaker[Session], *, tenant_id: str, key: str, token: str) -> None:
@@ -204,9 +207,8 @@ def purge_expired(factory: sessionmaker[Session], now: datetime | None = None) -
     """Delete every key past its retention; returns how many."""
     now = now or utcnow()
     with factory() as session:
-        result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+        count = affected_rows(session, delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
         session.commit()
-        count = result.rowcount or 0  # type: ignore[attr-defined]
     if count:
         log.info("purged %d expired idempotency keys", count)
     return count

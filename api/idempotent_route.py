@@ -5,7 +5,7 @@ built with ``route_class=IdempotentRoute``. The route class wraps the whole rout
 (status and body bytes) whatever the route body does:
 
 1. No header: the route runs as usual. A header without valid credentials: the route runs (and answers 401).
-2. The key is claimed for the caller's tenant before the body is read (``saft_service.idempotency.claim``):
+2. The key is claimed for the caller's tenant before the body is read (``saft_service.idempotency_keys.claim``):
    - still held by a running request: 409 ``idempotency_key_in_use`` with ``Retry-After``, without reading the
      body (a retried upload is not received twice);
    - finished: the body is read and hashed chunk by chunk as it streams in (nothing is kept), and the stored
@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message
 
-from saft_service import idempotency, keys
+from saft_service import idempotency_keys, keys
 from saft_service.db import session_factory
 from saft_service.settings import Settings
 
@@ -95,7 +95,7 @@ class HeldKey:
         """Record ``answer`` in ``session``'s transaction (committed by the caller with what it created)."""
         if not self.fingerprint.complete:  # the body is read before a route runs; if not, keep the old way
             return
-        stored = idempotency.record_answer(
+        stored = idempotency_keys.record_answer(
             session, tenant_id=self.tenant_id, key=self.key, token=self.token,
             fingerprint=self.fingerprint.hexdigest(), status=status, content_type="application/json",
             body=answer.model_dump_json(),
@@ -176,7 +176,7 @@ def _purge_now_and_then(settings: Settings) -> None:
     global _last_purge
     if time.monotonic() - _last_purge > PURGE_EVERY_S:
         _last_purge = time.monotonic()
-        idempotency.purge_expired(session_factory(settings))
+        idempotency_keys.purge_expired(session_factory(settings))
 
 
 class IdempotentRoute(APIRoute):
@@ -186,7 +186,7 @@ class IdempotentRoute(APIRoute):
         handler = super().get_route_handler()
         if not any(d.call is idempotency_key_header for d in self.dependant.dependencies):
             return handler
-        methods = ",".join(sorted(self.methods))
+        methods = ",".join(sorted(self.methods or ()))
 
         async def idempotent_handler(request: Request) -> Response:
             # The concrete path: a key names one request, so completing another upload with it is a reuse.
@@ -207,7 +207,7 @@ class IdempotentRoute(APIRoute):
             factory = session_factory(settings)
             await run_in_threadpool(_purge_now_and_then, settings)
             outcome = await run_in_threadpool(
-                lambda: idempotency.claim(
+                lambda: idempotency_keys.claim(
                     factory,
                     tenant_id=tenant_id,
                     key=key,
@@ -216,7 +216,7 @@ class IdempotentRoute(APIRoute):
                     stale_after=timedelta(seconds=settings.idempotency_stale_after),
                 )
             )
-            if isinstance(outcome, idempotency.InUse):
+            if isinstance(outcome, idempotency_keys.InUse):
                 raise ProblemError(
                     409,
                     "idempotency_key_in_use",
@@ -224,7 +224,7 @@ class IdempotentRoute(APIRoute):
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
             fingerprint = BodyFingerprint(request)
-            if isinstance(outcome, idempotency.Replay):
+            if isinstance(outcome, idempotency_keys.Replay):
                 await fingerprint.drain()
                 if outcome.endpoint != endpoint or outcome.fingerprint != fingerprint.hexdigest():
                     raise ProblemError(
@@ -256,7 +256,7 @@ async def _run_first(
     """Run the route for the key's owner; keep a 2xx answer, free the key otherwise."""
 
     def release() -> None:
-        idempotency.release(factory, tenant_id=tenant_id, key=key, token=token)
+        idempotency_keys.release(factory, tenant_id=tenant_id, key=key, token=token)
 
     request.scope[_HELD] = HeldKey(tenant_id, key, token, fingerprint)
     try:
@@ -270,7 +270,7 @@ async def _run_first(
     if 200 <= response.status_code < 300 and isinstance(body, bytes) and fingerprint.complete:
         content_type = response.headers.get("content-type", "application/json")
         stored = await run_in_threadpool(
-            lambda: idempotency.complete(
+            lambda: idempotency_keys.complete(
                 factory,
                 tenant_id=tenant_id,
                 key=key,

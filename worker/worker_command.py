@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from saft_core.cli import Subcommands
-from saft_service.cli import settings_from_env
+from saft_service.service_commands import settings_from_env
 
 if TYPE_CHECKING:
     from saft_service.settings import Settings

@@ -1,4 +1,5 @@
-"""Classification in the API process: a memory-bounded LRU of loaded classifiers, and uploaded images' errors.
+"""The API process's classifiers: a memory-bounded LRU of loaded models (which request gets which model and
+checking its inputs: ``saft_service/classify_request.py``).
 
 Loading a model takes seconds, so classifiers are cached by (model, pretrained, checkpoint sha256, alpha), up
 to ``SAFT_CLASSIFIER_CACHE_SIZE`` models and ``SAFT_CLASSIFIER_CACHE_BYTES`` bytes of weights (least recently
@@ -18,16 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from saft_core.config import ModelSpec
-from saft_core.images import ImageDecodeError, decode_image
 from saft_core.inference import Classifier
-from saft_core.models import parameter_count
-from saft_service.limits import LimitError, check_name, loads_bounded
-from saft_service.settings import Settings
-
-from .problems import ProblemError
 
 log = logging.getLogger(__name__)
 
@@ -112,83 +106,3 @@ class ClassifierCache:
     ) -> tuple[Classifier, list[list[tuple[str, float]]]]:
         clf = self.get(spec, checkpoint, checkpoint_sha, alpha)
         return clf, work(clf)
-
-
-def parse_labels(raw: str | None, settings: Settings) -> list[str] | None:
-    """``labels`` form field: a JSON list of distinct non-empty strings, or None when absent.
-
-    Bounded: at most ``max_labels`` labels of ``max_class_name_chars`` each, no control characters, and the
-    JSON no deeper than ``max_json_depth`` (checked before parsing)."""
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        labels = loads_bounded(raw, max_depth=settings.max_json_depth, what="labels")
-    except LimitError:
-        raise
-    except ValueError as e:  # json.JSONDecodeError, NaN/Infinity
-        raise ProblemError(
-            422, "invalid_labels", f'labels must be a JSON list of strings, e.g. ["cat", "dog"]: {e}'
-        ) from e
-    if not isinstance(labels, list) or not all(isinstance(x, str) and x.strip() for x in labels):
-        raise ProblemError(
-            422, "invalid_labels", 'labels must be a JSON list of non-empty strings, e.g. ["cat", "dog"]'
-        )
-    if len(labels) > settings.max_labels:
-        raise LimitError(
-            "too_many_labels", f"{len(labels)} labels; the limit is {settings.max_labels} (SAFT_MAX_LABELS)"
-        )
-    for i, label in enumerate(labels):
-        check_name(label, max_chars=settings.max_class_name_chars, what=f"label {i}", code="label_too_long")
-    if not labels:
-        raise ProblemError(422, "invalid_labels", "give at least one label")
-    if len(set(labels)) != len(labels):
-        raise ProblemError(422, "invalid_labels", "labels must be distinct")
-    return labels
-
-
-def check_cost(model: str, labels: int, templates: int, settings: Settings) -> None:
-    """Refuse a classify request whose head or model is over the service's limits, before anything is built:
-    ``too_many_prompts`` (labels x templates over ``SAFT_MAX_CLASSIFY_PROMPTS``; each prompt is a pass of the
-    text encoder) and ``model_too_large`` (more parameters than ``SAFT_CLASSIFY_MAX_PARAMS``, or a size that
-    cannot be known without a download)."""
-    prompts = labels * templates
-    if prompts > settings.max_classify_prompts:
-        raise LimitError(
-            "too_many_prompts",
-            f"{labels} labels x {templates} templates = {prompts} prompts; the limit is "
-            f"{settings.max_classify_prompts} (SAFT_MAX_CLASSIFY_PROMPTS); send fewer labels",
-        )
-    limit = settings.classify_max_params
-    if limit is None:
-        return
-    count = parameter_count(model)
-    if count is None:
-        raise LimitError(
-            "model_too_large",
-            f"the size of model {model!r} cannot be checked without downloading it; classify here loads only "
-            f"models of at most {limit} parameters (SAFT_CLASSIFY_MAX_PARAMS)",
-        )
-    if count > limit:
-        raise LimitError(
-            "model_too_large",
-            f"model {model!r} has {count} parameters; classify here loads models of at most {limit} "
-            "(SAFT_CLASSIFY_MAX_PARAMS)",
-        )
-
-
-# Large JPEGs are decoded at a reduced scale (DCT scaling) no smaller than this; the model sees 224 px or so.
-_DRAFT_SIZE = (1024, 1024)
-
-
-def decode_upload(data: bytes, index: int, max_pixels: int) -> Image.Image:
-    """Decode the ``index``-th uploaded image with the core's decoder, or answer 422 saying which one is bad
-    (``invalid_image``, or ``image_too_large`` over ``max_pixels``, refused from its header)."""
-    what = f"image {index}"
-    if not data:
-        raise ProblemError(422, "invalid_image", f"{what} is empty")
-    try:
-        return decode_image(data, max_pixels=max_pixels, draft=_DRAFT_SIZE)
-    except ImageDecodeError as e:
-        if e.code == "image_too_large":
-            raise ProblemError(422, e.code, f"{what}: {e.message} (SAFT_MAX_IMAGE_PIXELS)") from e
-        raise ProblemError(422, e.code, f"{what} is not a decodable image: {e.message}") from e

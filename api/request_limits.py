@@ -17,7 +17,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from saft_service.limits import json_depth_exceeds
+from saft_service.input_checks import json_depth_exceeds
 
 from .problems import problem_response
 

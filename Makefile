@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := var/demo
 
-.PHONY: install run demo docs check test test-unit test-service bench-quick bench-speed bench-scale bench-chaos gpu-check gpu-wheels lint clean
+.PHONY: install run demo docs check test test-unit test-service test-perf bench-quick bench-speed bench-scale bench-chaos gpu-check gpu-wheels lint clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,20 +44,36 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	cd clients/python && $(abspath $(VENV))/bin/mypy
 
-## Fast feedback, under a minute on 2 cores: lint (with the import rules) and the unit tests not marked slow.
+## The test tree mirrors the code (tests/<tier>): core (saft_core, saft_worlds), worker, cli (saft_cli), client
+## (saft_client and the remote commands), service (saft_service against real stores), api (the HTTP app and the
+## running stack), console (the browser), benchmarks, gpu. Markers: slow, service (needs Postgres and Redis),
+## gpu, perf (a wall-clock bound: only make test-perf runs those).
+## The tiers that need no running service; check runs their fast part.
+IN_PROCESS := tests/core tests/worker tests/cli tests/client
+
+## Fast feedback, under a minute on 2 cores: lint (with the import rules) and the in-process tiers' tests that are
+## neither slow, nor service, nor perf.
 ## pytest exits 5 when it selects no test; make stops on that as on a failure (an empty selection is a mistake).
 check: $(STAMP) lint
-	$(VENV)/bin/pytest tests/unit -m "not slow" -q
+	$(VENV)/bin/pytest $(IN_PROCESS) -m "not slow and not service and not perf" -q
 
-## All tests: lint, unit tier, service tier (needs Postgres and Redis; see docs/testing.md).
+## All tests but the wall-clock bounds: lint, every tier (the service tiers need Postgres and Redis; see
+## docs/testing.md).
 test: $(STAMP) lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not perf"
 
+## The in-process tiers, slow tests included.
 test-unit: $(STAMP)
-	$(VENV)/bin/pytest tests/unit
+	$(VENV)/bin/pytest $(IN_PROCESS) -m "not service and not perf"
 
+## The tiers that run against real Postgres, Redis and service processes.
 test-service: $(STAMP)
-	$(VENV)/bin/pytest tests/service
+	$(VENV)/bin/pytest tests/service tests/api tests/client tests/console tests/worker -m "not perf"
+
+## The wall-clock bounds (latencies under load, ratios of timings, fail-fast limits), apart from the other tests
+## because a busy shared machine can break them without a bug: run them on a quiet one.
+test-perf: $(STAMP)
+	$(VENV)/bin/pytest -m perf
 
 ## The distribution-shift benchmark (--quick: about 4 minutes on 2 cores; full: about an hour, see benchmarks/results).
 bench-quick: $(STAMP)

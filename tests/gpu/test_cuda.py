@@ -25,7 +25,7 @@ from saft_core.masking import Mask
 from saft_core.pipeline import CHECKPOINT_FILE, finetune
 from saft_core.results import Callbacks, Progress
 from saft_core.zeroshot import Prompts
-from tests.unit.test_sparse_grad import BF16_RTOL, CLASSES, _mask_grads, _random_mask, _relative_error
+from tests.core.test_sparse_grad import BF16_RTOL, CLASSES, _mask_grads, _random_mask, _relative_error
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]

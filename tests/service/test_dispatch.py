@@ -30,8 +30,7 @@ from saft_service.reaper import reap_once
 from saft_service.settings import Settings
 from saft_service.submission import submit_job
 from saft_service.tables import Dataset, Job, Tenant, utcnow
-
-from .conftest import scratch_postgres
+from tests.fixtures.stack import scratch_postgres
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -22,8 +22,7 @@ from saft_service.jobspec import JobSpec
 from saft_service.settings import Settings
 from saft_service.submission import QuotaExceeded, submit_job
 from saft_service.tables import Dataset, Job, JobDataset, Tenant, new_id, utcnow
-
-from .conftest import scratch_postgres
+from tests.fixtures.stack import scratch_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from saft_service.multipart import PartsReader, PartWriter
-
-from .conftest import tar_gz_dir, zip_dir
+from tests.fixtures.stack import tar_gz_dir, zip_dir
 
 
 def write_parts(folder: Path, data: bytes, part_size: int) -> tuple[list[Path], list[int]]:

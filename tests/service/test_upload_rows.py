@@ -4,7 +4,6 @@ whose process died goes back to pending, and the part plan grows the part size p
 from __future__ import annotations
 
 import secrets
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from saft_service import db, keys, multipart
 from saft_service.reaper import reap_once
 from saft_service.settings import Settings
 from saft_service.tables import Upload
+from tests.fixtures.stack import wait_until
 
 pytestmark = pytest.mark.service
 
@@ -26,8 +26,13 @@ def test_a_completion_beats_while_it_runs_and_a_silent_one_is_pending_again(
         assert multipart.start_completing(s, upload.id)
         first = s.get(Upload, upload.id).updated_at  # type: ignore[union-attr]
     monkeypatch.setattr(multipart, "COMPLETING_BEAT_S", 0.05)
+    def beaten() -> bool:
+        with db.session_factory(settings)() as s:
+            row = s.get(Upload, upload.id)
+            return row is not None and row.updated_at > first
+
     with multipart.CompletingBeat(settings, upload.id):
-        time.sleep(0.5)
+        assert wait_until(beaten, timeout=30, interval=0.05), "the beat never touched the row"
     with db.session_factory(settings)() as s:
         row = s.get(Upload, upload.id)
         assert row is not None and row.status == Upload.COMPLETING and row.updated_at > first

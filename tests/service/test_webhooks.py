@@ -16,9 +16,8 @@ from sqlalchemy import delete, select, update
 from saft_service import db, jobs, keys, webhooks
 from saft_service.settings import Settings
 from saft_service.tables import WebhookDelivery, WebhookEndpoint, utcnow
-
-from .conftest import scratch_postgres, wait_until
-from .receiver import receiver, signed_by
+from tests.fixtures.receiver import receiver, signed_by
+from tests.fixtures.stack import scratch_postgres, wait_until
 
 pytestmark = pytest.mark.service
 

@@ -48,8 +48,10 @@ lint: $(STAMP)
 ## (saft_client and the remote commands), service (saft_service against real stores), api (the HTTP app and the
 ## running stack), console (the browser), benchmarks, gpu. Markers: slow, service (needs Postgres and Redis),
 ## gpu, perf (a wall-clock bound: only make test-perf runs those).
-## The tiers that need no running service; check runs their fast part.
-IN_PROCESS := tests/core tests/worker tests/cli tests/client
+## The tiers that need no running service (and the service layer's pure modules: logs, metric names, webhook
+## signatures); check runs their fast part.
+IN_PROCESS := tests/core tests/worker tests/cli tests/client \
+	tests/service/test_logs.py tests/service/test_metrics_names.py tests/service/test_webhooks_unit.py
 
 ## Fast feedback, under a minute on 2 cores: lint (with the import rules) and the in-process tiers' tests that are
 ## neither slow, nor service, nor perf.

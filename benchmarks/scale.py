@@ -202,7 +202,7 @@ class _quiet:
         return None
 
     def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
+        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 class RssSampler:
@@ -247,7 +247,7 @@ def start_service(work: Path, import_root: Path) -> tuple[subprocess.Popen[str],
             key = line.split()[-1]
         if line.startswith("URL:"):
             break
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
     if key is None:
         raise RuntimeError("saft serve printed no key")
     import httpx

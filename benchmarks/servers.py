@@ -105,6 +105,6 @@ class PrivateRedis:
 
 def _pings(client: object) -> bool:
     try:
-        return bool(client.ping())  # type: ignore[attr-defined]
+        return bool(client.ping())
     except Exception:
         return False

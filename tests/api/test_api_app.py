@@ -176,8 +176,8 @@ def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:
 def test_serve_restart_requeues_orphaned_running_jobs_to_resume(settings: Settings) -> None:
     with db.session_scope(settings) as s:
         tenant = keys.get_or_create_tenant(s, "t")
-        running = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={})  # type: ignore[arg-type]
-        queued = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={})  # type: ignore[arg-type]
+        running = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={})
+        queued = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={})
         s.flush()
         jobs.claim(s, running.id, worker="gone")
     with db.session_scope(settings) as s:

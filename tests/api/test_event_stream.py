@@ -26,7 +26,7 @@ def test_a_job_finishing_in_the_middle_of_a_read_still_has_its_last_event_sent(s
     factory = db.session_factory(settings)
     with factory() as s:
         tenant = keys.get_or_create_tenant(s, "t")
-        job = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"})  # type: ignore[arg-type]
+        job = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"})
         s.commit()
         job_id = job.id
     armed = False
@@ -67,7 +67,7 @@ def test_an_event_committed_after_a_larger_id_is_still_sent(settings: Settings) 
     engine = db.get_engine(settings)
     with factory() as s:
         tenant = keys.get_or_create_tenant(s, "t")
-        job_id = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"}).id  # type: ignore[arg-type]
+        job_id = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"}).id
         s.commit()
 
     def add(message: str) -> None:

@@ -346,7 +346,7 @@ def snapshot(stack: Stack) -> tuple[dict[str, int], set[str]]:
     url = stack.env["SAFT_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(url) as conn:
         rows = {
-            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
             for t in ("datasets", "jobs", "job_events", "tenants", "api_keys")
         }
     files = {str(p.relative_to(stack.data_dir)) for p in stack.data_dir.rglob("*") if p.is_file()}

@@ -55,7 +55,7 @@ def test_api_answers_as_documented(pg_stack: Stack) -> None:
             suppress_health_check=list(HealthCheck),
             database=None,
         )
-        def run(case) -> None:  # type: ignore[no-untyped-def]
+        def run(case) -> None:
             calls[label] += 1  # noqa: B023 (run is called at once, in this iteration)
             case.call_and_validate(headers=headers, checks=CHECKS)
 

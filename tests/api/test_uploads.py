@@ -35,7 +35,7 @@ def make_tar(
     entries: dict[str, bytes], *, links: dict[str, tuple[bytes, str]] | None = None, mode: str = "w:gz"
 ) -> io.BytesIO:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
         for name, data in entries.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -57,7 +57,7 @@ def make_plain_tar(entries: dict[str, bytes]) -> io.BytesIO:
 
 
 @pytest.mark.parametrize("maker", [make_zip, make_tar, make_plain_tar], ids=["zip", "tar.gz", "tar"])
-def test_good_archive_extracts_in_imagefolder_layout(maker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_good_archive_extracts_in_imagefolder_layout(maker, tmp_path: Path) -> None:
     size = extract_archive(maker(GOOD), tmp_path / "out", LIMITS)
     files = sorted(
         p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()
@@ -128,7 +128,7 @@ def test_one_wrapping_folder_and_archiver_junk_are_dropped(tmp_path: Path) -> No
         "truncated",
     ],
 )
-def test_bad_archives_are_refused_with_a_reason(archive, code: str, words: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_archives_are_refused_with_a_reason(archive, code: str, words: str, tmp_path: Path) -> None:
     with pytest.raises(UploadError) as err:
         extract_archive(archive(), tmp_path / "out", LIMITS)
     assert err.value.code == code

@@ -46,7 +46,7 @@ def _client(answers: list, seen: list[httpx.Request], **retry: float) -> Client:
             raise answer
         return answer(request) if callable(answer) else answer  # a function answers as it likes
 
-    policy = RetryPolicy(**{"backoff": 0.01, **retry})  # type: ignore[arg-type]
+    policy = RetryPolicy(**{"backoff": 0.01, **retry})
     return Client("http://saft.test", "k", transport=httpx.MockTransport(handler), retry=policy)
 
 

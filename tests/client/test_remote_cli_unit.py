@@ -23,7 +23,7 @@ def saft(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFT_")}
     streams = kw or {"capture_output": True}
     return subprocess.run([sys.executable, "-m", "saft_cli", *args], text=True, timeout=60, env=env,
-                          **streams)  # type: ignore[call-overload]
+                          **streams)
 
 
 @pytest.fixture

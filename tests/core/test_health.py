@@ -22,11 +22,11 @@ HEALTHY = dict(
 
 
 def codes(**changes: object) -> list[str]:
-    return [w.code for w in training_warnings(**{**HEALTHY, **changes})]  # type: ignore[arg-type]
+    return [w.code for w in training_warnings(**{**HEALTHY, **changes})]
 
 
 def test_a_healthy_run_has_no_warnings() -> None:
-    assert training_warnings(**HEALTHY) == []  # type: ignore[arg-type]
+    assert training_warnings(**HEALTHY) == []
     # without a validation split only the loss is judged
     assert codes(evaluations=[], recommended_alpha=None) == []
 
@@ -64,7 +64,7 @@ def test_loss_diverged(first: float, final: float, expected: list[str]) -> None:
     got = codes(first_loss=first, final_loss=final)
     assert got == expected
     if got and not math.isfinite(first * final):  # a number JSON cannot hold is stored as null
-        assert None in training_warnings(**{**HEALTHY, "first_loss": first, "final_loss": final})[0].numbers.values()  # type: ignore[arg-type]
+        assert None in training_warnings(**{**HEALTHY, "first_loss": first, "final_loss": final})[0].numbers.values()
 
 
 @pytest.mark.parametrize(
@@ -87,14 +87,14 @@ def test_worse_than_zero_shot_reads_the_validation_split_only() -> None:
     val = frontier({0.0: 0.9, 0.5: 0.9, 1.0: 0.8})
     shifted_worse = frontier({0.0: 0.9, 1.0: 0.2}, dataset="ds_sketch")  # shift may cost: not a warning
     assert codes(evaluations=val, recommended_alpha=0.5) == ["worse_than_zero_shot"]
-    assert codes(evaluations=HEALTHY["evaluations"] + shifted_worse) == []  # type: ignore[operator]
+    assert codes(evaluations=HEALTHY["evaluations"] + shifted_worse) == []
     # equal is not worse; no zero-shot point (--no-zero-shot) is nothing to compare with
     assert codes(evaluations=frontier({0.0: 0.8, 1.0: 0.8}), recommended_alpha=1.0) == []
     assert codes(evaluations=frontier({0.5: 0.9, 1.0: 0.1}), recommended_alpha=0.5) == []
 
 
 def test_recommended_alpha_zero() -> None:
-    ws = training_warnings(**{**HEALTHY, "evaluations": frontier({0.0: 0.8, 0.5: 0.81, 1.0: 0.8}),  # type: ignore[arg-type]
+    ws = training_warnings(**{**HEALTHY, "evaluations": frontier({0.0: 0.8, 0.5: 0.81, 1.0: 0.8}),
                               "recommended_alpha": 0.0})
     assert [w.code for w in ws] == ["recommended_alpha_zero"]
     assert "zero-shot 80.0%, best 81.0%" in ws[0].message

@@ -125,7 +125,7 @@ def test_a_tenants_own_jobs_go_high_then_normal_then_low_then_first_come(setting
     low, normal1, high, normal2 = (submit(settings, t, p) for p in ("low", "normal", "high", "normal"))
     assert work(settings) == [first, high, normal1, normal2, low]
     with db.session_factory(settings)() as s:
-        assert s.get(Job, high).spec["priority"] == "high"  # type: ignore[union-attr]
+        assert s.get(Job, high).spec["priority"] == "high"
 
 
 def test_concurrent_submissions_and_dispatchers_never_exceed_the_window(settings: Settings) -> None:
@@ -148,7 +148,7 @@ def test_concurrent_submissions_and_dispatchers_never_exceed_the_window(settings
     # After the two already in the broker, each tenant gets a turn before any gets another.
     order = work(settings, limit=5)
     with db.session_factory(settings)() as s:
-        owners = {s.get(Job, j).tenant_id for j in order[2:]}  # type: ignore[union-attr]
+        owners = {s.get(Job, j).tenant_id for j in order[2:]}
     assert len(owners) == 3, order
 
 
@@ -185,7 +185,7 @@ def test_a_job_whose_worker_was_lost_waits_for_its_turn_again(settings: Settings
     assert report.requeued == [lost] and report.dispatched == []  # the window is full (a2)
     assert work(settings) == [a2, b1, lost]  # b's turn first, then a's oldest job: the lost one
     with db.session_factory(settings)() as s:
-        assert s.get(Job, lost).attempts == 2  # type: ignore[union-attr]
+        assert s.get(Job, lost).attempts == 2
 
 
 def test_a_queues_dispatcher_leaves_other_queues_jobs_alone(settings: Settings) -> None:
@@ -199,8 +199,8 @@ def test_a_queues_dispatcher_leaves_other_queues_jobs_alone(settings: Settings) 
         assert jobs.claim(s, mine, worker="w/1") is not None  # room in this queue's window
     assert dispatch.dispatch(settings) == []
     with db.session_scope(settings) as s:
-        assert s.get(Job, also_theirs).dispatched_at is None  # type: ignore[union-attr]
-        assert s.get(Job, also_theirs).queue == other.queue_name  # type: ignore[union-attr]
+        assert s.get(Job, also_theirs).dispatched_at is None
+        assert s.get(Job, also_theirs).queue == other.queue_name
         for j in (mine, theirs, also_theirs):  # leave nothing for the next test's reaper to find
             jobs.fail(s, j, "test", "ended by the test")
 

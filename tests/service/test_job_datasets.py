@@ -84,7 +84,7 @@ def add_old_job(session: Session, tenant: Tenant, spec: dict[str, Any]) -> Job:
 
 def rows(session: Session, job_id: str) -> set[tuple[str, str, str | None]]:
     stmt = select(JobDataset.dataset_id, JobDataset.role, JobDataset.eval_name).where(JobDataset.job_id == job_id)
-    return {tuple(r) for r in session.execute(stmt)}  # type: ignore[misc]
+    return {tuple(r) for r in session.execute(stmt)}
 
 
 def test_the_migration_backfills_the_rows_of_existing_jobs(empty_db: Settings) -> None:

@@ -54,7 +54,7 @@ def test_an_archive_opens_over_the_parts(tmp_path: Path, shapes_dir: Path) -> No
         else:
             with tarfile.open(fileobj=reader, mode="r:*") as tf:
                 member = next(m for m in tf if m.name.endswith(".png"))
-                assert tf.extractfile(member).read() == (shapes_dir / member.name).read_bytes()  # type: ignore[union-attr]
+                assert tf.extractfile(member).read() == (shapes_dir / member.name).read_bytes()
 
 
 def test_a_part_shorter_on_disk_than_recorded_is_an_error(tmp_path: Path) -> None:

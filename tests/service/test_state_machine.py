@@ -33,7 +33,7 @@ def session(settings: Settings) -> Iterator[Session]:
 
 def new_job(session: Session) -> Job:
     tenant = keys.get_or_create_tenant(session, f"t-{secrets.token_hex(3)}")
-    job = jobs.create(session, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"})  # type: ignore[arg-type]
+    job = jobs.create(session, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"})
     session.commit()
     return job
 
@@ -122,7 +122,7 @@ def test_the_warnings_migration_gives_older_jobs_none(settings: Settings) -> Non
         jobs.add_event(s, "job_old", "warning", "m", level="warning", data={"code": "loss_at_chance"})
         s.commit()
         s.expire_all()
-        assert s.get(Job, "job_old").warnings == [warning]  # type: ignore[union-attr]
+        assert s.get(Job, "job_old").warnings == [warning]
     command.downgrade(cfg, health.down_revision)
     with engine.connect() as conn:
         assert "warnings" not in {c["name"] for c in sa.inspect(conn).get_columns("jobs")}

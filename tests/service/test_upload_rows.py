@@ -24,7 +24,7 @@ def test_a_completion_beats_while_it_runs_and_a_silent_one_is_pending_again(
         tenant = keys.get_or_create_tenant(s, f"t-{secrets.token_hex(3)}")
         upload = multipart.create_upload(s, settings, tenant_id=tenant.id, filename="a.zip", size=10, sha256=None)
         assert multipart.start_completing(s, upload.id)
-        first = s.get(Upload, upload.id).updated_at  # type: ignore[union-attr]
+        first = s.get(Upload, upload.id).updated_at
     monkeypatch.setattr(multipart, "COMPLETING_BEAT_S", 0.05)
     def beaten() -> bool:
         with db.session_factory(settings)() as s:
@@ -39,11 +39,11 @@ def test_a_completion_beats_while_it_runs_and_a_silent_one_is_pending_again(
     # A beat this recent keeps it completing; one older than COMPLETING_STALE_S makes it pending.
     reap_once(settings, judge_heartbeats=False)
     with db.session_factory(settings)() as s:
-        assert s.get(Upload, upload.id).status == Upload.COMPLETING  # type: ignore[union-attr]
+        assert s.get(Upload, upload.id).status == Upload.COMPLETING
     monkeypatch.setattr(multipart, "COMPLETING_STALE_S", 0.0)
     reap_once(settings, judge_heartbeats=False)
     with db.session_factory(settings)() as s:
-        assert s.get(Upload, upload.id).status == Upload.PENDING  # type: ignore[union-attr]
+        assert s.get(Upload, upload.id).status == Upload.PENDING
 
 
 def test_the_part_plan_keeps_within_the_part_limit() -> None:

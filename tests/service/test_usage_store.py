@@ -28,7 +28,7 @@ def test_usage_counts_each_kind_of_the_tenants_own_bytes(migrated_settings: Sett
     with db.session_factory(settings)() as s:
         mine, other = (keys.get_or_create_tenant(s, f"t-{secrets.token_hex(3)}") for _ in range(2))
         s.add_all([dataset(mine.id, 1000), dataset(mine.id, 5_000_000, external=True), dataset(other.id, 7000)])
-        job = jobs.create(s, tenant_id=mine.id, dataset_id=None, spec={})  # type: ignore[arg-type]
+        job = jobs.create(s, tenant_id=mine.id, dataset_id=None, spec={})
         s.flush()
         s.add(Checkpoint(job_id=job.id, path="jobs/x/c", sha256="0" * 64, size_bytes=300, base_model="m",
                          base_sha256="0" * 64, classes=["a"], created_at=utcnow()))

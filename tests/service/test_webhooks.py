@@ -60,7 +60,7 @@ def tenant_with_endpoint(settings: Settings, url: str, events: list[str] | None 
 
 def failed_job(settings: Settings, tenant_id: str) -> str:
     with db.session_scope(settings) as session:
-        job = jobs.create(session, tenant_id=tenant_id, dataset_id=None, spec={"dataset_id": "ds_x"})  # type: ignore[arg-type]
+        job = jobs.create(session, tenant_id=tenant_id, dataset_id=None, spec={"dataset_id": "ds_x"})
         session.flush()
         assert jobs.fail(session, job.id, "bad_data", "the data is bad")
         return job.id
@@ -79,7 +79,7 @@ def test_a_final_transition_writes_its_deliveries_in_its_own_transaction(setting
         session.add(on_success)
     _, other_tenant = tenant_with_endpoint(settings, "http://127.0.0.1:9/c")
     with db.session_factory(settings)() as session:  # a transition that rolls back leaves no delivery
-        job = jobs.create(session, tenant_id=tenant_id, dataset_id=None, spec={"dataset_id": "ds_x"})  # type: ignore[arg-type]
+        job = jobs.create(session, tenant_id=tenant_id, dataset_id=None, spec={"dataset_id": "ds_x"})
         session.commit()
         assert jobs.fail(session, job.id, "bad_data", "the data is bad")
         session.rollback()

@@ -29,7 +29,7 @@ def test_a_nan_loss_is_kept_out_of_the_row_and_the_warnings_are_stored(migrated_
     settings = migrated_settings
     with db.session_factory(settings)() as s:
         tenant = keys.get_or_create_tenant(s, f"t-{secrets.token_hex(3)}")
-        job = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"})  # type: ignore[arg-type]
+        job = jobs.create(s, tenant_id=tenant.id, dataset_id=None, spec={"dataset_id": "ds_x"})
         s.commit()
         job_id = job.id
         assert jobs.claim(s, job_id, worker="w1") is not None

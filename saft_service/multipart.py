@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .db import affected_rows, session_scope
+from .periodic import Periodic
 from .settings import Settings
 from .storage import Storage, remove_tree
 from .tables import Upload, UploadPart, new_id, utcnow
@@ -216,25 +217,22 @@ class CompletingBeat:
 
     def __init__(self, settings: Settings, upload_id: str) -> None:
         self._settings, self._upload_id = settings, upload_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"completing-{upload_id}", daemon=True)
+        self._thread = Periodic(f"completing-{upload_id}", COMPLETING_BEAT_S, self._beat, join_timeout=10)
 
     def __enter__(self) -> CompletingBeat:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(COMPLETING_BEAT_S):
-            try:
-                with session_scope(self._settings) as s:
-                    s.execute(update(Upload).where(Upload.id == self._upload_id, Upload.status == Upload.COMPLETING)
-                              .values(updated_at=utcnow()).execution_options(synchronize_session=False))
-            except Exception as e:  # a missed beat is retried; the reaper waits several
-                log.warning("upload %s: completing beat not written (%s)", self._upload_id, type(e).__name__)
+    def _beat(self) -> None:
+        try:
+            with session_scope(self._settings) as s:
+                s.execute(update(Upload).where(Upload.id == self._upload_id, Upload.status == Upload.COMPLETING)
+                          .values(updated_at=utcnow()).execution_options(synchronize_session=False))
+        except Exception as e:  # a missed beat is retried; the reaper waits several
+            log.warning("upload %s: completing beat not written (%s)", self._upload_id, type(e).__name__)
 
 
 def back_to_pending(session: Session, upload_id: str) -> None:

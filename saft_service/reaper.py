@@ -20,7 +20,6 @@ act per pass, and every change is a compare-and-set on the job row anyway):
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +32,7 @@ from .db import session_scope
 from .dispatch import dispatch, in_queue
 from .metrics import count_reaper
 from .multipart import reap_uploads
+from .periodic import Periodic
 from .queue import QueueUnavailable, enqueue_job, pending_job_ids
 from .settings import Settings
 from .tables import Job, utcnow
@@ -149,25 +149,22 @@ class Reaper:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="saft-reaper", daemon=True)
+        self._thread = Periodic("saft-reaper", settings.reaper_interval, self._pass)
         self._healthy_since: float | None = None
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.reaper_interval):
-            now = time.monotonic()
-            if self._healthy_since is None:
-                self._healthy_since = now
-            judge = now - self._healthy_since >= self.settings.heartbeat_timeout
-            try:
-                count_reaper(reap_once(self.settings, judge_heartbeats=judge))
-            except Exception as e:  # the database is down, most likely: the next pass tries again
-                log.warning("reaper pass failed: %s", e)
-                self._healthy_since = None
+    def _pass(self) -> None:
+        now = time.monotonic()
+        if self._healthy_since is None:
+            self._healthy_since = now
+        judge = now - self._healthy_since >= self.settings.heartbeat_timeout
+        try:
+            count_reaper(reap_once(self.settings, judge_heartbeats=judge))
+        except Exception as e:  # the database is down, most likely: the next pass tries again
+            log.warning("reaper pass failed: %s", e)
+            self._healthy_since = None

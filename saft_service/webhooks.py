@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from . import __version__
 from .db import affected_rows, session_scope
+from .periodic import Periodic
 from .settings import Settings
 from .tables import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 
@@ -397,20 +398,17 @@ class Dispatcher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="saft-webhooks", daemon=True)
+        self._thread = Periodic("saft-webhooks", settings.webhook_poll_interval, self._pass)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.webhook_poll_interval):
-            try:
-                while not self._stop.is_set() and deliver_one(self.settings):
-                    pass
-            except Exception as e:  # the database is down, most likely: the next pass tries again
-                log.warning("webhook pass failed: %s", e)
+    def _pass(self) -> None:
+        try:
+            while not self._thread.stopping and deliver_one(self.settings):
+                pass
+        except Exception as e:  # the database is down, most likely: the next pass tries again
+            log.warning("webhook pass failed: %s", e)

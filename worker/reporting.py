@@ -5,10 +5,8 @@ database that is down makes it skip, never fails the run. ``runner.py`` runs the
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 
@@ -19,6 +17,7 @@ from saft_core.results import Callbacks, Progress
 from saft_service import jobs
 from saft_service.db import session_scope
 from saft_service.metrics import STAGE_SECONDS
+from saft_service.periodic import Periodic
 from saft_service.settings import Settings
 from saft_service.storage import client_message
 
@@ -35,19 +34,14 @@ class Heartbeat:
     def __init__(self, job_id: str, attempt: int, settings: Settings) -> None:
         self.job_id, self.attempt, self.settings = job_id, attempt, settings
         self.lost = False
-        self._stop = threading.Event()
-        # run in a copy of this context, so that its log lines carry the job's ids
-        self._thread = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._run,), name=f"heartbeat-{job_id}", daemon=True
-        )
+        self._thread = Periodic(f"heartbeat-{job_id}", settings.heartbeat_interval, self._tick)
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        self._thread.start()  # in a copy of this context: its log lines carry the job's ids
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.stop()
 
     def beat(self) -> None:
         try:
@@ -57,13 +51,15 @@ class Heartbeat:
         except Exception as e:  # never let the thread die: a silent heartbeat would get the job requeued
             log.warning("job %s: heartbeat not written (%s)", self.job_id, type(e).__name__)
 
-    def _run(self) -> None:
-        while not self.lost and not self._stop.wait(self.settings.heartbeat_interval):
-            self.beat()
+    def _tick(self) -> bool:
+        self.beat()
+        if not self.lost:
+            return True
         # A beat that raced the job's own end (its result committed, the heartbeat about to stop) is no loss: said
         # only when the run has not ended within a second.
-        if self.lost and not self._stop.wait(1.0):
+        if not self._thread.wait(1.0):
             log.warning("job %s: attempt %s is no longer the job's; stopping it", self.job_id, self.attempt)
+        return False
 
 
 class JobReporter:

@@ -74,7 +74,7 @@ test-unit: $(STAMP)
 
 ## The tiers that run against real Postgres, Redis and service processes.
 test-service: $(STAMP)
-	$(VENV)/bin/pytest tests/service tests/api tests/client tests/console tests/worker -m "not perf"
+	$(VENV)/bin/pytest tests/service tests/api tests/client tests/console -m "not perf"
 
 ## The wall-clock bounds (latencies under load, ratios of timings, fail-fast limits), apart from the other tests
 ## because a busy shared machine can break them without a bug: run them on a quiet one.

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # device type -> model, image size, images per class, batch, epochs
@@ -86,12 +87,6 @@ class GpuSampler:
         return [u for t, u in self.samples if start <= t <= end]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _saft(*args: str) -> list[str]:
     return [sys.executable, "-m", "saft_cli", *args]
 
@@ -102,7 +97,7 @@ class Service:
     def __init__(self, data_dir: Path, device: str, **env: str) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SAFT_")}
         self.env.update(SAFT_DATA_DIR=str(data_dir), SAFT_DEVICE=device, PYTHONUNBUFFERED="1", **env)
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self.log = data_dir.parent / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

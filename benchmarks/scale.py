@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmarks.servers import free_port
+
 log = logging.getLogger("benchmarks.scale")
 ROOT = Path(__file__).resolve().parents[1]
 ALPHAS = 5
@@ -128,12 +130,6 @@ def zip_stored(folder: Path, archive: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ 2. the service
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class CuttingProxy:
     """A loopback TCP proxy that closes every connection once, when ``cut_after`` bytes have gone upstream."""
 

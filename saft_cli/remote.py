@@ -433,7 +433,8 @@ def cmd_jobs_download(args: argparse.Namespace, client: Client) -> int:
     path = get(args.id, out, progress=not (args.quiet or args.json), overwrite=args.force)
     import hashlib
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as f:  # streamed: a full fine-tuning checkpoint is hundreds of MB
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     if args.json:
         _print_json({"path": str(path), "sha256": digest, "size_bytes": path.stat().st_size})
     else:

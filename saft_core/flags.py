@@ -52,17 +52,6 @@ def _parser(o: Option, check_bounds: bool) -> Callable[[str], Any]:
     return parse
 
 
-def finite_float(text: str) -> float:
-    """argparse ``type`` of a float flag written by hand: a finite number (NaN and infinity are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def _help(o: Option, default: Any) -> str:
     text = o.help.rstrip(".").replace("%", "%%")  # argparse formats help with %
     if default in (None, False) or "default" in text:  # None and False say nothing; some texts name it
@@ -141,7 +130,7 @@ def add_training_options(p: argparse.ArgumentParser, *, check_bounds: bool = Tru
     add_option(p, replace(score_batch, default=None, help=f"{score_batch.help} Default: --batch-size."), **check)
     add_options(p, TrainConfig, skip=_TRAIN_BY_HAND, **check)
     grad_clip = option_of(TrainConfig, "grad_clip")
-    p.add_argument("--grad-clip", type=finite_float, default=grad_clip.default,
+    p.add_argument("--grad-clip", type=_parser(grad_clip, check_bounds=False), default=grad_clip.default,
                    help=f"{grad_clip.help.split(';')[0]}; 0 disables (default {grad_clip.default})")
     add_option(p, option_of(DataConfig, "shots"), **check)
     add_option(p, option_of(DataConfig, "validation_fraction"), **check)

@@ -211,7 +211,7 @@ def parameter_count(name: str) -> int | None:
     weights are read, so it costs milliseconds (ViT-L-14: 40 ms).
     None when it is not known without a download (an ``hf-hub:`` model, a Hugging Face text tower) or the
     architecture is unknown."""
-    if _is_hf_hub(name) or name not in open_clip.list_models():
+    if _is_hf_hub(name) or not is_architecture(name):
         return None
     config = open_clip.get_model_config(name) or {}
     if config.get("text_cfg", {}).get("hf_model_name"):

@@ -88,10 +88,10 @@ def core_config(section: BaseModel, cls: type[Any]) -> Any:
     return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
 
 
-def method_config(method: BaseModel) -> MethodConfig:
+def method_config(method: SaftMethod | FullMethod) -> MethodConfig:
     """The core's config of a job's ``method`` section: ``SaftConfig`` or ``FullConfig``, by its ``type``."""
-    values = {name: getattr(method, name) for name in type(method).model_fields}
-    return METHODS[values["type"]](**values)
+    config: MethodConfig = core_config(method, METHODS[method.type])
+    return config
 
 
 def upgrade_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +152,11 @@ class JobSpec(BaseModel):
         "turns regardless of it.",
     )
 
+    @property
+    def dataset_ids(self) -> list[str]:
+        """The training set's id, then the evaluation sets'."""
+        return [self.dataset_id, *self.eval_dataset_ids]
+
     @model_validator(mode="before")
     @classmethod
     def _upgrade(cls, data: Any) -> Any:
@@ -174,11 +179,8 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _core_accepts(self) -> JobSpec:
-        # The sections are the core's configs: the core's own checks are the last word (a request it would
-        # refuse is a 422), besides those the fields' bounds already made (e.g. a blank model name).
-        ModelSpec(name=self.model, pretrained=self.pretrained)
-        method_config(self.method)
-        core_config(self.hyperparameters, TrainConfig)
+        # The core's own checks are the last word: a request it would refuse is a 422.
+        to_finetune_config(self, train_dir=Path("."), eval_dirs={})
         return self
 
 

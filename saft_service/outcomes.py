@@ -114,9 +114,9 @@ def record_success(
     job = session.get(Job, job_id)
     if job is None:
         raise RuntimeError(f"job {job_id} was deleted while it ran")
+    rows = result_rows(job_id, result, Storage(settings))  # reads and hashes the files: not under the lock
     lock_tenant(session, job.tenant_id)
     tenant_usage(session, job.tenant_id, settings).check(output_bytes(result))
-    rows = result_rows(job_id, result, Storage(settings))
     if jobs.succeed(
         session,
         job_id,

@@ -132,10 +132,15 @@ class JobReporter:
         shown = client_message(text, self.settings)
         self._write("message", lambda s: jobs.add_message(s, self.job_id, level, shown, attempt=self.attempt))
 
+    @property
+    def lost(self) -> bool:
+        """Whether a heartbeat found the job no longer this attempt's."""
+        return self.heartbeat is not None and self.heartbeat.lost
+
     def should_cancel(self) -> bool:
         """The core's poll, between batches: cheap, so the flag is read at most once a second."""
-        if self.heartbeat is not None and self.heartbeat.lost:
-            return True  # the core raises Cancelled; step 3 tells the two apart by ``heartbeat.lost``
+        if self.lost:
+            return True  # the core raises Cancelled; step 3 tells the two apart by ``lost``
         now = time.monotonic()
         if not self._cancel and now - self._last_cancel_check >= 1.0:
             self._last_cancel_check = now

@@ -157,8 +157,8 @@ def _claim(job_id: str, *, worker: str, redelivered: bool, settings: Settings) -
         tenant = s.get(Tenant, job.tenant_id)
         add_to_context(tenant=tenant.name if tenant else job.tenant_id)
         # read in the claim's transaction: a database error here leaves the job unclaimed and the message retried
-        ids = [spec.dataset_id, *spec.eval_dataset_ids]
-        rows = {d.id: d for d in s.query(Dataset).filter(Dataset.id.in_(ids), Dataset.tenant_id == job.tenant_id)}
+        found = s.query(Dataset).filter(Dataset.id.in_(spec.dataset_ids), Dataset.tenant_id == job.tenant_id)
+        rows = {d.id: d for d in found}
         return Attempt(job_id=job_id, number=job.attempts, spec=spec, datasets=rows, settings=settings)
 
 
@@ -187,14 +187,14 @@ def _run(attempt: Attempt, finetune: Finetune) -> None:
 def _core_config(attempt: Attempt) -> FinetuneConfig:
     """2. Map the spec onto the core's config, once; snapshots go where the next attempt will look."""
     spec, settings, rows = attempt.spec, attempt.settings, attempt.datasets
-    missing = [i for i in [spec.dataset_id, *spec.eval_dataset_ids] if i not in rows]
+    missing = [i for i in spec.dataset_ids if i not in rows]
     if missing:
         listed = ", ".join(missing)
         raise Ended(Ending.failed(
             "dataset_missing", f"dataset(s) {listed} were deleted before the job ran; upload them again"
         ))
     try:
-        folders = {i: attempt.storage.dataset_files(rows[i]) for i in [spec.dataset_id, *spec.eval_dataset_ids]}
+        folders = {i: attempt.storage.dataset_files(rows[i]) for i in spec.dataset_ids}
     except ValueError as e:  # an external dataset whose import root the operator has since removed
         raise Ended(Ending.failed("dataset_missing", str(e))) from None
     try:
@@ -220,7 +220,7 @@ def _core_config(attempt: Attempt) -> FinetuneConfig:
 
 def _stop_if_cancelled(attempt: Attempt, reporter: JobReporter) -> None:
     """Between two steps: end the attempt if the job is no longer its own or its cancellation was asked for."""
-    if reporter.heartbeat is not None and reporter.heartbeat.lost:
+    if reporter.lost:
         raise Ended(Ending("lost"))
     if reporter.cancel_requested():
         raise Ended(Ending.failed(Cancelled.code, Cancelled().message))
@@ -238,7 +238,7 @@ def _hand_to_core(
         reporter.end_stage()
         return result
     except Exception as e:
-        if isinstance(e, Cancelled) and reporter.heartbeat is not None and reporter.heartbeat.lost:
+        if isinstance(e, Cancelled) and reporter.lost:
             raise Ended(Ending("lost")) from None  # another attempt (or a cancel of a lost job) owns the job now
         code, message = job_failure(e, attempt.spec, time_limit_s=settings.job_time_limit)
         if code == INTERNAL_ERROR:

@@ -85,9 +85,8 @@ def test_a_closed_stdout_ends_quietly():
 
 
 def _event(i: int, kind: str, data: dict, level: str = "info", message: str = "") -> JobEvent:
-    # constructed without validation: a warning event's kind may be newer than this client's model
-    return JobEvent.model_construct(id=i, created_at=datetime(2026, 1, 1, tzinfo=UTC), kind=kind, level=level,
-                                    message=message, data=data)
+    return JobEvent.model_validate(dict(id=i, created_at=datetime(2026, 1, 1, tzinfo=UTC), kind=kind, level=level,
+                                        message=message, data=data))
 
 
 def _screen(text: str) -> list[str]:

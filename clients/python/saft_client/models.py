@@ -310,7 +310,6 @@ class Problem(_Model):
     request_id: str | None = None  # the request's X-Request-ID: quote it when reporting a problem
 
 
-# Client model -> the schema it mirrors in the server's OpenAPI document (the drift test walks this).
 # --- webhooks ---------------------------------------------------------------------------------------------
 
 
@@ -359,6 +358,7 @@ class WebhookDelivery(_Model):
     attempts: list[WebhookAttempt]
 
 
+# Client model -> the schema it mirrors in the server's OpenAPI document (the drift test walks this).
 SERVER_SCHEMAS: dict[type[BaseModel], str] = {
     Dataset: "DatasetPublic",
     UploadPart: "UploadPartPublic",

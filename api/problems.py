@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from saft_core.errors import SaftError
-from saft_service.input_checks import LIMIT_CODES, LimitError
+from saft_service.input_checks import LIMIT_CODES, LimitError, Refused
 from saft_service.storage import client_message
 
 from .observability import request_id_of
@@ -219,6 +219,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, 422, str(code), detail, errors=errors)
 
 
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Refused)
+    return problem_response(request, exc.status, exc.code, exc.message, **exc.extra)
+
+
 async def _limit_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LimitError)
     return problem_response(request, exc.status, exc.code, exc.message)
@@ -265,6 +270,7 @@ def install(app: FastAPI) -> None:
     for database_error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(LimitError, _limit_error)
+    app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -24,7 +24,7 @@ from saft_core.images import ImageDecodeError, decode_image
 from saft_core.models import parameter_count
 
 from .allowed_models import check_model, resolve_pretrained
-from .input_checks import LimitError, check_name, loads_bounded
+from .input_checks import LimitError, Refused, check_name, loads_bounded
 from .jobs import JobStatus
 from .jobspec import stored_spec
 from .settings import Settings
@@ -35,12 +35,8 @@ from .tables import Job
 _DRAFT_SIZE = (1024, 1024)
 
 
-class ClassifyRefused(Exception):
-    """A classify request is refused: ``status`` is the HTTP status to answer, ``code`` the problem code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class ClassifyRefused(Refused):
+    """A classify request is refused."""
 
 
 @dataclass(frozen=True)

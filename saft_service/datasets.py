@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
@@ -29,6 +29,7 @@ from saft_core.errors import DataError
 
 from . import multipart
 from .archives import Limits, UploadError, check_folder, extract_archive
+from .input_checks import Refused
 from .job_datasets import active_job_using
 from .settings import Settings
 from .storage import Storage, is_storage_full, redact_paths, remove_tree
@@ -44,13 +45,8 @@ STORAGE_FULL = (507, "storage_full", "the service's storage is full; try again l
 KEEP_UPLOAD_ON = frozenset({"storage_full", "storage_quota_exceeded", "checksum_mismatch"})
 
 
-class DatasetRefused(Exception):
-    """A dataset is not stored (or not deleted): ``status`` is the HTTP status to answer, ``code`` the stable
-    problem code, ``extra`` more members of the problem document (``missing_parts``)."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
+class DatasetRefused(Refused):
+    """A dataset is not stored (or not deleted); ``extra`` may name the ``missing_parts``."""
 
 
 def _dataset_row(

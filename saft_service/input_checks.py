@@ -50,6 +50,16 @@ _INNERMOST = re.compile(rb"\[\]|\{\}")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
+class Refused(Exception):
+    """A request the service layer refuses: ``status`` is the HTTP status to answer, ``code`` the stable problem
+    code, ``extra`` more members of the problem document. The API answers each one the same way (a handler in
+    ``api/problems.py``), so a route lets it pass."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
 class LimitError(ValueError):
     """A request goes over a limit. ``code`` names the limit; ``status`` is the HTTP status to answer."""
 

@@ -24,13 +24,13 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .db import affected_rows, session_scope
+from .input_checks import Refused
 from .periodic import Periodic
 from .settings import Settings
 from .storage import Storage, remove_tree
@@ -49,12 +49,8 @@ COMPLETING_BEAT_S = 30.0
 COMPLETING_STALE_S = 300.0
 
 
-class MultipartError(Exception):
-    """A multipart request is refused: ``status`` is the HTTP status, ``code`` a stable identifier."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
+class MultipartError(Refused):
+    """A multipart request is refused."""
 
 
 def plan_parts(size: int, settings: Settings) -> tuple[int, int]:

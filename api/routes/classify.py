@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import Field
 
 from saft_core.frontier import DEFAULT_ALPHA
-from saft_service.classify_request import ClassifyRefused, choose_classifier, decode_upload, parse_labels
+from saft_service.classify_request import choose_classifier, decode_upload, parse_labels
 from saft_service.input_checks import ID_PATTERN, LimitError
 from saft_service.metrics import CLASSIFY_IMAGES, CLASSIFY_SECONDS
 
@@ -64,16 +64,13 @@ def classify(
             f"{len(images)} images; the limit is {settings.max_classify_images} (SAFT_MAX_CLASSIFY_IMAGES)",
             status=413,
         )
-    try:
-        label_list = parse_labels(labels, settings)
-        job = tenant_job(session, tenant, job_id) if job_id else None
-        choice = choose_classifier(job=job, model=model, pretrained=pretrained, labels=label_list, alpha=alpha,
-                                   settings=settings, storage=storage)
-        session.commit()  # decoding and inference take seconds: hold no database connection through them
-        started = time.perf_counter()
-        pictures = [decode_upload(f.file.read(), i, settings.max_image_pixels) for i, f in enumerate(images)]
-    except ClassifyRefused as e:
-        raise ProblemError(e.status, e.code, e.message) from e
+    label_list = parse_labels(labels, settings)
+    job = tenant_job(session, tenant, job_id) if job_id else None
+    choice = choose_classifier(job=job, model=model, pretrained=pretrained, labels=label_list, alpha=alpha,
+                               settings=settings, storage=storage)
+    session.commit()  # decoding and inference take seconds: hold no database connection through them
+    started = time.perf_counter()
+    pictures = [decode_upload(f.file.read(), i, settings.max_image_pixels) for i, f in enumerate(images)]
     cache: ClassifierCache = request.app.state.classifiers
     k = min(top_k, len(choice.labels))
     clf, results = cache.run(

@@ -12,14 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saft_service import datasets
-from saft_service.datasets import DatasetRefused
 from saft_service.input_checks import NO_CONTROL_CHARACTERS
 from saft_service.tables import Dataset
 
 from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, TenantDataset
 from ..idempotent_route import IDEMPOTENCY_RESPONSES, IDEMPOTENT, IdempotentAnswer, IdempotentRoute
 from ..pagination import newest_first_page
-from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, ProblemError, problem_doc
+from ..problems import AUTH_RESPONSES, CONFLICT, INVALID, NOT_FOUND, TOO_LARGE, problem_doc
 from ..schemas import DatasetImport, DatasetPublic, DatasetsPublic
 
 log = logging.getLogger(__name__)
@@ -27,9 +26,6 @@ router = APIRouter(
     prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESPONSES, route_class=IdempotentRoute
 )
 
-
-def _problem(e: DatasetRefused) -> ProblemError:
-    return ProblemError(e.status, e.code, e.message, **e.extra)
 
 
 IMPORT_BODY = {
@@ -119,20 +115,17 @@ def create_dataset(
     def record(s: Session, row: Dataset) -> None:
         answer(s, 201, DatasetPublic.of(row))
 
-    try:
-        if imported is not None:
-            row = datasets.import_path(imported.source.path, name=imported.name, tenant=tenant, session=session,
-                                       settings=settings, storage=storage, also=record)
-        elif file is not None and name is not None:
-            row = datasets.ingest_archive(file.file, name=name, tenant=tenant, session=session, settings=settings,
-                                          storage=storage, also=record)
-        else:
-            missing = [n for n, v in (("file", file), ("name", name)) if v is None]
-            raise RequestValidationError(
-                [{"loc": ("body", m), "msg": "Field required", "type": "missing", "input": None} for m in missing]
-            )
-    except DatasetRefused as e:
-        raise _problem(e) from e
+    if imported is not None:
+        row = datasets.import_path(imported.source.path, name=imported.name, tenant=tenant, session=session,
+                                   settings=settings, storage=storage, also=record)
+    elif file is not None and name is not None:
+        row = datasets.ingest_archive(file.file, name=name, tenant=tenant, session=session, settings=settings,
+                                      storage=storage, also=record)
+    else:
+        missing = [n for n, v in (("file", file), ("name", name)) if v is None]
+        raise RequestValidationError(
+            [{"loc": ("body", m), "msg": "Field required", "type": "missing", "input": None} for m in missing]
+        )
     return DatasetPublic.of(row)
 
 
@@ -161,8 +154,5 @@ def get_dataset(dataset: TenantDataset) -> DatasetPublic:
 )
 def delete_dataset(dataset: TenantDataset, session: SessionDep, storage: StorageDep) -> Response:
     """Refused (409 dataset_in_use) while a queued or running job trains or evaluates on it."""
-    try:
-        datasets.delete_dataset(session, storage, dataset)
-    except DatasetRefused as e:
-        raise _problem(e) from e
+    datasets.delete_dataset(session, storage, dataset)
     return Response(status_code=204)

@@ -17,9 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from saft_service import datasets, multipart
-from saft_service.datasets import DatasetRefused
 from saft_service.input_checks import ID_PATTERN
-from saft_service.multipart import MultipartError
 from saft_service.storage import Storage, is_storage_full
 from saft_service.tables import Tenant, Upload, utcnow
 from saft_service.usage import StorageQuotaExceeded
@@ -48,15 +46,8 @@ BUSY: dict[int | str, dict[str, Any]] = {409: problem_doc("`upload_completing`: 
 WRITE_CHUNK = 1 << 20  # bytes gathered into one block for the part's writer thread
 
 
-def _problem(e: MultipartError | DatasetRefused) -> ProblemError:
-    return ProblemError(e.status, e.code, e.message, **e.extra)
-
-
 def _tenant_upload(session: Session, storage: Storage, tenant: Tenant, upload_id: str) -> Upload:
-    try:
-        return multipart.tenant_upload(session, storage, tenant.id, upload_id)
-    except MultipartError as e:
-        raise _problem(e) from e
+    return multipart.tenant_upload(session, storage, tenant.id, upload_id)
 
 
 @router.post(
@@ -78,8 +69,6 @@ def create_upload(
             session, settings, tenant_id=tenant.id, filename=body.filename, size=body.size, sha256=body.sha256,
             also=lambda s, u: answer(s, 201, UploadPublic.of(u)),
         )
-    except MultipartError as e:
-        raise _problem(e) from e
     except StorageQuotaExceeded as e:
         raise ProblemError(413, e.code, e.message) from e
     log.info("tenant %s started upload %s (%d bytes in %d parts)", tenant.name, upload.id, upload.size_bytes,
@@ -197,8 +186,6 @@ async def put_part(
             raise ProblemError(422, "checksum_mismatch", f"part {number}'s SHA-256 is {got}, not {want} as declared; "
                                                          "send it again")
         await run_in_threadpool(multipart.store_part, session, upload_id, number, size, got, tmp, final)
-    except MultipartError as e:  # completing or deleted meanwhile
-        raise _problem(e) from e
     except ClientDisconnect:
         log.info("upload %s: the client went away during part %d", upload_id, number)
         raise
@@ -236,11 +223,8 @@ def complete_upload(
     extracted exactly as `POST /v1/datasets` does. The answer is the dataset, and the upload is gone. An archive
     the checks refuse deletes the upload too; a full disk or the quota keeps it for another try."""
     upload = _tenant_upload(session, storage, tenant, upload_id)
-    try:
-        row = datasets.complete_upload(upload, name=body.name, tenant=tenant, session=session, settings=settings,
-                                       storage=storage, also=lambda s, row: answer(s, 201, DatasetPublic.of(row)))
-    except DatasetRefused as e:
-        raise _problem(e) from e
+    row = datasets.complete_upload(upload, name=body.name, tenant=tenant, session=session, settings=settings,
+                                   storage=storage, also=lambda s, row: answer(s, 201, DatasetPublic.of(row)))
     return DatasetPublic.of(row)
 
 

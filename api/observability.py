@@ -25,7 +25,7 @@ from saft_service.metrics import HTTP_REQUEST_SECONDS, UPLOAD_BYTES
 REQUEST_ID_HEADER = "X-Request-ID"
 SCOPE_KEY = "saft.request_id"
 _SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}")
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # the ones a route may serve
 UNMATCHED = "unmatched"
 UPLOAD_ROUTES = ("/v1/datasets", "/v1/uploads")
 
@@ -89,7 +89,7 @@ class RequestObservation:
             await self.app(scope, counting_receive, send_with_id)
         finally:
             route = route_template(scope)
-            method = scope["method"] if scope["method"] in _METHODS else "other"
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
             HTTP_REQUEST_SECONDS.labels(method, route, str(status)).observe(time.perf_counter() - started)
             if received and route.startswith(UPLOAD_ROUTES):
                 UPLOAD_BYTES.labels(route).inc(received)

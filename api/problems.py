@@ -30,7 +30,7 @@ from saft_core.errors import SaftError
 from saft_service.input_checks import LIMIT_CODES, LimitError, Refused
 from saft_service.storage import client_message
 
-from .observability import request_id_of
+from .observability import HTTP_METHODS, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, code, detail, headers=headers)
 
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
 
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route of the app accepts on the request's path, sorted: the methods for which the
     router finds a full match (asked through each route's public ``matches``, whatever nests the routes)."""
     return sorted(
         method
-        for method in _METHODS
+        for method in HTTP_METHODS
         if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)
     )
 

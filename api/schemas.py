@@ -17,7 +17,7 @@ from saft_service.input_checks import (
     check_json_value,
     check_name,
 )
-from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, SaftMethod, stored_spec
+from saft_service.jobspec import FullMethod, Hyperparameters, JobSpec, Priority, SaftMethod, stored_spec
 from saft_service.settings import get_settings
 from saft_service.tables import Checkpoint, Dataset, Evaluation, Job, JobEvent, Mask, Upload
 
@@ -281,7 +281,7 @@ class JobPublic(BaseModel):
     validation_fraction: float
     templates: list[str]
     metadata: dict[str, Any]
-    priority: Literal["low", "normal", "high"] = Field("normal", description="Order among this tenant's own queued jobs.")
+    priority: Priority = Field("normal", description="Order among this tenant's own queued jobs.")
     cancel_requested: bool
     attempts: int
     checkpoint: CheckpointInfo | None

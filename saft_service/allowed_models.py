@@ -39,7 +39,8 @@ MAX_LISTED_FILES = 200
 
 def weights_files(settings: Settings) -> list[str]:
     """The weights files ``pretrained`` may name (relative to ``SAFT_MODELS_DIR``, sorted; at most
-    ``MAX_LISTED_FILES``, so a large folder costs a request little). Empty without a models folder."""
+    ``MAX_LISTED_FILES``, so a large answer is cut short; the walk stops there, but a folder of many other files is
+    walked through). Empty without a models folder."""
     if settings.models_dir is None:
         return []
     root = settings.models_dir.expanduser().resolve()

@@ -38,7 +38,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import false, func, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,13 +46,14 @@ from sqlalchemy.orm import Session
 
 from . import jobs
 from .db import affected_rows, session_scope
+from .jobspec import Priority
 from .queue import QueueUnavailable, enqueue_job
 from .settings import Settings
 from .tables import Job, Tenant, utcnow
 
 log = logging.getLogger(__name__)
 
-PRIORITIES: dict[str, int] = {"low": 0, "normal": 1, "high": 2}
+PRIORITIES: dict[str, int] = {name: rank for rank, name in enumerate(get_args(Priority))}
 
 # Postgres advisory lock of a queue's dispatcher: (class, crc32 of the queue name), apart from the reaper's key.
 _LOCK_CLASS = 0x5AF7_0002

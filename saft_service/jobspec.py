@@ -48,6 +48,9 @@ from saft_core.options import option_of
 from .core_fields import core_field, core_fields
 from .input_checks import ID_PATTERN
 
+# Order among one tenant's own queued jobs, lowest first (the dispatcher's, saft_service/dispatch.py).
+Priority = Literal["low", "normal", "high"]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -146,7 +149,7 @@ class JobSpec(BaseModel):
         default_factory=dict,
         description="Free-form, echoed back (at most SAFT_MAX_METADATA_BYTES of JSON, 8 KiB by default).",
     )
-    priority: Literal["low", "normal", "high"] = Field(
+    priority: Priority = Field(
         "normal",
         description="Order among this tenant's own queued jobs (high first, then first submitted); tenants take "
         "turns regardless of it.",

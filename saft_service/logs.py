@@ -38,11 +38,6 @@ class LogContext:
 _context: ContextVar[LogContext | None] = ContextVar("saft_log_context", default=None)
 
 
-def current_context() -> LogContext | None:
-    """The context of the running request or job (None outside any)."""
-    return _context.get()
-
-
 def start_context(**values: str | None) -> LogContext:
     """Begin a new context here (a request, a job), replacing any outer one for the rest of this task."""
     ctx = LogContext(**values)

@@ -99,15 +99,17 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_share(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
     from saft_core.errors import SaftError
 
     from . import db
     from .tables import Tenant
 
     settings = settings_from_env()
-    db.upgrade(settings)
+    db.upgrade(settings, quiet=True)
     with db.session_scope(settings) as session:
-        tenant = session.query(Tenant).filter_by(name=args.tenant).one_or_none()
+        tenant = session.scalars(select(Tenant).where(Tenant.name == args.tenant)).one_or_none()
         if tenant is None:
             raise SaftError(f"no tenant {args.tenant!r} (tenants are made by `saft keys create`)",
                             code="tenant_not_found")

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .logs import LogFormat
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -253,7 +255,7 @@ class Settings(BaseSettings):
 
     # Logs (stderr, one line per record).
     log_level: str = Field("INFO", description="Logging level of the API and worker.")
-    log_format: Literal["text", "json"] = Field(
+    log_format: LogFormat = Field(
         "text",
         description="'text': plain lines; 'json': one JSON object per line (time, level, logger, message, "
         "request_id, tenant, job_id where known).",

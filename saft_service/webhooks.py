@@ -3,7 +3,7 @@
 1. **Rows first.** A job's final transition (``saft_service.jobs``) writes one ``WebhookDelivery`` per subscribed
    endpoint in the same transaction, with the exact JSON body it will send: a job that ended has its deliveries,
    and a transition that rolled back has none. Nothing is sent from the transaction itself.
-2. **Senders.** Every worker process runs a ``Dispatcher`` thread. It claims one due delivery at a time with a
+2. **Senders.** Every worker process runs a ``WebhookSender`` thread. It claims one due delivery at a time with a
    lease (a compare-and-set on ``lease_until``), so two senders never send the same attempt at once, and a sender
    that dies only delays the delivery until its lease runs out.
 3. **Signing.** Each attempt carries ``webhook-id`` (the delivery's id, the same on every retry, so a receiver
@@ -155,10 +155,9 @@ def resolve(target: Target, *, allow_private: bool) -> str:
     return addresses[0]
 
 
-def check_url(url: str, settings: Settings) -> str:
-    """Validate a URL at registration (its form and where it resolves now); returns it."""
+def check_url(url: str, settings: Settings) -> None:
+    """Validate a URL at registration (its form and where it resolves now); ``UrlRefused`` if it is not allowed."""
     resolve(parse_url(url), allow_private=settings.webhook_allow_private)
-    return url
 
 
 # --- writing deliveries --------------------------------------------------------------------------------
@@ -172,13 +171,13 @@ def enqueue(
     assert event_type in EVENT_TYPES, event_type
     endpoints = session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id)).all()
     now = utcnow()
+    body = json.dumps(
+        {"type": event_type, "timestamp": now.isoformat(), "data": data}, separators=(",", ":"), sort_keys=True
+    )
     rows = []
     for endpoint in endpoints:
         if event_type not in endpoint.events:
             continue
-        body = json.dumps(
-            {"type": event_type, "timestamp": now.isoformat(), "data": data}, separators=(",", ":"), sort_keys=True
-        )
         row = WebhookDelivery(
             endpoint_id=endpoint.id, event_type=event_type, job_id=job_id, payload=body,
             status=WebhookDelivery.PENDING, attempts=0, next_attempt_at=now, created_at=now,
@@ -392,7 +391,7 @@ def deliver_one(settings: Settings) -> bool:
     return True
 
 
-class Dispatcher:
+class WebhookSender:
     """Sends due deliveries every ``webhook_poll_interval`` seconds in a daemon thread until ``stop()``.
     Every worker process runs one; the leases keep them from sending the same attempt."""
 

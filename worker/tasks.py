@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from saft_service.queue import RUN_JOB_TASK
 from saft_service.settings import get_settings
-from saft_service.webhooks import Dispatcher
+from saft_service.webhooks import WebhookSender
 
 from . import runner
 from .app import app
@@ -68,19 +68,19 @@ def _allow_data_loader_workers(**_: object) -> None:
     multiprocessing.current_process().daemon = False
 
 
-_dispatcher: list[Dispatcher] = []
+_webhook_senders: list[WebhookSender] = []
 
 
 @worker_ready.connect
-def _start_webhook_dispatcher(**_: object) -> None:
+def _start_webhook_sender(**_: object) -> None:
     """Send the webhook deliveries that are due from the worker's main process (every worker does; leases on the
     rows keep two from sending the same attempt), so they go out for as long as any worker runs."""
-    dispatcher = Dispatcher(get_settings())
-    dispatcher.start()
-    _dispatcher.append(dispatcher)
+    sender = WebhookSender(get_settings())
+    sender.start()
+    _webhook_senders.append(sender)
 
 
 @worker_shutdown.connect
-def _stop_webhook_dispatcher(**_: object) -> None:
-    while _dispatcher:
-        _dispatcher.pop().stop()
+def _stop_webhook_sender(**_: object) -> None:
+    while _webhook_senders:
+        _webhook_senders.pop().stop()

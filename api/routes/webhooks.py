@@ -137,7 +137,7 @@ def create_webhook(
     """The answer holds the signing secret, shown this once. A URL whose host resolves to a loopback, private,
     link-local or metadata address answers 422 `webhook_url_not_allowed` (checked again before every delivery)."""
     try:
-        url = webhooks.check_url(body.url, settings)
+        webhooks.check_url(body.url, settings)
     except webhooks.UrlRefused as e:
         raise ProblemError(422, e.code, e.message) from e
     count = session.scalar(select(func.count()).where(WebhookEndpoint.tenant_id == tenant.id)) or 0
@@ -147,7 +147,7 @@ def create_webhook(
             f"this tenant has {count} webhooks, the most allowed (SAFT_MAX_WEBHOOKS); delete one first",
         )
     endpoint = WebhookEndpoint(
-        tenant_id=tenant.id, url=url, events=body.events, secret=webhooks.new_secret(), created_at=utcnow()
+        tenant_id=tenant.id, url=body.url, events=body.events, secret=webhooks.new_secret(), created_at=utcnow()
     )
     session.add(endpoint)
     session.commit()

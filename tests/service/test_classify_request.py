@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from saft_core.config import DEFAULT_TEMPLATES
 from saft_service.classify_request import ClassifyRefused, choose_classifier, decode_upload, parse_labels
 from saft_service.input_checks import LimitError
 from saft_service.settings import Settings
@@ -47,7 +48,7 @@ def test_zero_shot_needs_labels_and_applies_alpha_one(settings: Settings) -> Non
     choice = choose_classifier(job=None, model=None, pretrained=None, labels=["cat", "dog"], alpha=0.3,
                                settings=settings, storage=storage)
     assert (choice.fine_tuned, choice.alpha, choice.labels) == (False, 1.0, ["cat", "dog"])
-    assert choice.checkpoint is None and choice.templates > 0
+    assert choice.checkpoint is None and choice.templates == len(DEFAULT_TEMPLATES)
 
 
 def test_an_undecodable_image_is_named_by_its_index() -> None:

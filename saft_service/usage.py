@@ -60,31 +60,40 @@ class Usage:
             raise StorageQuotaExceeded(self, needed)
 
 
+def _stored_bytes(
+    session: Session, *, tenant_id: str | None = None, exclude_upload: str | None = None
+) -> dict[str, dict[str, int]]:
+    """The one rule of what a tenant stores: kind (``datasets``, ``uploads``, ``jobs``) -> tenant id -> bytes,
+    for ``tenant_id`` only or every tenant. Counted: datasets in the store (not those read in place), the
+    declared size of uploads in flight (but ``exclude_upload``), checkpoints and masks; four grouped queries."""
+    uploads = select(Upload.tenant_id, func.sum(Upload.size_bytes))
+    if exclude_upload is not None:
+        uploads = uploads.where(Upload.id != exclude_upload)
+    queries = [
+        ("datasets", Dataset.tenant_id,
+         select(Dataset.tenant_id, func.sum(Dataset.size_bytes)).where(Dataset.external.is_(False))),
+        ("uploads", Upload.tenant_id, uploads),
+        ("jobs", Job.tenant_id,
+         select(Job.tenant_id, func.sum(Checkpoint.size_bytes)).join(Job, Job.id == Checkpoint.job_id)),
+        ("jobs", Job.tenant_id, select(Job.tenant_id, func.sum(Mask.size_bytes)).join(Job, Job.id == Mask.job_id)),
+    ]
+    stored: dict[str, dict[str, int]] = {"datasets": {}, "uploads": {}, "jobs": {}}
+    for kind, owner, query in queries:
+        if tenant_id is not None:
+            query = query.where(owner == tenant_id)
+        for tenant, size in session.execute(query.group_by(owner)):
+            stored[kind][tenant] = stored[kind].get(tenant, 0) + int(size or 0)
+    return stored
+
+
 def tenant_usage(session: Session, tenant_id: str, settings: Settings, *, exclude_upload: str | None = None) -> Usage:
     """What ``tenant_id`` stores now; ``exclude_upload``: leave that upload's reservation out (it is being
     turned into a dataset, whose own size is then checked)."""
-    datasets = session.scalar(
-        select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(
-            Dataset.tenant_id == tenant_id, Dataset.external.is_(False)
-        )
-    )
-    uploads_q = select(func.coalesce(func.sum(Upload.size_bytes), 0)).where(Upload.tenant_id == tenant_id)
-    if exclude_upload is not None:
-        uploads_q = uploads_q.where(Upload.id != exclude_upload)
-    checkpoints = session.scalar(
-        select(func.coalesce(func.sum(Checkpoint.size_bytes), 0))
-        .join(Job, Job.id == Checkpoint.job_id)
-        .where(Job.tenant_id == tenant_id)
-    )
-    masks = session.scalar(
-        select(func.coalesce(func.sum(Mask.size_bytes), 0)).join(Job, Job.id == Mask.job_id).where(
-            Job.tenant_id == tenant_id
-        )
-    )
+    stored = _stored_bytes(session, tenant_id=tenant_id, exclude_upload=exclude_upload)
     return Usage(
-        datasets=int(datasets or 0),
-        uploads=int(session.scalar(uploads_q) or 0),
-        jobs=int(checkpoints or 0) + int(masks or 0),
+        datasets=stored["datasets"].get(tenant_id, 0),
+        uploads=stored["uploads"].get(tenant_id, 0),
+        jobs=stored["jobs"].get(tenant_id, 0),
         quota=settings.tenant_storage_bytes,
     )
 
@@ -97,18 +106,10 @@ def lock_tenant(session: Session, tenant_id: str) -> None:
 
 
 def storage_by_tenant(session: Session) -> dict[str, int]:
-    """Bytes each tenant stores (tenant id -> total, counted as ``tenant_usage`` counts them), for every tenant
-    that stores anything, in four grouped queries (the metrics read this at scrape time)."""
+    """Bytes each tenant stores (tenant id -> total, by ``tenant_usage``'s rule), for every tenant that stores
+    anything (the metrics read this at scrape time)."""
     totals: dict[str, int] = {}
-    queries = (
-        select(Dataset.tenant_id, func.sum(Dataset.size_bytes)).where(Dataset.external.is_(False))
-        .group_by(Dataset.tenant_id),
-        select(Upload.tenant_id, func.sum(Upload.size_bytes)).group_by(Upload.tenant_id),
-        select(Job.tenant_id, func.sum(Checkpoint.size_bytes)).join(Job, Job.id == Checkpoint.job_id)
-        .group_by(Job.tenant_id),
-        select(Job.tenant_id, func.sum(Mask.size_bytes)).join(Job, Job.id == Mask.job_id).group_by(Job.tenant_id),
-    )
-    for query in queries:
-        for tenant_id, size in session.execute(query):
-            totals[tenant_id] = totals.get(tenant_id, 0) + int(size or 0)
+    for by_tenant in _stored_bytes(session).values():
+        for tenant_id, size in by_tenant.items():
+            totals[tenant_id] = totals.get(tenant_id, 0) + size
     return totals

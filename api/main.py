@@ -8,7 +8,7 @@ import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from PIL import Image
 
 from saft_service import __version__
@@ -95,32 +95,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         JsonBodyLimit, max_bytes=settings.max_json_body_bytes, max_depth=settings.max_json_depth
     )
+    # Body limits per router, not on the app: the app-level check answers a declared length in plain text
+    # before any middleware of ours could answer it as a problem (ContentLengthLimit does that instead).
+    routers: list[tuple[APIRouter, int | None]] = [  # in the order they are matched; a body limit, or None
+        (health.router, None), (metrics.router, None), (models.router, None),
+        (datasets.router, settings.max_upload_bytes), (uploads.router, settings.max_upload_part_bytes),
+        (usage.router, None), (jobs.router, settings.max_json_body_bytes),
+        (classify.router, settings.max_request_bytes), (thumbnails.router, None),
+        (webhooks.router, settings.max_json_body_bytes),
+    ]
     app.add_middleware(
         ContentLengthLimit,
         default=settings.max_request_bytes,
-        by_prefix={
-            "/v1/datasets": settings.max_upload_bytes,
-            "/v1/uploads": settings.max_upload_part_bytes,
-            "/v1/jobs": settings.max_json_body_bytes,
-            "/v1/webhooks": settings.max_json_body_bytes,
-        },
+        by_prefix={router.prefix: limit for router, limit in routers if limit is not None},
     )
     app.add_middleware(AuthenticateFirst, check=key_checker(settings))
     app.add_middleware(BodyTimeout, seconds=settings.request_body_timeout)  # every reader of the body is timed
     app.add_middleware(RequestObservation)  # outermost of ours: every answer (a 408 too) gets the request id
     app.state.metrics_registry = service_metrics.scrape_registry(service_metrics.StoreCollector(settings))
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(models.router)
-    app.include_router(datasets.router, max_body_size=settings.max_upload_bytes)
-    app.include_router(uploads.router, max_body_size=settings.max_upload_part_bytes)
-    app.include_router(usage.router)
-    # Body limits per router, not on the app: the app-level check answers a declared length in plain text
-    # before any middleware of ours could answer it as a problem (ContentLengthLimit does that instead).
-    app.include_router(jobs.router, max_body_size=settings.max_json_body_bytes)
-    app.include_router(classify.router, max_body_size=settings.max_request_bytes)
-    app.include_router(thumbnails.router)
-    app.include_router(webhooks.router, max_body_size=settings.max_json_body_bytes)
+    for router, limit in routers:
+        if limit is None:
+            app.include_router(router)
+        else:
+            app.include_router(router, max_body_size=limit)
     console.install(app)
     problems.document_problems(app)
     datasets.document_bodies(app)
